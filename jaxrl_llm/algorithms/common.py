@@ -1,0 +1,80 @@
+"""State and optimizer shared by every algorithm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrl_llm.config.schema import OptimizerConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes. A pytree; checkpointed whole.
+
+  Fields:
+    step: ``int32[]`` optimizer steps taken (skipped non-finite steps count too).
+    params: parameter pytree.
+    opt_state: optax state.
+    rng: ``uint32[2]`` dropout stream key; step ``s`` uses ``fold_in(rng, s)``.
+    skipped_steps: ``int32[]`` updates skipped by the non-finite guard so far.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  skipped_steps: jax.Array
+
+  @classmethod
+  def create(cls, params, tx: optax.GradientTransformation, rng: jax.Array) -> "TrainState":
+    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng,
+               skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def _decay_mask(params):
+  # Decay matrices only: norm scales (rank 1) keep their value.
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int):
+  """AdamW with linear warm-up and cosine decay, after global-norm clipping.
+
+  Returns:
+    (tx, schedule): the optax chain and the learning-rate schedule ``step -> float``.
+  """
+  warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup else config.learning_rate, peak_value=config.learning_rate,
+      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+      end_value=config.learning_rate * config.end_learning_rate_ratio)
+  parts = []
+  if config.max_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+  parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                           weight_decay=config.weight_decay, mask=_decay_mask))
+  return optax.chain(*parts), schedule
+
+
+def tree_all_finite(tree) -> jax.Array:
+  """``bool[]``: every element of every leaf is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def guarded_apply(state: TrainState, grads, tx: optax.GradientTransformation, finite: jax.Array,
+                  **extra) -> TrainState:
+  """Applies ``grads`` when ``finite``; otherwise keeps params and optimizer state and counts a skip.
+
+  The step counter advances either way, so data and PRNG streams stay aligned with the step.
+  """
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  return state.replace(step=state.step + 1, params=keep(new_params, state.params),
+                       opt_state=keep(new_opt_state, state.opt_state),
+                       skipped_steps=state.skipped_steps + (1 - finite.astype(jnp.int32)), **extra)

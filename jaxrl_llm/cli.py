@@ -1,0 +1,131 @@
+"""``jaxrl-llm``: run, resume, evaluate, plot and list experiments.
+
+  jaxrl-llm run EXPERIMENT [--set key.path=value ...] [--seed N] [--run-dir DIR]
+  jaxrl-llm run --config RUN_DIR/config.json [--set ...] [--run-dir DIR]
+  jaxrl-llm resume RUN_DIR
+  jaxrl-llm eval RUN_DIR [--split test|validation] [--limit N]
+  jaxrl-llm plot RUN_DIR [--out FILE]
+  jaxrl-llm list
+
+Configuration errors (unknown key, wrong type, invalid value) are reported with the offending
+field and exit with status 2 before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="jaxrl-llm", description=__doc__.split("\n\n")[0])
+  sub = p.add_subparsers(dest="command", required=True)
+  run = sub.add_parser("run", help="train an experiment (or a saved config) in a new run directory")
+  run.add_argument("experiment", nargs="?", help="experiment name (see `jaxrl-llm list`)")
+  run.add_argument("--config", help="a config.json to reproduce (e.g. RUN_DIR/config.json)")
+  run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.steps=100 (repeatable)")
+  run.add_argument("--seed", type=int, help="shorthand for --set seed=N")
+  run.add_argument("--run-dir", help="run directory (default: logging.runs_root/<name>-<time>)")
+  res = sub.add_parser("resume", help="continue a run from its newest complete checkpoint")
+  res.add_argument("run_dir")
+  ev = sub.add_parser("eval", help="greedy exact match of a run's newest checkpoint")
+  ev.add_argument("run_dir")
+  ev.add_argument("--split", default="test", choices=["test", "validation"])
+  ev.add_argument("--limit", type=int, default=0, help="rows to evaluate (0: all)")
+  pl = sub.add_parser("plot", help="write PNG training curves of a run")
+  pl.add_argument("run_dir")
+  pl.add_argument("--out", help="output PNG (default RUN_DIR/plots/curves.png)")
+  sub.add_parser("list", help="list the available experiments")
+  return p
+
+
+def resolve_config(args) -> "Config":  # noqa: F821
+  """The config a ``run`` command asks for: experiment or file, then overrides, then seed."""
+  from experiments import get_experiment
+  from jaxrl_llm.config import ConfigError, apply_overrides, load_json
+
+  if bool(args.experiment) == bool(args.config):
+    raise ConfigError("give exactly one of EXPERIMENT or --config")
+  if args.config:
+    config = load_json(args.config)
+  else:
+    try:
+      config = get_experiment(args.experiment)
+    except KeyError as e:
+      raise ConfigError(str(e.args[0])) from None
+  overrides = list(args.overrides)
+  if args.seed is not None:
+    overrides.append(f"seed={args.seed}")
+  return apply_overrides(config, overrides) if overrides else config
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  from jaxrl_llm.config import ConfigError
+
+  try:
+    if args.command == "list":
+      import importlib
+
+      from experiments import EXPERIMENTS
+
+      for name in sorted(EXPERIMENTS):
+        doc = (importlib.import_module(EXPERIMENTS[name]).__doc__
+               or "").strip().splitlines()
+        print(f"{name:24s} {doc[0] if doc else ''}")
+      return 0
+    if args.command == "plot":
+      from jaxrl_llm.train.plotting import plot_run
+
+      print(plot_run(args.run_dir, args.out))
+      return 0
+    if args.command == "run":
+      config = resolve_config(args)  # Every config error is raised here, before any compile.
+      from jaxrl_llm.train import new_run_dir, train
+
+      run_dir = new_run_dir(config, args.run_dir)
+      train(config, run_dir)
+      return 0
+    if args.command == "resume":
+      from jaxrl_llm.train import resume
+
+      resume(args.run_dir)
+      return 0
+    if args.command == "eval":
+      return _eval(args)
+  except ConfigError as e:
+    print(f"jaxrl-llm: {e}", file=sys.stderr)
+    return 2
+  except FileExistsError as e:
+    print(f"jaxrl-llm: {e}", file=sys.stderr)
+    return 2
+  return 1
+
+
+def _eval(args) -> int:
+  import jax
+
+  from jaxrl_llm.config import load_json
+  from jaxrl_llm.train import Checkpointer, abstract_with_shardings, build, evaluate
+
+  config = load_json(os.path.join(args.run_dir, "config.json"))
+  setup = build(config, args.run_dir)
+  ckpt = Checkpointer(os.path.join(args.run_dir, "checkpoints"), keep=config.train.keep_checkpoints,
+                      async_save=False)
+  step = ckpt.latest_step()
+  if step is None:
+    print(f"jaxrl-llm: {args.run_dir} has no complete checkpoint", file=sys.stderr)
+    return 1
+  abstract = abstract_with_shardings(jax.eval_shape(setup.init_state), setup.state_shardings)
+  state, _ = ckpt.restore(step, abstract)
+  ckpt.close()
+  result = evaluate(setup, state.params, args.split, args.limit)
+  print(json.dumps({"step": step, "split": args.split, **result}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

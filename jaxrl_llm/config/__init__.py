@@ -1,0 +1,21 @@
+"""Typed, frozen, validated run configuration (see :mod:`jaxrl_llm.config.schema`)."""
+
+from jaxrl_llm.config.io import apply_overrides, from_dict, load_json, parse_override, save_json, to_dict
+from jaxrl_llm.config.schema import (
+    MESH_AXES,
+    AlgorithmConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    LoggingConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimizerConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "MESH_AXES", "AlgorithmConfig", "Config", "ConfigError", "DataConfig", "LoggingConfig",
+    "MeshConfig", "ModelConfig", "OptimizerConfig", "TrainConfig", "apply_overrides", "from_dict",
+    "load_json", "parse_override", "save_json", "to_dict",
+]

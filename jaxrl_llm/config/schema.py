@@ -1,0 +1,283 @@
+"""The typed configuration tree of a run.
+
+Every section is a frozen, keyword-only dataclass validated in ``__post_init__``: a bad value raises
+:class:`ConfigError` naming the dotted field (``train.batch_size``) before anything is compiled.
+The tree is plain data -- no functions, no arrays -- so it round-trips through JSON exactly and a run
+directory's ``config.json`` reproduces the run.
+
+Sections: ``model``, ``data``, ``optimizer``, ``algorithm``, ``train``, ``mesh``, ``logging`` and
+the root ``seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+
+class ConfigError(ValueError):
+  """A configuration value or key is invalid. The message names the dotted field."""
+
+
+def _fail(field: str, msg: str):
+  raise ConfigError(f"config field '{field}': {msg}")
+
+
+def _positive(section: str, obj, *names: str, allow_zero: bool = False):
+  for name in names:
+    value = getattr(obj, name)
+    if allow_zero and value < 0 or (not allow_zero and value <= 0):
+      _fail(f"{section}.{name}", f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """Decoder-only transformer (RMSNorm, RoPE, SwiGLU, grouped-query attention)."""
+
+  vocab_size: int = 0  # 0: take the tokenizer's size, rounded up to `vocab_multiple`.
+  vocab_multiple: int = 8
+  d_model: int = 128
+  n_layers: int = 2
+  n_heads: int = 4
+  n_kv_heads: int = 2
+  head_dim: int = 0  # 0: d_model // n_heads.
+  d_ff: int = 512
+  max_seq_len: int = 64
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = True
+  dropout_rate: float = 0.0
+  param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+  dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+  def __post_init__(self):
+    _positive("model", self, "vocab_size", allow_zero=True)
+    _positive("model", self, "vocab_multiple", "d_model", "n_layers", "n_heads", "n_kv_heads",
+              "d_ff", "max_seq_len", "rope_theta", "norm_eps")
+    _positive("model", self, "head_dim", allow_zero=True)
+    if self.n_heads % self.n_kv_heads:
+      _fail("model.n_kv_heads", f"must divide n_heads={self.n_heads}, got {self.n_kv_heads}")
+    if self.head_dim == 0 and self.d_model % self.n_heads:
+      _fail("model.head_dim", f"is 0 (derived) but d_model={self.d_model} is not divisible by "
+            f"n_heads={self.n_heads}; set it explicitly")
+    if self.resolved_head_dim % 2:
+      _fail("model.head_dim", f"RoPE needs an even head dimension, got {self.resolved_head_dim}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      _fail("model.dropout_rate", f"must be in [0, 1), got {self.dropout_rate}")
+    for name in ("param_dtype", "dtype"):
+      if getattr(self, name) not in _DTYPES:
+        _fail(f"model.{name}", f"must be one of {_DTYPES}, got {getattr(self, name)!r}")
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+  def with_vocab(self, tokenizer_size: int) -> "ModelConfig":
+    """Returns a copy whose ``vocab_size`` is set (if it was 0) from the tokenizer's size."""
+    if self.vocab_size:
+      if self.vocab_size < tokenizer_size:
+        _fail("model.vocab_size", f"{self.vocab_size} is smaller than the tokenizer's "
+              f"{tokenizer_size} tokens")
+      return self
+    size = int(math.ceil(tokenizer_size / self.vocab_multiple) * self.vocab_multiple)
+    return dataclasses.replace(self, vocab_size=size)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+  """Where examples come from and how they become fixed-shape token batches."""
+
+  task: Literal["arithmetic"] = "arithmetic"
+  source: Literal["tfds", "jsonl"] = "tfds"
+  # tfds: where the locally generated dataset lives ("" -> $JAXRL_LLM_DATA_DIR or ~/.cache/jaxrl_llm/tfds).
+  data_dir: str = ""
+  # jsonl: a directory with train.jsonl, validation.jsonl and test.jsonl ({"prompt", "answer"} rows).
+  jsonl_dir: str = ""
+  # Synthetic arithmetic task.
+  digits: int = 2
+  operators: str = "+-"
+  train_size: int = 15000
+  validation_size: int = 500
+  test_size: int = 500
+  dataset_seed: int = 0  # Which problems are generated; independent of the run's seed.
+  # Batching.
+  length_buckets: tuple[int, ...] = (16, 32)
+  shuffle: bool = True
+  on_bad_row: Literal["raise", "skip"] = "raise"
+  on_overlong: Literal["truncate", "reject"] = "reject"
+
+  def __post_init__(self):
+    if self.task not in ("arithmetic",):
+      _fail("data.task", f"unknown task {self.task!r}; known: ('arithmetic',)")
+    if self.source not in ("tfds", "jsonl"):
+      _fail("data.source", f"must be 'tfds' or 'jsonl', got {self.source!r}")
+    if self.source == "jsonl" and not self.jsonl_dir:
+      _fail("data.jsonl_dir", "must be set when data.source='jsonl'")
+    _positive("data", self, "digits", "train_size")
+    _positive("data", self, "validation_size", "test_size", allow_zero=True)
+    if self.digits > 9:
+      _fail("data.digits", f"must be <= 9, got {self.digits}")
+    if not self.operators or set(self.operators) - set("+-*"):
+      _fail("data.operators", f"must be a non-empty subset of '+-*', got {self.operators!r}")
+    space = 10 ** (2 * self.digits) * len(self.operators)
+    wanted = self.train_size + self.validation_size + self.test_size
+    if self.source == "tfds" and wanted > space:
+      _fail("data.train_size", f"train_size + validation_size + test_size = {wanted} distinct "
+            f"problems, but digits={self.digits} with operators {self.operators!r} only has {space}")
+    if not self.length_buckets:
+      _fail("data.length_buckets", "must not be empty")
+    if any(b <= 1 for b in self.length_buckets):
+      _fail("data.length_buckets", f"every bucket must be > 1, got {self.length_buckets}")
+    if list(self.length_buckets) != sorted(set(self.length_buckets)):
+      _fail("data.length_buckets", f"must be strictly increasing, got {self.length_buckets}")
+    if self.on_bad_row not in ("raise", "skip"):
+      _fail("data.on_bad_row", f"must be 'raise' or 'skip', got {self.on_bad_row!r}")
+    if self.on_overlong not in ("truncate", "reject"):
+      _fail("data.on_overlong", f"must be 'truncate' or 'reject', got {self.on_overlong!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+  """AdamW with linear warm-up, cosine decay and global-norm clipping (an optax chain)."""
+
+  name: Literal["adamw"] = "adamw"
+  learning_rate: float = 1e-3
+  warmup_steps: int = 100
+  end_learning_rate_ratio: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.98
+  eps: float = 1e-8
+  weight_decay: float = 0.01
+  max_grad_norm: float = 1.0  # 0 disables clipping.
+
+  def __post_init__(self):
+    if self.name != "adamw":
+      _fail("optimizer.name", f"only 'adamw' is implemented, got {self.name!r}")
+    _positive("optimizer", self, "learning_rate", "eps")
+    _positive("optimizer", self, "warmup_steps", "weight_decay", "max_grad_norm", allow_zero=True)
+    if not 0.0 <= self.end_learning_rate_ratio <= 1.0:
+      _fail("optimizer.end_learning_rate_ratio", f"must be in [0, 1], got {self.end_learning_rate_ratio}")
+    for name in ("b1", "b2"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        _fail(f"optimizer.{name}", f"must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AlgorithmConfig:
+  """Which training algorithm runs. This foundation ships supervised fine-tuning."""
+
+  name: Literal["sft"] = "sft"
+  # token-mean: every answer token weighs the same; seq-mean-token-mean: every sequence does.
+  loss_aggregation: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+
+  def __post_init__(self):
+    if self.name != "sft":
+      _fail("algorithm.name", f"only 'sft' is implemented so far, got {self.name!r}")
+    if self.loss_aggregation not in ("token-mean", "seq-mean-token-mean"):
+      _fail("algorithm.loss_aggregation",
+            f"must be 'token-mean' or 'seq-mean-token-mean', got {self.loss_aggregation!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  """Length of training, batch geometry, checkpoint and evaluation cadence."""
+
+  steps: int = 1000
+  batch_size: int = 64  # Examples per optimizer step (all micro-batches together).
+  grad_accum_steps: int = 1  # Micro-batches per step, accumulated inside the jitted step.
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 3
+  async_checkpointing: bool = True
+  eval_every: int = 200  # Greedy exact-match on the validation split; 0 disables.
+  eval_examples: int = 256  # Validation examples per periodic evaluation.
+  eval_batch_size: int = 64
+  test_examples: int = 0  # Test examples in the final evaluation; 0: the whole split.
+  max_new_tokens: int = 0  # Greedy decode budget; 0: longest answer in the data + 1.
+
+  def __post_init__(self):
+    _positive("train", self, "steps", "batch_size", "grad_accum_steps", "checkpoint_every",
+              "keep_checkpoints", "eval_batch_size")
+    _positive("train", self, "eval_every", "eval_examples", "test_examples", "max_new_tokens",
+              allow_zero=True)
+    if self.batch_size % self.grad_accum_steps:
+      _fail("train.grad_accum_steps", f"must divide train.batch_size={self.batch_size}, "
+            f"got {self.grad_accum_steps}")
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+  """Device mesh shape. One axis may be -1: it takes whatever devices remain."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+  def __post_init__(self):
+    sizes = [getattr(self, a) for a in MESH_AXES]
+    for axis, size in zip(MESH_AXES, sizes):
+      if size == 0 or size < -1:
+        _fail(f"mesh.{axis}", f"must be a positive size or -1, got {size}")
+    if sizes.count(-1) > 1:
+      _fail("mesh", f"at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+
+  def shape(self, num_devices: int) -> dict[str, int]:
+    """Resolves -1 against ``num_devices`` and checks that the product matches."""
+    sizes = {a: getattr(self, a) for a in MESH_AXES}
+    known = math.prod(s for s in sizes.values() if s != -1)
+    for axis, size in sizes.items():
+      if size == -1:
+        if num_devices % known:
+          _fail(f"mesh.{axis}", f"-1 cannot fill {num_devices} devices with the other axes "
+                f"using {known}")
+        sizes[axis] = num_devices // known
+    if math.prod(sizes.values()) != num_devices:
+      _fail("mesh", f"shape {sizes} needs {math.prod(sizes.values())} devices, "
+            f"but {num_devices} are available")
+    return sizes
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+  """Where the run directory goes and how progress is shown."""
+
+  runs_root: str = "runs"
+  run_name: str = ""  # "" -> "<experiment>-<date>-<time>".
+  log_every: int = 10
+  tensorboard: bool = True
+  progress: Literal["auto", "bar", "plain", "off"] = "auto"  # auto: a bar on a terminal.
+
+  def __post_init__(self):
+    _positive("logging", self, "log_every")
+    if self.progress not in ("auto", "bar", "plain", "off"):
+      _fail("logging.progress", f"must be one of auto/bar/plain/off, got {self.progress!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+  """The whole run. ``seed`` is the root of every PRNG key (see :mod:`jaxrl_llm.rng`)."""
+
+  experiment: str
+  seed: int = 0
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  algorithm: AlgorithmConfig = AlgorithmConfig()
+  train: TrainConfig = TrainConfig()
+  mesh: MeshConfig = MeshConfig()
+  logging: LoggingConfig = LoggingConfig()
+
+  def __post_init__(self):
+    if not self.experiment:
+      _fail("experiment", "must be a non-empty name")
+    if not 0 <= self.seed < 2**63:
+      _fail("seed", f"must be in [0, 2**63), got {self.seed}")
+    if max(self.data.length_buckets) > self.model.max_seq_len:
+      _fail("data.length_buckets", f"largest bucket {max(self.data.length_buckets)} exceeds "
+            f"model.max_seq_len={self.model.max_seq_len}")

@@ -1,0 +1,269 @@
+"""From rows to fixed-shape batches: validation, tokenisation, bucketing, deterministic shuffling.
+
+Host-side code. A row is ``{"prompt": str|bytes, "answer": str|bytes}``. Bad rows (missing field,
+wrong type, undecodable bytes) raise :class:`BadRowError` naming the split, row index and field, or
+are skipped and counted when ``data.on_bad_row="skip"``. Sequences longer than the largest length
+bucket are rejected or left-truncated (the prompt loses its oldest tokens, the answer is kept) as
+``data.on_overlong`` says, and counted.
+
+Shuffling is a pure function of (data key, epoch): the iterator state is one integer, the number
+of examples consumed, so resuming from a checkpoint continues with exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from jaxrl_llm import rng as rng_lib
+from jaxrl_llm.config.schema import DataConfig
+
+FIELDS = ("prompt", "answer")
+
+
+class BadRowError(ValueError):
+  """A data row is malformed. The message names the split, row index and field."""
+
+
+@dataclasses.dataclass
+class DataStats:
+  """Counts of rows dropped or altered while encoding a split."""
+
+  rows: int = 0
+  bad_rows: int = 0
+  truncated: int = 0
+  rejected: int = 0
+
+  def as_metrics(self, split: str) -> dict[str, int]:
+    return {f"data/{split}/{k}": v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class EncodedSplit:
+  """A tokenised split. ``prompts[i]`` starts with BOS; ``answers[i]`` ends with EOS."""
+
+  name: str
+  prompts: list[np.ndarray]
+  answers: list[np.ndarray]
+  answer_texts: list[str]
+  stats: DataStats
+
+  def __len__(self) -> int:
+    return len(self.prompts)
+
+
+def _text(row: Any, index: int, field: str, split: str) -> str:
+  where = f"{split} row {index} field '{field}'"
+  if not isinstance(row, dict):
+    raise BadRowError(f"{split} row {index}: expected a mapping with fields {FIELDS}, got "
+                      f"{type(row).__name__}")
+  if field not in row:
+    raise BadRowError(f"{where}: missing")
+  value = row[field]
+  if isinstance(value, (bytes, np.bytes_)):
+    try:
+      return bytes(value).decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise BadRowError(f"{where}: undecodable bytes ({e.reason} at byte {e.start})") from None
+  if isinstance(value, str):
+    return value
+  raise BadRowError(f"{where}: expected str or bytes, got {type(value).__name__}")
+
+
+def validate_row(row: Any, index: int, split: str) -> tuple[str, str]:
+  """Returns ``(prompt, answer)`` text or raises :class:`BadRowError` naming the offending field."""
+  prompt = _text(row, index, "prompt", split)
+  answer = _text(row, index, "answer", split)
+  if not answer:
+    raise BadRowError(f"{split} row {index} field 'answer': empty")
+  return prompt, answer
+
+
+def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on_bad_row: str,
+                 on_overlong: str, answer_budget: int | None = None) -> EncodedSplit:
+  """Validates and tokenises ``rows``.
+
+  Args:
+    max_len: the largest length bucket. For training rows the whole ``BOS prompt answer EOS``
+      sequence must fit; for evaluation prompts (``answer_budget`` set) ``BOS prompt`` must fit in
+      ``max_len - answer_budget``.
+    on_bad_row: ``"raise"`` or ``"skip"``; on_overlong: ``"reject"`` or ``"truncate"``.
+  """
+  stats = DataStats()
+  texts: list[tuple[str, str]] = []
+  for i, row in enumerate(rows):
+    stats.rows += 1
+    try:
+      texts.append(validate_row(row, i, split))
+    except BadRowError:
+      if on_bad_row == "raise":
+        raise
+      stats.bad_rows += 1
+  prompts, answers, answer_texts = [], [], []
+  if texts:
+    p_ids = tokenizer([t[0] for t in texts], add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer([t[1] for t in texts], add_special_tokens=False)["input_ids"]
+  else:
+    p_ids, a_ids = [], []
+  bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+  for (prompt_text, answer_text), p, a in zip(texts, p_ids, a_ids):
+    p = [bos] + list(p)
+    a = list(a) + [eos]
+    if answer_budget is None:
+      room_for_prompt = max_len - len(a)
+    else:
+      room_for_prompt = max_len - answer_budget
+    if len(p) > room_for_prompt:
+      if on_overlong == "reject" or room_for_prompt < 2:  # BOS plus at least one prompt token.
+        stats.rejected += 1
+        continue
+      p = [bos] + p[len(p) - room_for_prompt + 1:]
+      stats.truncated += 1
+    prompts.append(np.asarray(p, np.int32))
+    answers.append(np.asarray(a, np.int32))
+    answer_texts.append(answer_text)
+  if not prompts:
+    raise BadRowError(f"{split}: no usable rows left out of {stats.rows} "
+                      f"(bad={stats.bad_rows}, rejected as over-long={stats.rejected})")
+  return EncodedSplit(split, prompts, answers, answer_texts, stats)
+
+
+def pick_bucket(length: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket that holds ``length`` tokens."""
+  for b in buckets:
+    if length <= b:
+      return b
+  raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+class SFTBatcher:
+  """Deterministic, resumable SFT batches: ``batch(position) -> (arrays, next_position)``.
+
+  Arrays (numpy, host side):
+    tokens ``int32[A, b, L]``, attention_mask ``bool[A, b, L]``, loss_mask ``bool[A, b, L]`` where
+    ``A = grad_accum_steps``, ``b = batch_size / A`` and ``L`` is the smallest bucket holding the
+    batch's longest sequence. ``loss_mask[..., t]`` marks tokens that are answer targets (the model
+    predicts token ``t`` from position ``t - 1``).
+  """
+
+  def __init__(self, split: EncodedSplit, *, batch_size: int, grad_accum_steps: int,
+               buckets: Sequence[int], pad_id: int, data_key: jax.Array, shuffle: bool = True):
+    self.split = split
+    self.batch_size = batch_size
+    self.accum = grad_accum_steps
+    self.buckets = tuple(buckets)
+    self.pad_id = pad_id
+    self.shuffle = shuffle
+    self._data_key = data_key
+    self._perms: dict[int, np.ndarray] = {}
+    self.seqs = [np.concatenate([p, a]) for p, a in zip(split.prompts, split.answers)]
+    self.prompt_lens = np.asarray([len(p) for p in split.prompts])
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    """Example order of ``epoch``: a pure function of the data key and the epoch number."""
+    if epoch not in self._perms:
+      n = len(self.seqs)
+      if self.shuffle:
+        seed = rng_lib.numpy_seed(rng_lib.step_key(self._data_key, epoch))
+        perm = np.random.default_rng(seed).permutation(n)
+      else:
+        perm = np.arange(n)
+      if len(self._perms) > 2:
+        self._perms.pop(min(self._perms))
+      self._perms[epoch] = perm
+    return self._perms[epoch]
+
+  def indices(self, position: int) -> np.ndarray:
+    n = len(self.seqs)
+    out = np.empty(self.batch_size, np.int64)
+    for j in range(self.batch_size):
+      epoch, offset = divmod(position + j, n)
+      out[j] = self.permutation(epoch)[offset]
+    return out
+
+  def batch(self, position: int) -> tuple[dict[str, np.ndarray], int]:
+    idx = self.indices(position)
+    length = pick_bucket(max(len(self.seqs[i]) for i in idx), self.buckets)
+    tokens = np.full((self.batch_size, length), self.pad_id, np.int32)
+    attention = np.zeros((self.batch_size, length), bool)
+    loss = np.zeros((self.batch_size, length), bool)
+    for row, i in enumerate(idx):
+      seq = self.seqs[i]
+      tokens[row, : len(seq)] = seq
+      attention[row, : len(seq)] = True
+      loss[row, self.prompt_lens[i]: len(seq)] = True
+    shape = (self.accum, self.batch_size // self.accum, length)
+    batch = {"tokens": tokens.reshape(shape), "attention_mask": attention.reshape(shape),
+             "loss_mask": loss.reshape(shape)}
+    return batch, position + self.batch_size
+
+
+def prompt_batches(split: EncodedSplit, *, batch_size: int, buckets: Sequence[int], pad_id: int,
+                   limit: int = 0) -> Iterable[dict[str, Any]]:
+  """Left-padded evaluation prompts, in split order, in a single width for the whole split.
+
+  Yields dicts with ``tokens int32[batch_size, P]``, ``attention_mask bool[batch_size, P]``,
+  ``valid bool[batch_size]`` (False for filler rows of the last batch) and ``answers`` (list[str]).
+  """
+  n = len(split) if not limit else min(limit, len(split))
+  width = pick_bucket(max(len(p) for p in split.prompts[:n]), buckets)
+  for start in range(0, n, batch_size):
+    rows = range(start, min(start + batch_size, n))
+    tokens = np.full((batch_size, width), pad_id, np.int32)
+    attention = np.zeros((batch_size, width), bool)
+    valid = np.zeros((batch_size,), bool)
+    for r, i in enumerate(rows):
+      p = split.prompts[i]
+      tokens[r, width - len(p):] = p
+      attention[r, width - len(p):] = True
+      valid[r] = True
+    # Filler rows repeat the first prompt so that every row is well-formed.
+    for r in range(len(rows), batch_size):
+      tokens[r], attention[r] = tokens[0], attention[0]
+    yield {"tokens": tokens, "attention_mask": attention, "valid": valid,
+           "answers": [split.answer_texts[i] for i in rows]}
+
+
+def load_rows(config: DataConfig, split: str) -> Sequence[Any]:
+  """Raw rows of ``split`` from the configured source (TFDS array_record, or user JSONL)."""
+  if config.source == "jsonl":
+    path = os.path.join(config.jsonl_dir, f"{split}.jsonl")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"data.jsonl_dir: {path} does not exist")
+    rows: list[Any] = []
+    with open(path, "rb") as f:
+      for line_no, line in enumerate(f):
+        if not line.strip():
+          continue
+        try:
+          rows.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+          rows.append(_Unparsable(f"{split} row {len(rows)} (line {line_no + 1}): not valid "
+                                  f"JSON ({e})"))
+    return rows
+  from jaxrl_llm.data.arithmetic import default_data_dir, make_builder_config, prepare_arithmetic
+
+  builder_config = make_builder_config(config.digits, config.operators, config.train_size,
+                                       config.validation_size, config.test_size,
+                                       config.dataset_seed)
+  sources = prepare_arithmetic(config.data_dir or default_data_dir(), builder_config)
+  if split not in sources:
+    raise ValueError(f"split {split!r} is empty; set data.{split}_size > 0")
+  source = sources[split]
+  return source.__getitems__(list(range(len(source))))
+
+
+class _Unparsable(dict):
+  """A row that could not be parsed at all; validation reports its message."""
+
+  def __init__(self, message: str):
+    super().__init__()
+    self.message = message
+
+  def __contains__(self, key):  # Every field is "missing"; the message says why.
+    raise BadRowError(self.message)

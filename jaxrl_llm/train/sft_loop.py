@@ -1,0 +1,266 @@
+"""The SFT host loop: data -> jitted, sharded ``update`` -> metrics, checkpoints, evaluation.
+
+Run directory layout::
+
+  RUN_DIR/config.json        resolved config (``jaxrl-llm run --config`` reproduces the run)
+  RUN_DIR/tokenizer/         the tokenizer, saved as a transformers fast tokenizer
+  RUN_DIR/metrics.jsonl      one line per step (deterministic values only)
+  RUN_DIR/tensorboard/       TensorBoard event files (metrics plus throughput)
+  RUN_DIR/checkpoints/N/     Orbax checkpoints (TrainState + data position), last K kept
+  RUN_DIR/eval.json          final held-out (test split) exact match
+  RUN_DIR/plots/curves.png   training curves
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxrl_llm import rng as rng_lib
+from jaxrl_llm.algorithms import sft
+from jaxrl_llm.algorithms.common import TrainState, make_optimizer
+from jaxrl_llm.config import Config, ConfigError, load_json, save_json
+from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load_rows,
+                            load_tokenizer, save_tokenizer)
+from jaxrl_llm.models import Decoder, init_params
+from jaxrl_llm.models.init import abstract_params, param_logical_axes
+from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_shardings
+from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxrl_llm.train.evaluate import exact_match, make_greedy_decode
+from jaxrl_llm.train.tracking import MetricsWriter, Progress
+
+
+@dataclasses.dataclass
+class SFTSetup:
+  """Everything a run needs, built once from the config (host objects and jitted functions)."""
+
+  config: Config
+  model_config: Any
+  mesh: Any
+  tokenizer: Any
+  splits: dict
+  batcher: SFTBatcher
+  model: Decoder
+  tx: Any
+  schedule: Any
+  state_shardings: Any
+  update: Any  # jitted update(state, batch) -> (state, metrics), state donated
+  init_state: Any  # () -> TrainState, placed on the mesh
+  decode: Any
+  max_new_tokens: int
+
+  def put_batch(self, array: np.ndarray, batch_axis: int = 0) -> jax.Array:
+    """Places a host batch array on the mesh, split along ``batch_axis`` over data and fsdp."""
+    spec = [None] * array.ndim
+    spec[batch_axis] = ("data", "fsdp")
+    return jax.device_put(array, NamedSharding(self.mesh, P(*spec)))
+
+  def put_train_batch(self, batch: dict) -> dict:
+    return {k: self.put_batch(v, batch_axis=1) for k, v in batch.items()}
+
+
+def _validate_geometry(config: Config, mesh) -> None:
+  shards = batch_size_multiple(mesh)
+  micro = config.train.batch_size // config.train.grad_accum_steps
+  if micro % shards:
+    raise ConfigError(f"config field 'train.batch_size': micro-batch {micro} (batch_size / "
+                      f"grad_accum_steps) must be a multiple of the {shards} batch shards "
+                      f"(mesh data x fsdp)")
+  if config.train.eval_batch_size % shards:
+    raise ConfigError(f"config field 'train.eval_batch_size': {config.train.eval_batch_size} must "
+                      f"be a multiple of the {shards} batch shards (mesh data x fsdp)")
+
+
+def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) -> SFTSetup:
+  """Builds tokenizer, data, mesh, model, optimizer and the jitted functions for ``config``.
+
+  Every config error surfaces here, before anything is compiled.
+  """
+  mesh = make_mesh(config.mesh, devices)
+  _validate_geometry(config, mesh)
+  tok_dir = os.path.join(run_dir, "tokenizer")
+  if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+    tokenizer = load_tokenizer(tok_dir)
+  else:
+    tokenizer = build_char_tokenizer()
+    save_tokenizer(tokenizer, tok_dir)
+  model_config = config.model.with_vocab(len(tokenizer))
+  dc, tc = config.data, config.train
+  buckets = dc.length_buckets
+  max_len = buckets[-1]
+
+  train = encode_split(load_rows(dc, "train"), tokenizer, split="train", max_len=max_len,
+                       on_bad_row=dc.on_bad_row, on_overlong=dc.on_overlong)
+  longest_answer = max(len(a) for a in train.answers)
+  max_new_tokens = tc.max_new_tokens or longest_answer + 1
+  if max_new_tokens >= max_len:
+    raise ConfigError(f"config field 'train.max_new_tokens': {max_new_tokens} leaves no room for "
+                      f"a prompt in the largest bucket {max_len}")
+  splits = {"train": train}
+  for name, size in (("validation", dc.validation_size), ("test", dc.test_size)):
+    if size or dc.source == "jsonl":
+      # Evaluation prompts plus the decode budget must fit the largest bucket.
+      splits[name] = encode_split(load_rows(dc, name), tokenizer, split=name,
+                                  max_len=max_len, on_bad_row=dc.on_bad_row,
+                                  on_overlong=dc.on_overlong, answer_budget=max_new_tokens)
+
+  batcher = SFTBatcher(train, batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps,
+                       buckets=buckets, pad_id=tokenizer.pad_token_id,
+                       data_key=rng_lib.purpose_key(config.seed, "data"), shuffle=dc.shuffle)
+  model = Decoder(model_config)
+  tx, schedule = make_optimizer(config.optimizer, tc.steps)
+
+  init_key = rng_lib.purpose_key(config.seed, "init")
+  dropout_key = rng_lib.purpose_key(config.seed, "dropout")
+  abstract = abstract_params(model_config)
+  param_shardings = tree_shardings(abstract, param_logical_axes(model_config), mesh)
+
+  def make_state(params):
+    return TrainState.create(params, tx, dropout_key)
+
+  abstract_state = jax.eval_shape(make_state, abstract)
+  state_shardings = TrainState(
+      step=replicated(mesh), params=param_shardings,
+      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state,
+                                      param_shardings,
+                                      transform_non_params=lambda _: replicated(mesh)),
+      rng=replicated(mesh), skipped_steps=replicated(mesh))
+
+  def init_state():
+    params, _ = init_params(model_config, init_key, mesh)
+    return jax.jit(make_state, out_shardings=state_shardings)(params)
+
+  algo = sft.Config(loss_aggregation=config.algorithm.loss_aggregation,
+                    use_dropout=model_config.dropout_rate > 0)
+  update_fn = sft.make_update(model.apply, tx, schedule, algo)
+  batch_sharding = NamedSharding(mesh, P(None, ("data", "fsdp"), None))
+  update = jax.jit(update_fn,
+                   in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated(mesh)),
+                   donate_argnums=(0,))
+  decode = jax.jit(make_greedy_decode(model.apply, max_new_tokens=max_new_tokens,
+                                      eos_id=tokenizer.eos_token_id,
+                                      pad_id=tokenizer.pad_token_id))
+  return SFTSetup(config=config, model_config=model_config, mesh=mesh, tokenizer=tokenizer,
+                  splits=splits, batcher=batcher, model=model, tx=tx, schedule=schedule,
+                  state_shardings=state_shardings, update=update, init_state=init_state,
+                  decode=decode, max_new_tokens=max_new_tokens)
+
+
+def evaluate(setup: SFTSetup, params, split: str, limit: int = 0) -> dict[str, float]:
+  """Greedy exact match on ``split`` (``limit`` rows; 0 = all)."""
+  tc = setup.config.train
+  return exact_match(setup.decode, params, setup.splits[split], setup.tokenizer,
+                     batch_size=tc.eval_batch_size, buckets=setup.config.data.length_buckets,
+                     put_batch=setup.put_batch, limit=limit)
+
+
+def new_run_dir(config: Config, run_dir: str | None = None) -> str:
+  """Creates the run directory (refusing one that already holds a run) and saves the config."""
+  if run_dir is None:
+    name = config.logging.run_name or f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = os.path.join(config.logging.runs_root, name)
+  if os.path.exists(os.path.join(run_dir, "config.json")):
+    raise FileExistsError(f"{run_dir} already holds a run; use `jaxrl-llm resume {run_dir}` "
+                          "or choose another --run-dir")
+  os.makedirs(run_dir, exist_ok=True)
+  save_json(config, os.path.join(run_dir, "config.json"))
+  return run_dir
+
+
+def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
+          stop_after: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) SFT in ``run_dir``; returns the final metrics.
+
+  Args:
+    resume: continue from the newest complete checkpoint in ``run_dir`` (fresh start if none).
+    stop_after: stop after this global step (tests); checkpoints are still written on schedule.
+  """
+  setup = build(config, run_dir, devices=devices)
+  tc, lc = config.train, config.logging
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
+                      async_save=tc.async_checkpointing)
+  start_step, position = 0, 0
+  latest = ckpt.latest_step() if resume else None
+  if latest is not None:
+    abstract = abstract_with_shardings(jax.eval_shape(setup.init_state), setup.state_shardings)
+    state, extra = ckpt.restore(latest, abstract)
+    start_step, position = int(extra["step"]), int(extra["data_position"])
+  else:  # Fresh start (also a resume that finds no complete checkpoint yet).
+    state = setup.init_state()
+  writer = MetricsWriter(run_dir, tensorboard=lc.tensorboard,
+                         resume_step=start_step if latest is not None else None)
+  progress = Progress(tc.steps, start_step, mode=lc.progress, log_every=lc.log_every)
+  data_stats = {}
+  for split in setup.splits.values():
+    data_stats.update(split.stats.as_metrics(split.name))
+  if start_step == 0:
+    progress.message(f"run dir: {run_dir}")
+    progress.message("data: " + ", ".join(f"{k}={v}" for k, v in data_stats.items() if v))
+  last = stop_after if stop_after is not None else tc.steps
+  metrics_host: dict[str, Any] = {}
+  t_last = time.perf_counter()
+  for step in range(start_step, min(last, tc.steps)):
+    host_batch, position = setup.batcher.batch(position)
+    state, metrics = setup.update(state, setup.put_train_batch(host_batch))
+    metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    now = time.perf_counter()
+    tokens = int(host_batch["attention_mask"].sum())
+    tokens_per_s = tokens / max(now - t_last, 1e-9)
+    t_last = now
+    done = step + 1
+    line = dict(metrics_host)
+    if done == 1 or done == tc.steps:
+      line.update({k: v for k, v in data_stats.items()})
+    if tc.eval_every and (done % tc.eval_every == 0 or done == tc.steps) and "validation" in setup.splits:
+      ev = evaluate(setup, state.params, "validation", tc.eval_examples)
+      line["eval/exact_match"] = ev["exact_match"]
+      progress.message(f"step {done}: validation exact match {ev['exact_match']:.3f} "
+                       f"({ev['examples']} examples)")
+    final = done == tc.steps
+    if final and "test" in setup.splits:
+      ev = evaluate(setup, state.params, "test", tc.test_examples)
+      line["test/exact_match"] = ev["exact_match"]
+      line["test/examples"] = ev["examples"]
+    writer.write(done, line, extra_tb={"perf/tokens_per_s": tokens_per_s})
+    progress.update(done, metrics_host["train/loss"], tokens_per_s)
+    if done % tc.checkpoint_every == 0 or final:
+      ckpt.save(done, state, {"step": done, "data_position": position}, force=final)
+    if final:
+      _finish(run_dir, line, progress)
+  ckpt.close()
+  writer.close()
+  progress.close()
+  return {"state": state, "metrics": metrics_host, "run_dir": run_dir}
+
+
+def _finish(run_dir: str, line: dict, progress: Progress) -> None:
+  result = {k: v for k, v in line.items() if k.startswith("test/")}
+  with open(os.path.join(run_dir, "eval.json"), "w") as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  try:
+    from jaxrl_llm.train.plotting import plot_run
+
+    png = plot_run(run_dir)
+    progress.message(f"plot: {png}")
+  except Exception as e:  # A plotting failure must never cost a finished run.
+    progress.message(f"plotting failed: {e!r}")
+  if "test/exact_match" in result:
+    progress.message(f"held-out test exact match: {result['test/exact_match']:.4f} "
+                     f"({result['test/examples']} examples)")
+
+
+def resume(run_dir: str, **kwargs) -> dict[str, Any]:
+  """Continues the run in ``run_dir`` from its newest complete checkpoint."""
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{run_dir} has no config.json; is it a run directory?")
+  return train(load_json(path), run_dir, resume=True, **kwargs)
