@@ -32,15 +32,24 @@ def _param(module: nn.Module, name: str, init, shape, names, dtype):
   return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
 
 
-def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
-  """``int32[B, T]`` positions: the index of each real token among the real tokens of its row.
+def positions_from_mask(attention_mask: jax.Array, segment_ids: jax.Array | None = None
+                        ) -> jax.Array:
+  """``int32[B, T]`` positions: the index of each real token among the real tokens of its row
+  (of its segment, when ``segment_ids`` marks packed sequences; segments are contiguous runs).
 
   Padding positions get the position of the previous real token (0 before the first); they are
   masked out of attention anyway.
   """
   chex.assert_rank(attention_mask, 2)
-  pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
-  return jnp.maximum(pos, 0)
+  m = attention_mask.astype(jnp.int32)
+  count = jnp.cumsum(m, axis=-1)  # Real tokens up to and including t.
+  if segment_ids is not None:
+    chex.assert_equal_shape([attention_mask, segment_ids])
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    before = jnp.where(starts, count - m, 0)  # Real tokens before each segment's start.
+    count = count - jax.lax.cummax(before, axis=1)
+  return jnp.maximum(count - 1, 0)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -153,7 +162,7 @@ class Decoder(nn.Module):
     embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
                        (c.vocab_size, c.d_model), ("vocab", "embed"), pd)
     x = jnp.take(embedding, tokens, axis=0).astype(cd)
-    positions = positions_from_mask(attention_mask)
+    positions = positions_from_mask(attention_mask, segment_ids)
     t = tokens.shape[1]
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
     mask = causal[None] & attention_mask[:, None, :]  # [B, T(query), S(key)]
