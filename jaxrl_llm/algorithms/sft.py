@@ -90,7 +90,7 @@ def make_update(apply_fn: Callable, tx: optax.GradientTransformation, schedule: 
     metrics = {
         "train/loss": loss,
         "train/token_accuracy": correct / jnp.maximum(count, 1.0),
-        "train/grad_norm": optax.tree_utils.tree_l2_norm(grads),
+        "train/grad_norm": optax.tree_utils.tree_norm(grads),
         "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         "train/answer_tokens": count,
         "train/skipped": 1.0 - finite.astype(jnp.float32),
