@@ -134,8 +134,32 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     if isinstance(node[path[-1]], dict):
       raise ConfigError(f"config key '{full}' is a section; set one of its fields, e.g. "
                         f"'{full}.{next(iter(node[path[-1]]))}=...'")
-    node[path[-1]] = value
+    node[path[-1]] = _coerce(value, _field_type(path), text.split("=", 1)[1])
   return from_dict(data)
+
+
+def _field_type(path: list[str]):
+  cls = Config
+  for part in path[:-1]:
+    cls = typing.get_type_hints(cls)[part]
+  return typing.get_type_hints(cls)[path[-1]]
+
+
+def _coerce(value: Any, tp, raw: str) -> Any:
+  """Reads a command-line value the way its declared type wants it.
+
+  YAML alone reads ``1e-3`` as a string and ``run_name=007`` as an int; the declared type settles
+  both. Anything that still does not fit is left for dacite to reject with a type error.
+  """
+  raw = raw.strip()
+  if tp is float and isinstance(value, str):
+    try:
+      return float(raw)
+    except ValueError:
+      return value
+  if tp is str or typing.get_origin(tp) is typing.Literal:
+    return raw if not (len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"") else value
+  return value
 
 
 def save_json(config: Config, path: str | os.PathLike) -> None:
