@@ -12,11 +12,11 @@ def config() -> Config:
   return Config(
       experiment="sft-arithmetic",
       seed=0,
-      model=ModelConfig(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=384,
+      model=ModelConfig(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512,
                         max_seq_len=32, tie_embeddings=True),
       data=DataConfig(task="arithmetic", digits=2, operators="+-", train_size=15000,
                       validation_size=500, test_size=1000, length_buckets=(16,)),
-      optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=100, weight_decay=0.01,
+      optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=100, weight_decay=0.01,
                                 max_grad_norm=1.0),
       algorithm=AlgorithmConfig(name="sft"),
       train=TrainConfig(steps=1500, batch_size=64, grad_accum_steps=1, checkpoint_every=500,

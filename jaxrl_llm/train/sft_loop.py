@@ -164,7 +164,11 @@ def evaluate(setup: SFTSetup, params, split: str, limit: int = 0) -> dict[str, f
 
 
 def new_run_dir(config: Config, run_dir: str | None = None) -> str:
-  """Creates the run directory (refusing one that already holds a run) and saves the config."""
+  """Creates the run directory, refusing one that already holds a run.
+
+  The config itself is written by :func:`train` once setup has succeeded, so a run that fails
+  validation leaves no half-made run behind.
+  """
   if run_dir is None:
     name = config.logging.run_name or f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = os.path.join(config.logging.runs_root, name)
@@ -172,7 +176,6 @@ def new_run_dir(config: Config, run_dir: str | None = None) -> str:
     raise FileExistsError(f"{run_dir} already holds a run; use `jaxrl-llm resume {run_dir}` "
                           "or choose another --run-dir")
   os.makedirs(run_dir, exist_ok=True)
-  save_json(config, os.path.join(run_dir, "config.json"))
   return run_dir
 
 
@@ -185,6 +188,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     stop_after: stop after this global step (tests); checkpoints are still written on schedule.
   """
   setup = build(config, run_dir, devices=devices)
+  if not resume:
+    save_json(config, os.path.join(run_dir, "config.json"))
   tc, lc = config.train, config.logging
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
                       async_save=tc.async_checkpointing)
@@ -205,6 +210,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   if start_step == 0:
     progress.message(f"run dir: {run_dir}")
     progress.message("data: " + ", ".join(f"{k}={v}" for k, v in data_stats.items() if v))
+  if start_step >= tc.steps:
+    progress.message(f"{run_dir} is already complete ({start_step}/{tc.steps} steps)")
   last = stop_after if stop_after is not None else tc.steps
   metrics_host: dict[str, Any] = {}
   t_last = time.perf_counter()
