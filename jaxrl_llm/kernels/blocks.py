@@ -1,0 +1,42 @@
+"""Block sizes of the fused log-prob core: a frozen, validated dataclass with per-backend defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlockSizes:
+  """Tile shape of the fused log-softmax over ``[N tokens, V vocabulary]``.
+
+  Attributes:
+    block_n: rows (tokens) per kernel program (Pallas grid step). The chunked ``jnp`` path
+      processes all rows of a vocabulary tile at once and ignores it.
+    block_v: vocabulary columns per tile. Peak extra memory is ``O(N · block_v)``.
+  """
+
+  block_n: int = 128
+  block_v: int = 2048
+
+  def __post_init__(self):
+    for name in ("block_n", "block_v"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"BlockSizes.{name} must be a positive int, got {value!r}")
+    if self.block_n % 8:
+      raise ValueError(f"BlockSizes.block_n must be a multiple of 8, got {self.block_n}")
+
+  @classmethod
+  def default(cls, backend: str) -> "BlockSizes":
+    """Defaults per backend (``cpu``, ``gpu``, ``tpu``); unknown backends get the CPU ones."""
+    return _DEFAULTS.get(backend, _DEFAULTS["cpu"])
+
+
+_DEFAULTS = {
+    # CPU: large vocabulary tiles amortise the per-iteration overhead of the scan.
+    "cpu": BlockSizes(block_n=128, block_v=8192),
+    # GPU (Triton): power-of-two tiles that fit shared memory with D up to a few thousand.
+    "gpu": BlockSizes(block_n=64, block_v=512),
+    # TPU (Mosaic): lane-aligned vocabulary tiles (multiples of 128) and sublane-aligned rows.
+    "tpu": BlockSizes(block_n=256, block_v=2048),
+}
