@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, NamedTuple
 
 import chex
@@ -158,7 +159,10 @@ def _fused_linear_bwd(st, res, g):
 _fused_linear.defvjp(_fused_linear_fwd, _fused_linear_bwd)
 
 
-def _resolve(impl, block_sizes, interpret):
+def _resolve(impl, block_sizes, interpret, temperature, lead):
+  """Validates the shared options; returns (rows, impl, blocks, interpret)."""
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
   backend = jax.default_backend()
   impl = impl or default_impl(backend)
   if impl not in IMPLS:
@@ -168,7 +172,7 @@ def _resolve(impl, block_sizes, interpret):
     raise TypeError(f"block_sizes must be a BlockSizes, got {type(blocks).__name__}")
   if interpret is None:
     interpret = backend == "cpu"
-  return impl, blocks, bool(interpret)
+  return math.prod(lead), impl, blocks, bool(interpret)
 
 
 def fused_linear_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
@@ -207,12 +211,7 @@ def fused_linear_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
     chex.assert_shape(h_ref, lead + (w_ref.shape[0],))
     if w_ref.shape[1] != w.shape[1]:
       raise ValueError(f"w_ref vocabulary {w_ref.shape[1]} != w vocabulary {w.shape[1]}")
-  if temperature <= 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
-  impl, blocks, interpret = _resolve(impl, block_sizes, interpret)
-  n = 1
-  for d in lead:
-    n *= d
+  n, impl, blocks, interpret = _resolve(impl, block_sizes, interpret, temperature, lead)
   hf = h.reshape(n, h.shape[-1])
   yf = targets.reshape(n).astype(jnp.int32)
   vf = jnp.ones((n,), bool) if valid is None else valid.reshape(n).astype(bool)
@@ -287,12 +286,7 @@ def fused_logits_logprobs(logits: jax.Array, targets: jax.Array, *,
   chex.assert_shape(logits, lead + (logits.shape[-1],))
   if ref_logits is not None:
     chex.assert_equal_shape([logits, ref_logits])
-  if temperature <= 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
-  impl, blocks, interpret = _resolve(impl, block_sizes, interpret)
-  n = 1
-  for d in lead:
-    n *= d
+  n, impl, blocks, interpret = _resolve(impl, block_sizes, interpret, temperature, lead)
   v = logits.shape[-1]
   lf = logits.reshape(n, v)
   yf = targets.reshape(n).astype(jnp.int32)

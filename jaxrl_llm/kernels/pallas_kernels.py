@@ -35,6 +35,11 @@ def _pad_rows(x, n_pad, value=0):
   return jnp.pad(x, pad, constant_values=value)
 
 
+def _geometry(n, vocab, block_n, block_v):
+  """(tile width, row block, padded row count)."""
+  return min(block_v, vocab), block_n, -(-n // block_n) * block_n
+
+
 def _row_spec(bn, width):
   return pl.BlockSpec((bn, width), lambda i: (i, 0))
 
@@ -69,9 +74,7 @@ def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n
   """Pallas version of :func:`jaxrl_llm.kernels.chunked.linear_forward`."""
   n, d = h.shape
   vocab = w.shape[1]
-  bv = min(block_v, vocab)
-  bn = block_n
-  n_pad = -(-n // bn) * bn
+  bv, bn, n_pad = _geometry(n, vocab, block_n, block_v)
   with_ref = h_ref is not None
   args = [_pad_rows(h, n_pad), w, _pad_rows(targets.astype(jnp.int32)[:, None], n_pad, -1)]
   specs = [_row_spec(bn, d), _whole(w.shape), _row_spec(bn, 1)]
@@ -146,9 +149,7 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
   """Pallas version of :func:`jaxrl_llm.kernels.chunked.linear_backward` (float32 dh, dw)."""
   n, d = h.shape
   vocab = w.shape[1]
-  bv = min(block_v, vocab)
-  bn = block_n
-  n_pad = -(-n // bn) * bn
+  bv, bn, n_pad = _geometry(n, vocab, block_n, block_v)
   with_ref = h_ref is not None
   hp = _pad_rows(h, n_pad)
   yp = _pad_rows(targets.astype(jnp.int32)[:, None], n_pad, -1)
@@ -225,9 +226,7 @@ def logits_forward(logits, targets, ref_logits, *, temperature, softcap, block_n
                    interpret) -> tiles.Stats:
   """Pallas row-wise fused log-softmax statistics from precomputed logits ``[N, V]``."""
   n, vocab = logits.shape
-  bv = min(block_v, vocab)
-  bn = block_n
-  n_pad = -(-n // bn) * bn
+  bv, bn, n_pad = _geometry(n, vocab, block_n, block_v)
   with_ref = ref_logits is not None
   args = [_pad_rows(logits, n_pad), _pad_rows(targets.astype(jnp.int32)[:, None], n_pad, -1)]
   specs = [_row_spec(bn, vocab), _row_spec(bn, 1)]
@@ -247,9 +246,7 @@ def logits_backward(logits, targets, ref_logits, fin, cot, *, temperature, softc
                     block_v, interpret):
   """Pallas gradient of the logits-level outputs w.r.t. ``logits`` (float32 ``[N, V]``)."""
   n, vocab = logits.shape
-  bv = min(block_v, vocab)
-  bn = block_n
-  n_pad = -(-n // bn) * bn
+  bv, bn, n_pad = _geometry(n, vocab, block_n, block_v)
   with_ref = ref_logits is not None
   args = [_pad_rows(logits, n_pad), _pad_rows(targets.astype(jnp.int32)[:, None], n_pad, -1),
           _pad_rows(tiles.pack_backward(fin, cot), n_pad)]
