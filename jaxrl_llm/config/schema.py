@@ -34,10 +34,18 @@ def _positive(section: str, obj, *names: str, allow_zero: bool = False):
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gpt2")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-  """Decoder-only transformer (RMSNorm, RoPE, SwiGLU, grouped-query attention)."""
+  """One configurable decoder covering Llama 2/3, Qwen2/2.5, Qwen3, Mistral, Gemma 1/2 and GPT-2.
 
+  The defaults are a Llama-style model (RMSNorm, RoPE, SwiGLU, grouped-query attention);
+  :mod:`jaxrl_llm.models.hf` maps Hugging Face configs onto these fields.
+  """
+
+  family: str = "llama"  # Which Hugging Face layout export uses; the maths is set by the fields.
   vocab_size: int = 0  # 0: take the tokenizer's size, rounded up to `vocab_multiple`.
   vocab_multiple: int = 8
   d_model: int = 128
@@ -46,35 +54,78 @@ class ModelConfig:
   n_kv_heads: int = 2
   head_dim: int = 0  # 0: d_model // n_heads.
   d_ff: int = 512
-  max_seq_len: int = 64
+  max_seq_len: int = 64  # Also the size of GPT-2's learned position table.
   rope_theta: float = 10000.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
   dropout_rate: float = 0.0
   param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
   dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+  # Family switches.
+  norm: Literal["rms", "layer"] = "rms"
+  norm_offset: bool = False  # Gemma: RMSNorm scales by (1 + w).
+  activation: Literal["silu", "gelu_tanh", "gelu"] = "silu"
+  gated_mlp: bool = True  # SwiGLU / GeGLU; False: GPT-2's up -> act -> down.
+  attention_bias: bool = False  # q/k/v biases (Qwen2, GPT-2).
+  out_bias: bool = False  # Attention output bias (GPT-2).
+  mlp_bias: bool = False  # MLP biases (GPT-2).
+  qk_norm: bool = False  # Qwen3: RMSNorm over the head dimension of q and k.
+  positions: Literal["rope", "learned"] = "rope"
+  rope_type: Literal["default", "llama3"] = "default"
+  rope_factor: float = 8.0  # Llama-3 RoPE scaling.
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_positions: int = 8192
+  embed_scale: bool = False  # Gemma: embeddings times sqrt(d_model).
+  query_scale: float = 0.0  # Attention score scale; 0: head_dim ** -0.5 (Gemma 2: scalar ** -0.5).
+  attn_softcap: float = 0.0  # Gemma 2 attention-logit soft-capping (0: off).
+  final_softcap: float = 0.0  # Gemma 2 final-logit soft-capping (0: off).
+  sliding_window: int = 0  # Keys within this many positions (0: off).
+  layer_types: tuple[str, ...] = ()  # Per layer "full" / "sliding"; (): all sliding iff a window.
+  post_norms: bool = False  # Gemma 2: norms after attention and MLP too.
 
   def __post_init__(self):
+    if self.family not in FAMILIES:
+      _fail("model.family", f"must be one of {FAMILIES}, got {self.family!r}")
     _positive("model", self, "vocab_size", allow_zero=True)
     _positive("model", self, "vocab_multiple", "d_model", "n_layers", "n_heads", "n_kv_heads",
               "d_ff", "max_seq_len", "rope_theta", "norm_eps")
-    _positive("model", self, "head_dim", allow_zero=True)
+    _positive("model", self, "head_dim", "sliding_window", "attn_softcap", "final_softcap",
+              "query_scale", allow_zero=True)
     if self.n_heads % self.n_kv_heads:
       _fail("model.n_kv_heads", f"must divide n_heads={self.n_heads}, got {self.n_kv_heads}")
     if self.head_dim == 0 and self.d_model % self.n_heads:
       _fail("model.head_dim", f"is 0 (derived) but d_model={self.d_model} is not divisible by "
             f"n_heads={self.n_heads}; set it explicitly")
-    if self.resolved_head_dim % 2:
+    if self.positions == "rope" and self.resolved_head_dim % 2:
       _fail("model.head_dim", f"RoPE needs an even head dimension, got {self.resolved_head_dim}")
     if not 0.0 <= self.dropout_rate < 1.0:
       _fail("model.dropout_rate", f"must be in [0, 1), got {self.dropout_rate}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         _fail(f"model.{name}", f"must be one of {_DTYPES}, got {getattr(self, name)!r}")
+    choices = {"norm": ("rms", "layer"), "activation": ("silu", "gelu_tanh", "gelu"),
+               "positions": ("rope", "learned"), "rope_type": ("default", "llama3")}
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        _fail(f"model.{name}", f"must be one of {allowed}, got {getattr(self, name)!r}")
+    if self.layer_types:
+      if len(self.layer_types) != self.n_layers:
+        _fail("model.layer_types", f"needs one entry per layer ({self.n_layers}), got "
+              f"{len(self.layer_types)}")
+      if set(self.layer_types) - {"full", "sliding"}:
+        _fail("model.layer_types", f"entries must be 'full' or 'sliding', got {self.layer_types}")
+      if "sliding" in self.layer_types and not self.sliding_window:
+        _fail("model.sliding_window", "must be > 0 when a layer is 'sliding'")
 
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.d_model // self.n_heads
+
+  def layer_is_sliding(self, i: int) -> bool:
+    if self.layer_types:
+      return self.layer_types[i] == "sliding"
+    return self.sliding_window > 0
 
   def with_vocab(self, tokenizer_size: int) -> "ModelConfig":
     """Returns a copy whose ``vocab_size`` is set (if it was 0) from the tokenizer's size."""

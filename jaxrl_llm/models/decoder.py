@@ -1,23 +1,26 @@
-"""A decoder-only transformer in Flax Linen: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+"""One configurable decoder in Flax Linen: Llama 2/3, Qwen2/2.5, Qwen3, Mistral, Gemma 1/2, GPT-2.
 
 Einsum letters: B batch, T query time, S key time, D model, N query heads, K kv heads, G query heads
 per kv head, H head dim, F MLP hidden, V vocabulary.
 
-Every parameter carries logical axis names (``nn.with_logical_partitioning``), so
+Every parameter carries logical axis names (``nn.with_logical_partitioning``) so
 :mod:`jaxrl_llm.parallel` can place it on any mesh. Positions come from the attention mask (a
-left-padded prompt starts at position 0 at its first real token), and optional ``segment_ids``
-keep packed sequences from attending to each other. Logits are always float32.
+left-padded prompt starts at position 0 at its first real token), ``segment_ids`` keep packed
+sequences apart (positions restart per segment), and logits are float32.
 
-The model-zoo issue generalises this module (norm kinds, biases, qk-norm, soft-capping, other
-heads); its pieces are kept small and separately named with that in mind.
+KV cache: pass ``cache=`` (from :func:`init_cache`) and the call writes this chunk's keys and values
+at ``cache["index"]`` and returns ``(output, new_cache)``; :func:`prefill` and :func:`decode_step`
+wrap it. Shapes stay static (the cache is preallocated), so decoding compiles once.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+import math
+
 import chex
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from jaxrl_llm.config.schema import ModelConfig
 
@@ -52,15 +55,31 @@ def positions_from_mask(attention_mask: jax.Array, segment_ids: jax.Array | None
   return jnp.maximum(count - 1, 0)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding, rotate-half layout (as Llama checkpoints store q/k).
+def rope_inv_freq(config: ModelConfig) -> jax.Array:
+  """``float32[H/2]`` inverse frequencies, with Llama-3 scaling when ``rope_type == "llama3"``."""
+  h = config.resolved_head_dim
+  inv = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  if config.rope_type != "llama3":
+    return inv
+  factor, lo, hi = config.rope_factor, config.rope_low_freq_factor, config.rope_high_freq_factor
+  old = config.rope_original_max_positions
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > old / lo, inv / factor, inv)
+  smooth = (old / wavelen - lo) / (hi - lo)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
+  """Rotary embedding, rotate-half layout (as Llama-family checkpoints store q/k).
 
   Args:
-    x: ``[B, T, N, H]`` queries or keys, H even.
-    positions: ``int32[B, T]``.
+    x: ``[B, T, N, H]``; positions: ``int32[B, T]``; inv_freq: ``float32[H/2]`` (or a theta float).
   """
   h = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))  # [H/2]
+  if not hasattr(inv_freq, "shape"):
+    inv_freq = 1.0 / (inv_freq ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
   sin = jnp.sin(angles)[:, :, None, :]
   cos = jnp.cos(angles)[:, :, None, :]
@@ -70,23 +89,46 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return out.astype(x.dtype)
 
 
-class RMSNorm(nn.Module):
+def _activation(name: str):
+  return {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+          "gelu": lambda x: jax.nn.gelu(x, approximate=False)}[name]
+
+
+class Norm(nn.Module):
+  """RMSNorm (``w`` or Gemma's ``1 + w``) or LayerNorm (GPT-2), computed in float32."""
+
+  kind: str
   eps: float
+  offset: bool = False
   param_dtype: jnp.dtype = jnp.float32
+  axis_name: str = "norm"
 
   @nn.compact
   def __call__(self, x):
-    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",), self.param_dtype)
+    d = x.shape[-1]
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale = _param(self, "scale", init, (d,), (self.axis_name,), self.param_dtype)
     x32 = x.astype(jnp.float32)
+    if self.kind == "layer":
+      bias = _param(self, "bias", nn.initializers.zeros, (d,), (self.axis_name,), self.param_dtype)
+      mean = jnp.mean(x32, axis=-1, keepdims=True)
+      var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+      y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+      return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+    w = scale.astype(jnp.float32)
+    return (y * (1.0 + w if self.offset else w)).astype(x.dtype)
+
+
+def _norm(c: ModelConfig, name: str, axis_name: str = "norm") -> Norm:
+  return Norm(c.norm, c.norm_eps, c.norm_offset, _dtype(c.param_dtype), axis_name, name=name)
 
 
 class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, deterministic: bool):
+  def __call__(self, x, positions, mask, deterministic: bool, cache=None, index=None):
     c = self.config
     pd, cd = _dtype(c.param_dtype), _dtype(c.dtype)
     d, n, k, h = c.d_model, c.n_heads, c.n_kv_heads, c.resolved_head_dim
@@ -96,97 +138,209 @@ class Attention(nn.Module):
     wv = _param(self, "v", init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd).astype(cd)
     wo = _param(self, "o", nn.initializers.normal(stddev=(n * h) ** -0.5), (n, h, d),
                 ("heads", "head_dim", "embed"), pd).astype(cd)
-    q = apply_rope(jnp.einsum("BTD,DNH->BTNH", x, wq), positions, c.rope_theta)
-    kk = apply_rope(jnp.einsum("BSD,DKH->BSKH", x, wk), positions, c.rope_theta)
+    q = jnp.einsum("BTD,DNH->BTNH", x, wq)
+    kk = jnp.einsum("BSD,DKH->BSKH", x, wk)
     v = jnp.einsum("BSD,DKH->BSKH", x, wv)
+    if c.attention_bias:
+      zeros = nn.initializers.zeros
+      q = q + _param(self, "q_bias", zeros, (n, h), ("heads", "head_dim"), pd).astype(cd)
+      kk = kk + _param(self, "k_bias", zeros, (k, h), ("kv_heads", "head_dim"), pd).astype(cd)
+      v = v + _param(self, "v_bias", zeros, (k, h), ("kv_heads", "head_dim"), pd).astype(cd)
+    if c.qk_norm:
+      q = _norm(c, "q_norm", "head_dim")(q)
+      kk = _norm(c, "k_norm", "head_dim")(kk)
+    if c.positions == "rope":
+      inv = rope_inv_freq(c)
+      q = apply_rope(q, positions, inv)
+      kk = apply_rope(kk, positions, inv)
+    new_cache = None
+    if cache is not None:
+      kk = jax.lax.dynamic_update_slice_in_dim(cache["k"], kk.astype(cache["k"].dtype), index,
+                                               axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index,
+                                              axis=1)
+      new_cache = {"k": kk, "v": v}
+      kk, v = kk.astype(cd), v.astype(cd)
     b, t = x.shape[:2]
     q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk).astype(jnp.float32) * (h ** -0.5)
+    scale = c.query_scale if c.query_scale else h ** -0.5
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk).astype(jnp.float32) * scale
+    if c.attn_softcap:
+      scores = jnp.tanh(scores / c.attn_softcap) * c.attn_softcap
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = nn.Dropout(c.dropout_rate)(probs, deterministic=deterministic).astype(cd)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
-    return jnp.einsum("BTNH,NHD->BTD", out, wo)
+    out = jnp.einsum("BTNH,NHD->BTD", out, wo)
+    if c.out_bias:
+      out = out + _param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",), pd).astype(cd)
+    return out, new_cache
 
 
-class SwiGLU(nn.Module):
+class MLP(nn.Module):
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x):
     c = self.config
     pd, cd = _dtype(c.param_dtype), _dtype(c.dtype)
+    act = _activation(c.activation)
     init_in = nn.initializers.normal(stddev=c.d_model ** -0.5)
     init_out = nn.initializers.normal(stddev=c.d_ff ** -0.5)
-    gate = _param(self, "gate", init_in, (c.d_model, c.d_ff), ("embed", "mlp"), pd).astype(cd)
     up = _param(self, "up", init_in, (c.d_model, c.d_ff), ("embed", "mlp"), pd).astype(cd)
     down = _param(self, "down", init_out, (c.d_ff, c.d_model), ("mlp", "embed"), pd).astype(cd)
-    hidden = jax.nn.silu(jnp.einsum("BTD,DF->BTF", x, gate)) * jnp.einsum("BTD,DF->BTF", x, up)
-    return jnp.einsum("BTF,FD->BTD", hidden, down)
+    u = jnp.einsum("BTD,DF->BTF", x, up)
+    if c.mlp_bias:
+      u = u + _param(self, "up_bias", nn.initializers.zeros, (c.d_ff,), ("mlp",), pd).astype(cd)
+    if c.gated_mlp:
+      gate = _param(self, "gate", init_in, (c.d_model, c.d_ff), ("embed", "mlp"), pd).astype(cd)
+      g = jnp.einsum("BTD,DF->BTF", x, gate)
+      if c.mlp_bias:
+        g = g + _param(self, "gate_bias", nn.initializers.zeros, (c.d_ff,), ("mlp",),
+                       pd).astype(cd)
+      hidden = act(g) * u
+    else:
+      hidden = act(u)
+    out = jnp.einsum("BTF,FD->BTD", hidden, down)
+    if c.mlp_bias:
+      out = out + _param(self, "down_bias", nn.initializers.zeros, (c.d_model,), ("embed",),
+                         pd).astype(cd)
+    return out
 
 
 class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, deterministic: bool):
+  def __call__(self, x, positions, mask, deterministic: bool, cache=None, index=None):
     c = self.config
-    pd = _dtype(c.param_dtype)
     drop = nn.Dropout(c.dropout_rate)
-    h = Attention(c, name="attn")(RMSNorm(c.norm_eps, pd, name="attn_norm")(x), positions, mask,
-                                  deterministic)
+    h, new_cache = Attention(c, name="attn")(_norm(c, "attn_norm")(x), positions,
+                                                           mask, deterministic, cache, index)
+    if c.post_norms:
+      h = _norm(c, "post_attn_norm")(h)
     x = x + drop(h, deterministic=deterministic)
-    h = SwiGLU(c, name="mlp")(RMSNorm(c.norm_eps, pd, name="mlp_norm")(x))
-    return x + drop(h, deterministic=deterministic)
+    h = MLP(c, name="mlp")(_norm(c, "mlp_norm")(x))
+    if c.post_norms:
+      h = _norm(c, "post_mlp_norm")(h)
+    return x + drop(h, deterministic=deterministic), new_cache
 
 
 class Decoder(nn.Module):
   """Decoder-only language model.
 
   ``__call__(tokens int32[B, T], attention_mask bool[B, T], segment_ids int32[B, T] | None)``
-  returns float32 logits ``[B, T, V]``, or the final normed hidden states ``[B, T, D]`` (compute
-  dtype) when ``return_hidden=True`` -- for callers that fuse the LM head into the log-prob kernel
-  (see :func:`lm_head_weight`).
+  returns float32 logits ``[B, T, V]`` (soft-capped when ``final_softcap``), or the final normed
+  hidden states ``[B, T, D]`` (compute dtype) with ``return_hidden=True`` -- for the fused log-prob
+  kernel with :func:`lm_head_weight`. With ``cache=`` it returns ``(output, new_cache)``.
   """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, attention_mask, segment_ids=None, *, deterministic: bool = True,
-               return_hidden: bool = False):
+  def __call__(self, tokens, attention_mask, segment_ids=None, *, cache=None,
+               deterministic: bool = True, return_hidden: bool = False):
     c = self.config
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape([tokens, attention_mask])
     pd, cd = _dtype(c.param_dtype), _dtype(c.dtype)
     attention_mask = attention_mask.astype(bool)
-    embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
+    embedding = _param(self, "embedding", nn.initializers.normal(stddev=c.d_model ** -0.5),
                        (c.vocab_size, c.d_model), ("vocab", "embed"), pd)
     x = jnp.take(embedding, tokens, axis=0).astype(cd)
-    positions = positions_from_mask(attention_mask, segment_ids)
-    t = tokens.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    mask = causal[None] & attention_mask[:, None, :]  # [B, T(query), S(key)]
+    if c.embed_scale:
+      x = x * jnp.asarray(math.sqrt(c.d_model), cd)
+    b, t = tokens.shape
+    if cache is None:
+      positions = positions_from_mask(attention_mask, segment_ids)
+      q_idx = jnp.arange(t)
+      key_mask = attention_mask
+      index = None
+    else:
+      index = cache["index"]
+      seen = jnp.sum(cache["mask"].astype(jnp.int32), axis=-1, keepdims=True)
+      positions = seen + jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), -1) - 1, 0)
+      q_idx = index + jnp.arange(t)
+      key_mask = jax.lax.dynamic_update_slice_in_dim(cache["mask"], attention_mask, index, axis=1)
+    s = key_mask.shape[1]
+    k_idx = jnp.arange(s)
+    causal = k_idx[None, :] <= q_idx[:, None]  # [T, S]
+    mask = causal[None] & key_mask[:, None, :]
     if segment_ids is not None:
+      if cache is not None:
+        raise ValueError("segment_ids (packing) and a KV cache cannot be combined")
       chex.assert_equal_shape([tokens, segment_ids])
       mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    window = (q_idx[:, None] - k_idx[None, :]) < c.sliding_window if c.sliding_window else None
+    if c.positions == "learned":
+      table = _param(self, "pos_embedding", nn.initializers.normal(stddev=0.02),
+                     (c.max_seq_len, c.d_model), ("positions", "embed"), pd)
+      x = x + jnp.take(table, jnp.minimum(positions, c.max_seq_len - 1), axis=0).astype(cd)
+    new_layers = []
     for i in range(c.n_layers):
-      x = Block(c, name=f"layer_{i}")(x, positions, mask, deterministic)
-    x = RMSNorm(c.norm_eps, pd, name="final_norm")(x)
+      layer_mask = mask & window[None] if c.layer_is_sliding(i) else mask
+      layer_cache = None if cache is None else cache["layers"][i]
+      x, new = Block(c, name=f"layer_{i}")(x, positions, layer_mask, deterministic,
+                                                    layer_cache, index)
+      new_layers.append(new)
+    x = _norm(c, "final_norm")(x)
     if not c.tie_embeddings:
       # Created unconditionally so the parameter tree never depends on `return_hidden`.
       head = _param(self, "lm_head", nn.initializers.normal(stddev=c.d_model ** -0.5),
                     (c.d_model, c.vocab_size), ("embed", "vocab"), pd)
     if return_hidden:
-      return x
-    if c.tie_embeddings:
-      # Tied: the embedding table scaled by 1/sqrt(D) keeps initial logits O(1).
-      return jnp.einsum("BTD,VD->BTV", x, embedding.astype(cd),
-                        preferred_element_type=jnp.float32) * (c.d_model ** -0.5)
-    return jnp.einsum("BTD,DV->BTV", x, head.astype(cd), preferred_element_type=jnp.float32)
+      out = x
+    else:
+      w = embedding.astype(cd).T if c.tie_embeddings else head.astype(cd)
+      out = jnp.einsum("BTD,DV->BTV", x, w, preferred_element_type=jnp.float32)
+      if c.final_softcap:
+        out = jnp.tanh(out / c.final_softcap) * c.final_softcap
+    if cache is None:
+      return out
+    return out, {"layers": new_layers, "mask": key_mask, "index": index + t}
 
 
 def lm_head_weight(params, config: ModelConfig) -> jax.Array:
-  """The ``[D, V]`` matrix with ``logits = hidden @ W`` (tied or untied), float32."""
+  """The ``[D, V]`` matrix with ``raw logits = hidden @ W`` (tied or untied).
+
+  Apply ``config.final_softcap`` (the kernels' ``softcap=``) to get the model's logits.
+  """
   if config.tie_embeddings:
-    return params["embedding"].astype(jnp.float32).T * (config.d_model ** -0.5)
-  return params["lm_head"].astype(jnp.float32)
+    return params["embedding"].T
+  return params["lm_head"]
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
+  """An empty KV cache: per layer ``k``/``v`` ``[B, max_len, K, H]``, ``mask bool[B, max_len]``
+  (which slots hold real tokens) and ``index`` (int32, next slot to write)."""
+  dtype = dtype or _dtype(config.dtype)
+  shape = (batch, max_len, config.n_kv_heads, config.resolved_head_dim)
+  layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for _ in range(config.n_layers)]
+  return {"layers": layers, "mask": jnp.zeros((batch, max_len), bool),
+          "index": jnp.zeros((), jnp.int32)}
+
+
+def prefill(params, config: ModelConfig, tokens: jax.Array, attention_mask: jax.Array,
+            max_len: int):
+  """Runs the prompt (``[B, P]``, left-padded) into a fresh cache of ``max_len`` slots.
+
+  Returns:
+    (logits float32 ``[B, P, V]``, cache).
+  """
+  if tokens.shape[1] > max_len:
+    raise ValueError(f"prompt length {tokens.shape[1]} exceeds the cache size {max_len}")
+  cache = init_cache(config, tokens.shape[0], max_len)
+  return Decoder(config).apply({"params": params}, tokens, attention_mask, cache=cache)
+
+
+def decode_step(params, config: ModelConfig, tokens: jax.Array, cache: dict,
+                valid: jax.Array | None = None):
+  """Feeds one token per row (``int32[B]``); returns (logits float32 ``[B, V]``, cache).
+
+  ``valid`` (bool ``[B]``) marks rows whose token is real (finished rows can pass False).
+  """
+  valid = jnp.ones(tokens.shape, bool) if valid is None else valid
+  logits, cache = Decoder(config).apply({"params": params}, tokens[:, None], valid[:, None],
+                                        cache=cache)
+  return logits[:, 0], cache

@@ -28,6 +28,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kv_heads", ("tensor",)),
     ("head_dim", ()),
     ("length", ()),
+    ("positions", ()),
     ("norm", ()),
     ("accum", ()),
 )
