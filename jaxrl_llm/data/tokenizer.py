@@ -35,3 +35,17 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathL
 def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerFast:
   """Loads a tokenizer saved by :func:`save_tokenizer` (or any local HF tokenizer directory)."""
   return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+
+
+def apply_chat_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool = True
+                        ) -> list[int]:
+  """Token ids of ``messages`` rendered with the tokenizer's chat template.
+
+  transformers 5 returns a dict from ``apply_chat_template(tokenize=True)`` unless
+  ``return_dict=False``; this always returns a flat ``list[int]``.
+  """
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError("this tokenizer has no chat_template; set tokenizer.chat_template first")
+  ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
+                                      add_generation_prompt=add_generation_prompt)
+  return list(ids)
