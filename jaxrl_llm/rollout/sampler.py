@@ -110,6 +110,19 @@ def truncate_logits(z: jax.Array, sampling: SamplingConfig) -> jax.Array:
   return z
 
 
+def _inverse_cdf(key: jax.Array, z: jax.Array) -> jax.Array:
+  """One exact categorical draw from logits ``z [V]`` with a single uniform number.
+
+  ``u ~ U(0, 1)·Σp`` and the token is the first index whose cumulative probability exceeds ``u``;
+  zero-probability (truncated) tokens can never be chosen. One random number per row instead of
+  ``V`` Gumbel draws keeps sampling cheap on CPU.
+  """
+  p = jnp.exp(z - jnp.max(z))
+  c = jnp.cumsum(p)
+  u = jax.random.uniform(key, (), jnp.float32) * c[-1]
+  return jnp.minimum(jnp.searchsorted(c, u, side="right"), z.shape[0] - 1)
+
+
 def sample_tokens(logits: jax.Array, row_keys: jax.Array, step, sampling: SamplingConfig):
   """Draws one token per row.
 
@@ -120,17 +133,20 @@ def sample_tokens(logits: jax.Array, row_keys: jax.Array, step, sampling: Sampli
     (tokens int32 ``[N]``, logp float32 ``[N]`` (full), logp_truncated float32 ``[N]``).
   """
   z = logits.astype(jnp.float32) / sampling.temperature
-  logp_all = jax.nn.log_softmax(z, axis=-1)
+  lse = jax.nn.logsumexp(z, axis=-1)
+  pick = lambda x, tok: jnp.take_along_axis(x, tok[:, None], axis=-1)[:, 0]
   if sampling.greedy:
-    tok = jnp.argmax(z, axis=-1)
-    picked = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
-    return tok.astype(jnp.int32), picked, picked
-  zt = truncate_logits(z, sampling) if sampling.truncates else z
+    tok = jnp.argmax(z, axis=-1).astype(jnp.int32)
+    picked = pick(z, tok) - lse
+    return tok, picked, picked
   keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
-  tok = jax.vmap(jax.random.categorical)(keys, zt).astype(jnp.int32)
-  picked = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
-  picked_t = jnp.take_along_axis(jax.nn.log_softmax(zt, axis=-1), tok[:, None], axis=-1)[:, 0]
-  return tok, picked, picked_t
+  if not sampling.truncates:
+    tok = jax.vmap(_inverse_cdf)(keys, z).astype(jnp.int32)
+    picked = pick(z, tok) - lse
+    return tok, picked, picked
+  zt = truncate_logits(z, sampling)
+  tok = jax.vmap(_inverse_cdf)(keys, zt).astype(jnp.int32)
+  return tok, pick(z, tok) - lse, pick(zt, tok) - jax.nn.logsumexp(zt, axis=-1)
 
 
 def _generate(params, prompts, prompt_mask, rng, *, config: ModelConfig,
