@@ -153,24 +153,28 @@ class Attention(nn.Module):
       inv = rope_inv_freq(c)
       q = apply_rope(q, positions, inv)
       kk = apply_rope(kk, positions, inv)
+    b, t = x.shape[:2]
+    # Keys/values live as [B, K, S, H] (the cache layout too): the score and output dots then
+    # batch over leading (B, K) with no per-step transpose of the whole cache.
+    kk = jnp.transpose(kk, (0, 2, 1, 3))
+    v = jnp.transpose(v, (0, 2, 1, 3))
     new_cache = None
     if cache is not None:
       kk = jax.lax.dynamic_update_slice_in_dim(cache["k"], kk.astype(cache["k"].dtype), index,
-                                               axis=1)
+                                               axis=2)
       v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index,
-                                              axis=1)
+                                              axis=2)
       new_cache = {"k": kk, "v": v}
       kk, v = kk.astype(cd), v.astype(cd)
-    b, t = x.shape[:2]
-    q = q.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
+    q = q.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
     scale = c.query_scale if c.query_scale else h ** -0.5
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, kk).astype(jnp.float32) * scale
+    scores = jnp.einsum("BKGTH,BKSH->BKGTS", q, kk).astype(jnp.float32) * scale
     if c.attn_softcap:
       scores = jnp.tanh(scores / c.attn_softcap) * c.attn_softcap
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = nn.Dropout(c.dropout_rate)(probs, deterministic=deterministic).astype(cd)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v).reshape(b, t, n, h)
     out = jnp.einsum("BTNH,NHD->BTD", out, wo)
     if c.out_bias:
       out = out + _param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",), pd).astype(cd)
@@ -311,10 +315,10 @@ def lm_head_weight(params, config: ModelConfig) -> jax.Array:
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
-  """An empty KV cache: per layer ``k``/``v`` ``[B, max_len, K, H]``, ``mask bool[B, max_len]``
+  """An empty KV cache: per layer ``k``/``v`` ``[B, K, max_len, H]``, ``mask bool[B, max_len]``
   (which slots hold real tokens) and ``index`` (int32, next slot to write)."""
   dtype = dtype or _dtype(config.dtype)
-  shape = (batch, max_len, config.n_kv_heads, config.resolved_head_dim)
+  shape = (batch, config.n_kv_heads, max_len, config.resolved_head_dim)
   layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(config.n_layers)]
   return {"layers": layers, "mask": jnp.zeros((batch, max_len), bool),
