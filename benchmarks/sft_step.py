@@ -41,7 +41,8 @@ def main():
   params, param_sh = init_params(STANDARD, jax.random.PRNGKey(0), mesh)
   tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=0), 1000)
   state = TrainState.create(params, tx, jax.random.PRNGKey(1))
-  update = jax.jit(sft.make_update(Decoder(STANDARD).apply, tx, schedule), donate_argnums=(0,))
+  update = jax.jit(sft.make_update(Decoder(STANDARD).apply, STANDARD, tx, schedule),
+                   donate_argnums=(0,))
   rng = np.random.default_rng(0)
   shape = (args.accum, args.batch // args.accum, args.seq)
   batch = {"tokens": rng.integers(0, 32000, shape).astype(np.int32),

@@ -43,7 +43,7 @@ def run(impl, h, w, y, *, hq=None, wq=None, valid=None, temperature=1.0, softcap
 def assert_close(a, b, rtol, atol):
   a_out, a_grads = a
   b_out, b_grads = b
-  for name in ("logp", "entropy", "lse", "kl"):
+  for name in ("logp", "entropy", "lse", "kl", "max_logp"):
     x, ref = getattr(a_out, name), getattr(b_out, name)
     if ref is None:
       assert x is None
@@ -121,6 +121,13 @@ def test_kl_is_zero_against_itself_and_matches_logits_variant():
                                impl="reference")
     for a, b in zip(lo, li):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # max_logp marks the argmax exactly.
+  o = fused_linear_logprobs(h, w, jnp.argmax(h @ w, -1), impl="chunked",
+                            block_sizes=BlockSizes(block_n=8, block_v=64))
+  assert np.all(np.asarray(o.logp) == np.asarray(o.max_logp))
+  o = fused_linear_logprobs(h, w, (jnp.argmax(h @ w, -1) + 1) % 300, impl="chunked",
+                            block_sizes=BlockSizes(block_n=8, block_v=64))
+  assert np.all(np.asarray(o.logp) < np.asarray(o.max_logp))
 
 
 @pytest.mark.parametrize("impl", ["chunked", "pallas"])

@@ -100,3 +100,24 @@ def test_non_finite_step_is_skipped_and_counted(setups):
   assert int(new.step) == 1
   for a, b in zip(jax.tree.leaves(jax.device_get(new.params)), jax.tree.leaves(before)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_fused_sft_loss_equals_full_logits_loss(setups):
+  """The update's loss (fused LM-head kernel) equals masked NLL from materialised logits."""
+  from jaxrl_llm import ops
+
+  _, single = setups
+  state = single.init_state()
+  batch, _ = single.batcher.batch(0)
+  params = jax.device_get(state.params)
+  tokens = batch["tokens"].reshape(-1, batch["tokens"].shape[-1])
+  attn = batch["attention_mask"].reshape(tokens.shape)
+  loss_mask = batch["loss_mask"].reshape(tokens.shape)
+  logits = single.model.apply({"params": params}, tokens, attn)
+  nll = ops.sft_token_nll(logits, tokens)
+  expected = ops.aggregate_loss(nll, loss_mask, "token-mean")
+  pred = np.argmax(np.asarray(logits[:, :-1]), -1) == tokens[:, 1:]
+  expected_acc = pred[loss_mask[:, 1:]].mean()
+  _, metrics = single.update(state, single.put_train_batch(batch))
+  np.testing.assert_allclose(metrics["train/loss"], expected, rtol=1e-5)
+  np.testing.assert_allclose(metrics["train/token_accuracy"], expected_acc, rtol=1e-6)

@@ -1,5 +1,9 @@
 """Supervised fine-tuning: masked next-token cross-entropy on answer tokens only.
 
+Log-probs come from the fused LM-head kernel (:func:`jaxrl_llm.kernels.fused_linear_logprobs`) on
+the trunk's final hidden states, so ``[B, T, V]`` logits are never held in memory (they would be the
+largest array in the step for 150k-token vocabularies).
+
 ``update(state, batch) -> (state, metrics)`` is pure. The batch holds ``A`` micro-batches
 (``tokens int32[A, b, L]``, ``attention_mask bool[A, b, L]``, ``loss_mask bool[A, b, L]``); the
 gradient is accumulated over them with ``lax.scan`` inside the one jitted call. The loss weights are
@@ -23,6 +27,9 @@ import optax
 from jaxrl_llm import ops
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite
+from jaxrl_llm.config.schema import ModelConfig
+from jaxrl_llm.kernels import fused_linear_logprobs
+from jaxrl_llm.models.decoder import lm_head_weight
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -33,9 +40,9 @@ class Config:
   use_dropout: bool = False
 
 
-def loss_fn(params, apply_fn: Callable, micro: dict, weights: jax.Array, dropout_key: jax.Array,
-            *, use_dropout: bool):
-  """Weighted next-token NLL of one micro-batch.
+def loss_fn(params, apply_fn: Callable, model_config: ModelConfig, micro: dict,
+            weights: jax.Array, dropout_key: jax.Array, *, use_dropout: bool):
+  """Weighted next-token NLL of one micro-batch, through the fused log-prob kernel.
 
   Args:
     micro: ``tokens int32[b, L]``, ``attention_mask bool[b, L]``, ``loss_mask bool[b, L]``.
@@ -43,19 +50,26 @@ def loss_fn(params, apply_fn: Callable, micro: dict, weights: jax.Array, dropout
   Returns:
     (loss, aux) with aux = (correct answer tokens, answer tokens), both float32 scalars.
   """
-  logits = apply_fn({"params": params}, micro["tokens"], micro["attention_mask"],
-                    deterministic=not use_dropout, rngs={"dropout": dropout_key})
-  nll = ops.sft_token_nll(logits, micro["tokens"])
+  hidden = apply_fn({"params": params}, micro["tokens"], micro["attention_mask"],
+                    deterministic=not use_dropout, rngs={"dropout": dropout_key},
+                    return_hidden=True)
+  targets = micro["tokens"][:, 1:]
   mask = micro["loss_mask"]
+  out = fused_linear_logprobs(hidden[:, :-1], lm_head_weight(params, model_config), targets,
+                              softcap=model_config.final_softcap or None, valid=mask[:, 1:])
+  nll = jnp.pad(-out.logp, ((0, 0), (1, 0)))  # Aligned with tokens: position 0 predicts nothing.
   loss = ops.masked_sum(nll * weights, mask)
-  predicted = jnp.pad(jnp.argmax(logits[:, :-1], axis=-1), ((0, 0), (1, 0)))
-  correct = ops.masked_sum((predicted == micro["tokens"]).astype(jnp.float32), mask)
+  hit = jnp.pad((out.logp == out.max_logp).astype(jnp.float32), ((0, 0), (1, 0)))
+  correct = ops.masked_sum(hit, mask)
   return loss, (correct, jnp.sum(mask.astype(jnp.float32)))
 
 
-def make_update(apply_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                config: Config = Config()):
+def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.GradientTransformation,
+                schedule: Callable, config: Config = Config()):
   """Builds the pure ``update(state, batch) -> (state, metrics)`` for SFT.
+
+  ``apply_fn`` is the decoder's ``apply`` (it must accept ``return_hidden=True``);
+  ``model_config`` locates the LM head and its soft-capping.
 
   Metrics (float32 scalars): ``train/loss``, ``train/token_accuracy``, ``train/grad_norm``,
   ``train/learning_rate``, ``train/answer_tokens``, ``train/skipped`` (1 if this step was skipped),
@@ -73,7 +87,7 @@ def make_update(apply_fn: Callable, tx: optax.GradientTransformation, schedule: 
       grads_acc, loss_acc, correct_acc, count_acc = carry
       micro, w, i = xs
       (loss, (correct, count)), grads = grad_fn(
-          state.params, apply_fn, micro, w, jax.random.fold_in(step_key, i),
+          state.params, apply_fn, model_config, micro, w, jax.random.fold_in(step_key, i),
           use_dropout=config.use_dropout)
       grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
       return (grads_acc, loss_acc + loss, correct_acc + correct, count_acc + count), None

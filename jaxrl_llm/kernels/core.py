@@ -43,14 +43,16 @@ VOCAB_AXIS = "tensor"
 class LogProbs(NamedTuple):
   """Per-token outputs, float32 ``[...]`` (the leading shape of ``targets``).
 
-  ``kl`` is None when no reference was given. Rows with ``valid == False`` are 0 everywhere and
-  receive no gradient.
+  ``kl`` is None when no reference was given. ``max_logp`` is the log-prob of the most likely
+  token (``logp == max_logp`` exactly when the target is the argmax; no gradient flows through it).
+  Rows with ``valid == False`` are 0 everywhere and receive no gradient.
   """
 
   logp: jax.Array
   entropy: jax.Array
   lse: jax.Array
   kl: jax.Array | None
+  max_logp: jax.Array
 
 
 def default_impl(backend: str | None = None) -> str:
@@ -108,7 +110,7 @@ def _forward(st: _Static, h, w, y, hq, wq) -> tiles.Final:
 
   args = (h, w, y) + ((hq, wq) if with_ref else ())
   return jax.shard_map(body, mesh=st.mesh, in_specs=_specs(with_ref),
-                       out_specs=tiles.Final(*(P(ROW_AXES),) * 5), check_vma=False)(*args)
+                       out_specs=tiles.Final(*(P(ROW_AXES),) * 6), check_vma=False)(*args)
 
 
 def _backward(st: _Static, h, w, y, hq, wq, fin, cot):
@@ -142,13 +144,13 @@ def _fused_linear(st: _Static, h, w, y, valid, hq, wq):
 
 def _fused_linear_fwd(st, h, w, y, valid, hq, wq):
   fin = _forward(st, h, w, y, hq, wq)
-  out = _mask_rows(valid, fin.logp, fin.entropy, fin.lse, fin.kl)
+  out = _mask_rows(valid, fin.logp, fin.entropy, fin.lse, fin.kl, fin.max_logp)
   return out, (h, w, y, valid, hq, wq, fin)
 
 
 def _fused_linear_bwd(st, res, g):
   h, w, y, valid, hq, wq, fin = res
-  g_logp, g_ent, g_lse, g_kl = _mask_rows(valid, *(x.astype(jnp.float32) for x in g))
+  g_logp, g_ent, g_lse, g_kl = _mask_rows(valid, *(x.astype(jnp.float32) for x in g[:4]))
   if hq is None:
     g_kl = jnp.zeros_like(g_kl)
   dh, dw = _backward(st, h, w, y, hq, wq, fin, tiles.Cotangents(g_logp, g_ent, g_lse, g_kl))
@@ -217,9 +219,9 @@ def fused_linear_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
   vf = jnp.ones((n,), bool) if valid is None else valid.reshape(n).astype(bool)
   hqf = h_ref.reshape(n, h_ref.shape[-1]) if with_ref else None
   if impl == "reference":
-    logp, ent, lse, kl = reference.reference_linear(hf, w, yf, temperature=temperature,
-                                                    softcap=softcap, h_ref=hqf, w_ref=w_ref,
-                                                    valid=vf)
+    logp, ent, lse, kl, top = reference.reference_linear(hf, w, yf, temperature=temperature,
+                                                         softcap=softcap, h_ref=hqf, w_ref=w_ref,
+                                                         valid=vf)
   else:
     if mesh is not None:
       rows = mesh.shape[ROW_AXES[0]] * mesh.shape[ROW_AXES[1]]
@@ -228,9 +230,10 @@ def fused_linear_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
                          f"V={w.shape[1]} divisible by tensor={mesh.shape[VOCAB_AXIS]}")
     st = _Static(float(temperature), None if softcap is None else float(softcap), impl,
                  blocks.block_n, blocks.block_v, interpret, mesh)
-    logp, ent, lse, kl = _fused_linear(st, hf, w, yf, vf, hqf, w_ref)
+    logp, ent, lse, kl, top = _fused_linear(st, hf, w, yf, vf, hqf, w_ref)
   shape = lambda x: x.reshape(lead)
-  return LogProbs(shape(logp), shape(ent), shape(lse), shape(kl) if with_ref else None)
+  return LogProbs(shape(logp), shape(ent), shape(lse), shape(kl) if with_ref else None,
+                  jax.lax.stop_gradient(shape(top)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -249,13 +252,13 @@ def _logits_local_forward(st, logits, y, ref_logits):
 
 def _fused_logits_fwd(st, logits, y, valid, ref_logits):
   fin = tiles.finalize(_logits_local_forward(st, logits, y, ref_logits), ref_logits is not None)
-  out = _mask_rows(valid, fin.logp, fin.entropy, fin.lse, fin.kl)
+  out = _mask_rows(valid, fin.logp, fin.entropy, fin.lse, fin.kl, fin.max_logp)
   return out, (logits, y, valid, ref_logits, fin)
 
 
 def _fused_logits_bwd(st, res, g):
   logits, y, valid, ref_logits, fin = res
-  g_logp, g_ent, g_lse, g_kl = _mask_rows(valid, *(x.astype(jnp.float32) for x in g))
+  g_logp, g_ent, g_lse, g_kl = _mask_rows(valid, *(x.astype(jnp.float32) for x in g[:4]))
   if ref_logits is None:
     g_kl = jnp.zeros_like(g_kl)
   cot = tiles.Cotangents(g_logp, g_ent, g_lse, g_kl)
@@ -293,12 +296,13 @@ def fused_logits_logprobs(logits: jax.Array, targets: jax.Array, *,
   vf = jnp.ones((n,), bool) if valid is None else valid.reshape(n).astype(bool)
   qf = None if ref_logits is None else ref_logits.reshape(n, v)
   if impl == "reference":
-    logp, ent, lse, kl = reference.reference_from_logits(
+    logp, ent, lse, kl, top = reference.reference_from_logits(
         lf, yf, ref_logits=None if qf is None else jax.lax.stop_gradient(qf),
         temperature=temperature, softcap=softcap, valid=vf)
   else:
     st = _Static(float(temperature), None if softcap is None else float(softcap), impl,
                  blocks.block_n, blocks.block_v, interpret, None)
-    logp, ent, lse, kl = _fused_logits(st, lf, yf, vf, qf)
+    logp, ent, lse, kl, top = _fused_logits(st, lf, yf, vf, qf)
   shape = lambda x: x.reshape(lead)
-  return LogProbs(shape(logp), shape(ent), shape(lse), None if qf is None else shape(kl))
+  return LogProbs(shape(logp), shape(ent), shape(lse), None if qf is None else shape(kl),
+                  jax.lax.stop_gradient(shape(top)))

@@ -21,7 +21,8 @@ def transform_logits(raw: jax.Array, *, temperature: float, softcap: float | Non
 
 def reference_from_logits(logits, targets, *, ref_logits=None, temperature: float = 1.0,
                           softcap: float | None = None, valid=None):
-  """(logp, entropy, lse, kl) from full logits ``[N, V]``; ``kl`` is None without ``ref_logits``.
+  """(logp, entropy, lse, kl, max_logp) from full logits ``[N, V]``; ``kl`` is None without
+  ``ref_logits``.
 
   Rows with ``valid == False`` give 0 everywhere.
   """
@@ -31,6 +32,7 @@ def reference_from_logits(logits, targets, *, ref_logits=None, temperature: floa
   p = jnp.exp(logp_all)
   logp = jnp.take_along_axis(logp_all, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]
   entropy = -jnp.sum(p * logp_all, axis=-1)
+  top = jax.lax.stop_gradient(jnp.max(logp_all, axis=-1))
   kl = None
   if ref_logits is not None:
     zq = transform_logits(ref_logits, temperature=temperature, softcap=softcap)
@@ -38,9 +40,9 @@ def reference_from_logits(logits, targets, *, ref_logits=None, temperature: floa
     kl = jnp.sum(p * (logp_all - jax.lax.stop_gradient(logq_all)), axis=-1)
   if valid is not None:
     keep = valid.astype(bool)
-    logp, entropy, lse = (jnp.where(keep, x, 0.0) for x in (logp, entropy, lse))
+    logp, entropy, lse, top = (jnp.where(keep, x, 0.0) for x in (logp, entropy, lse, top))
     kl = None if kl is None else jnp.where(keep, kl, 0.0)
-  return logp, entropy, lse, kl
+  return logp, entropy, lse, kl, top
 
 
 def reference_linear(h, w, targets, *, temperature: float = 1.0, softcap: float | None = None,

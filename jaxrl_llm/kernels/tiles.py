@@ -51,6 +51,7 @@ class Final(NamedTuple):
   lse: jax.Array
   kl: jax.Array
   lse_q: jax.Array
+  max_logp: jax.Array  # log-prob of the most likely token: ``logp == max_logp`` iff y is argmax.
 
 
 def init_stats(n: int) -> Stats:
@@ -122,7 +123,7 @@ def finalize(stats: Stats, with_ref: bool) -> Final:
   else:
     lse_q = kl = jnp.zeros_like(lse)
   return Final(logp=stats.zy - lse, entropy=log_s - stats.pz / stats.s, lse=lse, kl=kl,
-               lse_q=lse_q)
+               lse_q=lse_q, max_logp=stats.m - lse)
 
 
 def pack(stats: Stats) -> jax.Array:
@@ -175,5 +176,6 @@ def pack_backward(fin: Final, cot: Cotangents) -> jax.Array:
 
 def unpack_backward(packed: jax.Array) -> tuple[Final, Cotangents]:
   c = [packed[:, i] for i in range(8)]
-  fin = Final(logp=jnp.zeros_like(c[0]), entropy=c[1], lse=c[0], kl=c[2], lse_q=c[3])
+  fin = Final(logp=jnp.zeros_like(c[0]), entropy=c[1], lse=c[0], kl=c[2], lse_q=c[3],
+              max_logp=jnp.zeros_like(c[0]))
   return fin, Cotangents(logp=c[4], entropy=c[5], lse=c[6], kl=c[7])

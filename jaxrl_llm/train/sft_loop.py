@@ -140,7 +140,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
 
   algo = sft.Config(loss_aggregation=config.algorithm.loss_aggregation,
                     use_dropout=model_config.dropout_rate > 0)
-  update_fn = sft.make_update(model.apply, tx, schedule, algo)
+  update_fn = sft.make_update(model.apply, model_config, tx, schedule, algo)
   batch_sharding = NamedSharding(mesh, P(None, ("data", "fsdp"), None))
   update = jax.jit(update_fn,
                    in_shardings=(state_shardings, batch_sharding),
