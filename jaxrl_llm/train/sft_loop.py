@@ -146,9 +146,9 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
                    in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, replicated(mesh)),
                    donate_argnums=(0,))
-  decode = jax.jit(make_greedy_decode(model.apply, max_new_tokens=max_new_tokens,
-                                      eos_id=tokenizer.eos_token_id,
-                                      pad_id=tokenizer.pad_token_id))
+  decode = make_greedy_decode(model_config, max_new_tokens=max_new_tokens,
+                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                              mesh=mesh)
   return SFTSetup(config=config, model_config=model_config, mesh=mesh, tokenizer=tokenizer,
                   splits=splits, batcher=batcher, model=model, tx=tx, schedule=schedule,
                   state_shardings=state_shardings, update=update, init_state=init_state,
