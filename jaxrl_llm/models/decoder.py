@@ -75,11 +75,10 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
   """Rotary embedding, rotate-half layout (as Llama-family checkpoints store q/k).
 
   Args:
-    x: ``[B, T, N, H]``; positions: ``int32[B, T]``; inv_freq: ``float32[H/2]`` (or a theta float).
+    x: ``[B, T, N, H]``; positions: ``int32[B, T]``; inv_freq: ``float32[H/2]``
+      (:func:`rope_inv_freq`).
   """
   h = x.shape[-1]
-  if not hasattr(inv_freq, "shape"):
-    inv_freq = 1.0 / (inv_freq ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
   sin = jnp.sin(angles)[:, :, None, :]
   cos = jnp.cos(angles)[:, :, None, :]

@@ -9,11 +9,14 @@ token of each row (left or right padding alike), and PRMs read it at step-marker
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.config.schema import ModelConfig
+from jaxrl_llm.ops.advantages import last_token_index
 from jaxrl_llm.models.decoder import Decoder
 
 
@@ -35,8 +38,6 @@ def init_from_policy(policy_params: dict, config: ModelConfig, key: jax.Array) -
 
 
 def _trunk_config(config: ModelConfig) -> ModelConfig:
-  import dataclasses
-
   return dataclasses.replace(config, tie_embeddings=True)  # No lm_head parameter in the trunk.
 
 
@@ -55,11 +56,9 @@ def last_token_rewards(params: dict, config: ModelConfig, tokens: jax.Array,
                        attention_mask: jax.Array) -> jax.Array:
   """Scalar reward per row read at its last non-pad token, float32 ``[B]`` (0 for empty rows)."""
   values = token_values(params, config, tokens, attention_mask)
-  m = attention_mask.astype(bool)
-  t = m.shape[1]
-  last = t - 1 - jnp.argmax(m[:, ::-1], axis=-1)
+  last, has = last_token_index(attention_mask)
   picked = jnp.take_along_axis(values, last[:, None], axis=1)[:, 0]
-  return jnp.where(jnp.any(m, axis=-1), picked, 0.0)
+  return jnp.where(has, picked, 0.0)
 
 
 def rewards_at(params: dict, config: ModelConfig, tokens: jax.Array, attention_mask: jax.Array,

@@ -18,6 +18,8 @@ sg = jax.lax.stop_gradient
 
 
 def _prepare(logp, old_logp, advantages, mask):
+  """Checks shapes; returns (bool mask, x with gradient, two stop-gradient constants), all float32
+  and 0 off the mask (masked garbage never reaches arithmetic)."""
   chex.assert_rank([logp, old_logp, advantages, mask], 2)
   chex.assert_equal_shape([logp, old_logp, advantages, mask])
   m = _bool(mask)
@@ -256,12 +258,7 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
   Returns:
     (loss float32 ``[B, T]``, diagnostics: ``vf_clipfrac``, ``value_mean``, ``value_error``).
   """
-  chex.assert_rank([values, old_values, returns, mask], 2)
-  chex.assert_equal_shape([values, old_values, returns, mask])
-  m = _bool(mask)
-  v = jnp.where(m, values, 0.0).astype(jnp.float32)
-  old = sg(jnp.where(m, old_values, 0.0).astype(jnp.float32))
-  ret = sg(jnp.where(m, returns, 0.0).astype(jnp.float32))
+  m, v, old, ret = _prepare(values, old_values, returns, mask)  # old and ret: constants.
   unclipped = (v - ret) ** 2
   if clip is None:
     loss, clipped_frac = 0.5 * unclipped, jnp.zeros((), jnp.float32)

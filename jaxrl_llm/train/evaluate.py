@@ -23,7 +23,7 @@ def make_greedy_decode(model_config, *, max_new_tokens: int, eos_id: int, pad_id
   key = jax.random.PRNGKey(0)  # Unused by greedy decoding; required by the interface.
 
   def decode(params, tokens, attention_mask):
-    lengths = np.asarray(jax.device_get(attention_mask)).sum(-1)
+    lengths = np.asarray(attention_mask).sum(-1)
     rollout = sampler.generate(params, tokens, lengths, sampling=greedy,
                                max_new_tokens=max_new_tokens, stop_token_ids=[eos_id], rng=key)
     return rollout.tokens[:, tokens.shape[1]:]
@@ -43,20 +43,19 @@ def decode_texts(tokenizer, generated: np.ndarray, eos_id: int) -> list[str]:
 
 
 def exact_match(decode_fn: Callable, params, split: EncodedSplit, tokenizer, *, batch_size: int,
-                buckets, put_batch: Callable, limit: int = 0) -> dict[str, float]:
+                buckets, limit: int = 0) -> dict[str, float]:
   """Greedy exact-match accuracy of ``split`` (first ``limit`` rows; 0 = all).
 
   Args:
     decode_fn: from :func:`make_greedy_decode`.
-    put_batch: places a host array on the mesh (batch-sharded).
   Returns:
     ``{"exact_match": float, "examples": int}``.
   """
   correct = total = 0
   for batch in prompt_batches(split, batch_size=batch_size, buckets=buckets,
                               pad_id=tokenizer.pad_token_id, limit=limit):
-    generated = jax.device_get(decode_fn(params, put_batch(batch["tokens"]),
-                                         put_batch(batch["attention_mask"])))
+    # Host arrays: the sampler places them on the mesh itself (batch over data x fsdp).
+    generated = jax.device_get(decode_fn(params, batch["tokens"], batch["attention_mask"]))
     texts = decode_texts(tokenizer, generated, tokenizer.eos_token_id)
     for text, answer, valid in zip(texts, batch["answers"], batch["valid"]):
       if valid:

@@ -160,7 +160,7 @@ def evaluate(setup: SFTSetup, params, split: str, limit: int = 0) -> dict[str, f
   tc = setup.config.train
   return exact_match(setup.decode, params, setup.splits[split], setup.tokenizer,
                      batch_size=tc.eval_batch_size, buckets=setup.config.data.length_buckets,
-                     put_batch=setup.put_batch, limit=limit)
+                     limit=limit)
 
 
 def new_run_dir(config: Config, run_dir: str | None = None) -> str:
