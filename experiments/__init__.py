@@ -8,6 +8,7 @@ import importlib
 
 EXPERIMENTS = {
     "sft-arithmetic": "experiments.sft_arithmetic",
+    "arithmetic-grpo": "experiments.arithmetic_grpo",
 }
 
 

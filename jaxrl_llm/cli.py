@@ -84,15 +84,15 @@ def main(argv=None) -> int:
       return 0
     if args.command == "run":
       config = resolve_config(args)  # Every config error is raised here, before any compile.
-      from jaxrl_llm.train import new_run_dir, train
+      from jaxrl_llm.train import new_run_dir, run
 
       run_dir = new_run_dir(config, args.run_dir)
-      train(config, run_dir)
+      run(config, run_dir)
       return 0
     if args.command == "resume":
-      from jaxrl_llm.train import resume
+      from jaxrl_llm.train import resume_run
 
-      resume(args.run_dir)
+      resume_run(args.run_dir)
       return 0
     if args.command == "eval":
       return _eval(args)
@@ -112,6 +112,10 @@ def _eval(args) -> int:
   from jaxrl_llm.train import Checkpointer, abstract_with_shardings, build, evaluate
 
   config = load_json(os.path.join(args.run_dir, "config.json"))
+  if config.algorithm.is_rl:
+    from jaxrl_llm.train import rl_loop
+
+    build, evaluate = rl_loop.build_for_eval, rl_loop.evaluate
   setup = build(config, args.run_dir)
   ckpt = Checkpointer(os.path.join(args.run_dir, "checkpoints"), keep=config.train.keep_checkpoints,
                       async_save=False)

@@ -7,15 +7,18 @@ from jaxrl_llm.config.schema import (
     Config,
     ConfigError,
     DataConfig,
+    InitConfig,
     LoggingConfig,
     MeshConfig,
     ModelConfig,
     OptimizerConfig,
+    RewardConfig,
+    RolloutConfig,
     TrainConfig,
 )
 
 __all__ = [
-    "MESH_AXES", "AlgorithmConfig", "Config", "ConfigError", "DataConfig", "LoggingConfig",
-    "MeshConfig", "ModelConfig", "OptimizerConfig", "TrainConfig", "apply_overrides", "from_dict",
+    "MESH_AXES", "AlgorithmConfig", "Config", "ConfigError", "DataConfig", "InitConfig", "LoggingConfig",
+    "MeshConfig", "ModelConfig", "OptimizerConfig", "RewardConfig", "RolloutConfig", "TrainConfig", "apply_overrides", "from_dict",
     "load_json", "parse_override", "save_json", "to_dict",
 ]

@@ -5,8 +5,8 @@ Every section is a frozen, keyword-only dataclass validated in ``__post_init__``
 The tree is plain data -- no functions, no arrays -- so it round-trips through JSON exactly and a run
 directory's ``config.json`` reproduces the run.
 
-Sections: ``model``, ``data``, ``optimizer``, ``algorithm``, ``train``, ``mesh``, ``logging`` and
-the root ``seed``.
+Sections: ``model``, ``data``, ``optimizer``, ``algorithm``, ``train``, ``mesh``, ``logging``,
+the RL sections ``rollout``, ``reward`` and ``init``, and the root ``seed``.
 """
 
 from __future__ import annotations
@@ -217,20 +217,212 @@ class OptimizerConfig:
         _fail(f"optimizer.{name}", f"must be in [0, 1), got {getattr(self, name)}")
 
 
+ALGORITHMS = ("sft", "grpo", "drgrpo", "dapo", "gspo", "rloo", "reinforce_pp",
+              "reinforce_pp_baseline", "remax")
+# The advantage estimator each named algorithm uses unless `algorithm.advantage` says otherwise.
+DEFAULT_ADVANTAGE = {"grpo": "grpo", "drgrpo": "drgrpo", "dapo": "grpo", "gspo": "grpo",
+                     "rloo": "rloo", "reinforce_pp": "reinforce_pp",
+                     "reinforce_pp_baseline": "reinforce_pp_baseline", "remax": "remax"}
+ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax")
+POLICY_LOSSES = ("ppo", "gspo", "clip_cov", "kl_cov")
+AGGREGATIONS = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
+                "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "abs", "k2", "k3", "k1+", "abs+", "k2+", "k3+")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AlgorithmConfig:
-  """Which training algorithm runs. This foundation ships supervised fine-tuning."""
+  """Which training algorithm runs and its hyperparameters (ALGORITHMS.md sections 1-11).
 
-  name: Literal["sft"] = "sft"
-  # token-mean: every answer token weighs the same; seq-mean-token-mean: every sequence does.
-  loss_aggregation: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+  ``name`` picks the algorithm; for the policy-gradient family it also picks the advantage
+  estimator (``advantage=""``) and the policy loss (``policy_loss=""``: GSPO's sequence ratio for
+  ``gspo``, the PPO clipped surrogate otherwise). Every other field is explicit, with generic
+  defaults; ``jaxrl_llm.algorithms.policy_gradient.PRESETS`` holds each paper's settings and the
+  experiment modules apply them. Fields marked (RL) are ignored by ``sft``.
+  """
+
+  name: str = "sft"
+  # token-mean: every trainable token weighs the same; seq-mean-token-mean: every sequence does;
+  # seq-mean-token-sum-norm: Dr. GRPO's constant normaliser `norm_constant` (ALGORITHMS.md 1.2).
+  loss_aggregation: str = "token-mean"
+  norm_constant: float = 0.0  # (RL) Dr. GRPO's C; 0: rollout.max_new_tokens (constant per run).
+  advantage: str = ""  # (RL) "" = the name's estimator; else one of ADVANTAGES.
+  policy_loss: str = ""  # (RL) "" = the name's loss; else one of POLICY_LOSSES.
+  clip_low: float = 0.2  # (RL) ε_low of the clipped ratio.
+  clip_high: float = 0.2  # (RL) ε_high (DAPO clip-higher: 0.28; GSPO: 4e-4).
+  dual_clip: float = 0.0  # (RL) dual-clip constant c > 1 for negative advantages; 0: off.
+  kl_coef: float = 0.0  # (RL) β; 0: no reference model is built at all.
+  kl_placement: str = "loss"  # (RL) "loss" (GRPO) or "reward" (RLOO, REINFORCE++, ReMax).
+  kl_estimator: str = "k3"  # (RL) k1 / abs / k2 / k3, "+" suffix: value of X, gradient of k2.
+  kl_controller: str = "fixed"  # (RL) "fixed" or "adaptive" (Ziegler et al., reward placement).
+  kl_target: float = 0.1  # (RL) adaptive controller target KL.
+  kl_horizon: float = 10000.0  # (RL) adaptive controller horizon.
+  entropy_coef: float = 0.0  # (RL) entropy bonus coefficient.
+  adv_eps: float = 1e-6  # (RL) ε in GRPO's (R - mean) / (std + ε).
+  singleton: str = "zero"  # (RL) groups with one scorable member: "zero" or "raw" advantage.
+  gamma: float = 1.0  # (RL) REINFORCE++ discount.
+  clip_cov_ratio: float = 2e-4  # (RL) Clip-Cov fraction r of tokens whose gradient is removed.
+  clip_cov_lb: float = 1.0  # (RL) Clip-Cov covariance window (lb, ub).
+  clip_cov_ub: float = 5.0
+  kl_cov_ratio: float = 2e-3  # (RL) KL-Cov fraction κ of highest-covariance tokens.
+  kl_cov_coef: float = 1.0  # (RL) KL-Cov β on |logp - old_logp|.
+  tis_cap: float = 0.0  # (RL) truncated importance sampling cap on π_old/π_sampler; 0: off.
+  epochs: int = 1  # (RL) passes over each rollout batch.
+  minibatches: int = 1  # (RL) optimizer steps per epoch.
+  micro_batches: int = 1  # (RL) gradient-accumulation chunks per minibatch (memory only).
+  shuffle_minibatches: bool = True  # (RL) re-shuffle rows into minibatches every epoch.
+  dynamic_sampling: bool = False  # (RL) DAPO: drop groups whose accuracy is constant, refill.
+  max_gen_rounds: int = 10  # (RL) generation rounds per step before dynamic sampling gives up.
+  on_exhausted: str = "raise"  # (RL) after max_gen_rounds: "raise" or "train" on what survived.
+  overlong_filter: bool = False  # (RL) DAPO: truncated responses get no loss.
+  truncated_in_stats: bool = True  # (RL) truncated responses still count in group statistics.
+  overlong_buffer: int = 0  # (RL) DAPO soft overlong punishment cache L_cache; 0: off.
+  overlong_penalty: float = 1.0  # (RL) its penalty factor.
 
   def __post_init__(self):
-    if self.name != "sft":
-      _fail("algorithm.name", f"only 'sft' is implemented so far, got {self.name!r}")
-    if self.loss_aggregation not in ("token-mean", "seq-mean-token-mean"):
-      _fail("algorithm.loss_aggregation",
-            f"must be 'token-mean' or 'seq-mean-token-mean', got {self.loss_aggregation!r}")
+    f = lambda name: f"algorithm.{name}"
+    if self.name not in ALGORITHMS:
+      _fail(f("name"), f"unknown algorithm {self.name!r}; known: {ALGORITHMS}")
+    allowed = AGGREGATIONS if self.name != "sft" else ("token-mean", "seq-mean-token-mean")
+    if self.loss_aggregation not in allowed:
+      _fail(f("loss_aggregation"), f"must be one of {allowed}, got {self.loss_aggregation!r}")
+    if self.advantage and self.advantage not in ADVANTAGES:
+      _fail(f("advantage"), f"must be '' or one of {ADVANTAGES}, got {self.advantage!r}")
+    if self.policy_loss and self.policy_loss not in POLICY_LOSSES:
+      _fail(f("policy_loss"), f"must be '' or one of {POLICY_LOSSES}, got {self.policy_loss!r}")
+    _positive("algorithm", self, "clip_low", "clip_high", "kl_coef", "entropy_coef",
+              "norm_constant", "clip_cov_ratio", "kl_cov_ratio", "kl_cov_coef", "tis_cap",
+              "overlong_buffer", "overlong_penalty", allow_zero=True)
+    _positive("algorithm", self, "adv_eps", "kl_target", "kl_horizon", "epochs", "minibatches",
+              "micro_batches", "max_gen_rounds")
+    if self.dual_clip and not self.dual_clip > 1.0:
+      _fail(f("dual_clip"), f"must be 0 (off) or > 1, got {self.dual_clip}")
+    if self.tis_cap and self.tis_cap < 1.0:
+      _fail(f("tis_cap"), f"must be 0 (off) or >= 1, got {self.tis_cap}")
+    if self.kl_placement not in ("loss", "reward"):
+      _fail(f("kl_placement"), f"must be 'loss' or 'reward', got {self.kl_placement!r}")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      _fail(f("kl_estimator"), f"must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+    if self.kl_placement == "reward" and self.kl_estimator.endswith("+"):
+      _fail(f("kl_estimator"), "straight-through '+' estimators only make sense as a loss; "
+            "with kl_placement='reward' use k1/abs/k2/k3")
+    if self.kl_controller not in ("fixed", "adaptive"):
+      _fail(f("kl_controller"), f"must be 'fixed' or 'adaptive', got {self.kl_controller!r}")
+    if self.kl_controller == "adaptive" and self.kl_placement != "reward":
+      _fail(f("kl_controller"), "the adaptive controller adjusts an in-reward KL; set "
+            "algorithm.kl_placement='reward'")
+    if self.singleton not in ("zero", "raw"):
+      _fail(f("singleton"), f"must be 'zero' or 'raw', got {self.singleton!r}")
+    if not 0.0 < self.gamma <= 1.0:
+      _fail(f("gamma"), f"must be in (0, 1], got {self.gamma}")
+    if self.clip_cov_lb >= self.clip_cov_ub:
+      _fail(f("clip_cov_lb"), f"must be < clip_cov_ub={self.clip_cov_ub}, got {self.clip_cov_lb}")
+    if self.on_exhausted not in ("raise", "train"):
+      _fail(f("on_exhausted"), f"must be 'raise' or 'train', got {self.on_exhausted!r}")
+    if self.resolved_policy_loss == "gspo" and self.loss_aggregation != "seq-mean-token-mean":
+      _fail(f("loss_aggregation"), "GSPO's sequence ratio needs 'seq-mean-token-mean' "
+            f"(ALGORITHMS.md 6), got {self.loss_aggregation!r}")
+    if self.resolved_policy_loss in ("clip_cov", "kl_cov") and self.micro_batches > 1:
+      _fail(f("micro_batches"), "Clip-Cov / KL-Cov select tokens over the whole minibatch; "
+            "micro-batching them is not implemented (use micro_batches=1)")
+
+  @property
+  def is_rl(self) -> bool:
+    return self.name != "sft"
+
+  @property
+  def resolved_advantage(self) -> str:
+    return self.advantage or DEFAULT_ADVANTAGE.get(self.name, "")
+
+  @property
+  def resolved_policy_loss(self) -> str:
+    if self.policy_loss:
+      return self.policy_loss
+    return "gspo" if self.name == "gspo" else "ppo"
+
+  @property
+  def uses_reference(self) -> bool:
+    """A frozen reference policy is needed only when the KL coefficient is non-zero."""
+    return self.is_rl and self.kl_coef > 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RolloutConfig:
+  """(RL) How responses are sampled each step: ``prompts_per_step`` x ``samples_per_prompt`` rows."""
+
+  prompts_per_step: int = 16  # B: prompts (groups) per rollout step, after dynamic sampling.
+  samples_per_prompt: int = 8  # G: responses per prompt.
+  gen_prompts: int = 0  # Prompts per generation round (dynamic sampling); 0: prompts_per_step.
+  max_new_tokens: int = 8  # Generation budget T (the cache size; constant over the run).
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+
+  def __post_init__(self):
+    _positive("rollout", self, "prompts_per_step", "samples_per_prompt", "max_new_tokens",
+              "temperature")
+    _positive("rollout", self, "gen_prompts", "top_k", "min_p", allow_zero=True)
+    if not 0.0 < self.top_p <= 1.0:
+      _fail("rollout.top_p", f"must be in (0, 1], got {self.top_p}")
+    if not self.min_p < 1.0:
+      _fail("rollout.min_p", f"must be < 1, got {self.min_p}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardConfig:
+  """(RL) Reward functions (names from ``jaxrl_llm.rewards.REWARD_FUNCTIONS``) and their weights.
+
+  A call that raises, returns NaN / the wrong shape, or runs past ``timeout_s`` is handled by
+  ``on_error``: "exclude" (the samples are unscorable: left out of group statistics, advantage 0),
+  "fallback" (they get ``fallback_reward``) or "raise" (checkpoint, then stop the run). Every
+  case is counted per function in the metrics.
+  """
+
+  functions: tuple[str, ...] = ("exact_match",)
+  weights: tuple[float, ...] = (1.0,)
+  accuracy: str = "exact_match"  # Which function is "correct?" (metric, DAPO filter); "": none.
+  timeout_s: float = 30.0
+  on_error: str = "exclude"
+  fallback_reward: float = 0.0
+
+  def __post_init__(self):
+    if not self.functions:
+      _fail("reward.functions", "must name at least one reward function")
+    if len(self.weights) != len(self.functions):
+      _fail("reward.weights", f"needs one weight per function ({len(self.functions)}), got "
+            f"{len(self.weights)}")
+    if len(set(self.functions)) != len(self.functions):
+      _fail("reward.functions", f"names must be distinct, got {self.functions}")
+    if self.accuracy and self.accuracy not in self.functions:
+      _fail("reward.accuracy", f"must be '' or one of reward.functions {self.functions}, got "
+            f"{self.accuracy!r}")
+    _positive("reward", self, "timeout_s")
+    if self.on_error not in ("exclude", "fallback", "raise"):
+      _fail("reward.on_error", f"must be 'exclude', 'fallback' or 'raise', got {self.on_error!r}")
+    if not math.isfinite(self.fallback_reward):
+      _fail("reward.fallback_reward", f"must be finite, got {self.fallback_reward}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InitConfig:
+  """(RL) Where the policy starts: a short SFT warm start in the run, or a Hugging Face checkpoint.
+
+  With ``sft_steps > 0`` the run first trains SFT for that many steps (in ``RUN_DIR/sft``, itself
+  resumable) and RL starts from its final params; that model is also the frozen reference.
+  """
+
+  sft_steps: int = 0
+  sft_learning_rate: float = 1e-3
+  sft_warmup_steps: int = 50
+  sft_batch_size: int = 64
+  hf_checkpoint: str = ""  # A local directory with config.json + safetensors (+ tokenizer).
+
+  def __post_init__(self):
+    _positive("init", self, "sft_steps", "sft_warmup_steps", allow_zero=True)
+    _positive("init", self, "sft_learning_rate", "sft_batch_size")
+    if self.sft_steps and self.hf_checkpoint:
+      _fail("init.hf_checkpoint", "give either init.sft_steps or init.hf_checkpoint, not both")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -323,6 +515,9 @@ class Config:
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
   logging: LoggingConfig = LoggingConfig()
+  rollout: RolloutConfig = RolloutConfig()
+  reward: RewardConfig = RewardConfig()
+  init: InitConfig = InitConfig()
 
   def __post_init__(self):
     if not self.experiment:

@@ -1,4 +1,4 @@
-"""Host loops (layer 5): SFT training, checkpoints, metrics, evaluation and plots."""
+"""Host loops (layer 5): SFT and online RL training, checkpoints, metrics, evaluation, plots."""
 
 from jaxrl_llm.algorithms.common import TrainState
 from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
@@ -6,6 +6,27 @@ from jaxrl_llm.train.plotting import plot_run
 from jaxrl_llm.train.sft_loop import SFTSetup, build, evaluate, new_run_dir, resume, train
 from jaxrl_llm.train.tracking import MetricsWriter, Progress, read_metrics
 
+
+def run(config, run_dir: str, *, resume: bool = False, **kwargs):
+  """Trains ``config`` in ``run_dir`` with the loop its algorithm needs (SFT or online RL)."""
+  if config.algorithm.is_rl:
+    from jaxrl_llm.train import rl_loop
+
+    return rl_loop.train(config, run_dir, resume=resume, **kwargs)
+  return train(config, run_dir, resume=resume, **kwargs)
+
+
+def resume_run(run_dir: str, **kwargs):
+  """Continues the run in ``run_dir`` (SFT or RL) from its newest complete checkpoint."""
+  import os
+
+  from jaxrl_llm.config import load_json
+
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{run_dir} has no config.json; is it a run directory?")
+  return run(load_json(path), run_dir, resume=True, **kwargs)
+
 __all__ = ["Checkpointer", "MetricsWriter", "Progress", "SFTSetup", "TrainState",
            "abstract_with_shardings", "build", "evaluate", "new_run_dir", "plot_run",
-           "read_metrics", "resume", "train"]
+           "read_metrics", "resume", "resume_run", "run", "train"]

@@ -180,12 +180,14 @@ def new_run_dir(config: Config, run_dir: str | None = None) -> str:
 
 
 def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
-          stop_after: int | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, final_eval: bool = True) -> dict[str, Any]:
   """Runs (or resumes) SFT in ``run_dir``; returns the final metrics.
 
   Args:
     resume: continue from the newest complete checkpoint in ``run_dir`` (fresh start if none).
     stop_after: stop after this global step (tests); checkpoints are still written on schedule.
+    final_eval: evaluate the test split after the last step (the RL warm start skips it: the RL
+      loop measures its own starting point).
   """
   setup = build(config, run_dir, devices=devices)
   if not resume:
@@ -233,7 +235,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
       progress.message(f"step {done}: validation exact match {ev['exact_match']:.3f} "
                        f"({ev['examples']} examples)")
     final = done == tc.steps
-    if final and "test" in setup.splits:
+    if final and final_eval and "test" in setup.splits:
       ev = evaluate(setup, state.params, "test", tc.test_examples)
       line["test/exact_match"] = ev["exact_match"]
       line["test/examples"] = ev["examples"]

@@ -102,15 +102,19 @@ class Progress:
       self._bar = tqdm(total=total, initial=initial, file=self.stream, dynamic_ncols=True,
                        unit="step")
 
-  def update(self, step: int, loss: float, tokens_per_s: float):
+  def update(self, step: int, loss: float, tokens_per_s: float, extra: Mapping[str, float] = ()):
+    """Advances to ``step``; ``extra`` (name -> value) is shown beside the loss."""
+    extra = dict(extra)
     if self._bar is not None:
       self._bar.update(step - self._bar.n)
-      self._bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+      self._bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
+                            **{k: f"{v:.3f}" for k, v in extra.items()}, refresh=False)
     elif self.mode == "plain" and (step % self.log_every == 0 or step == self.total):
       elapsed = time.perf_counter() - self._start
       done = max(step - self._initial, 1)
       eta = elapsed / done * (self.total - step)
-      print(f"step {step}/{self.total}  loss {loss:.4f}  tok/s {tokens_per_s:,.0f}  "
+      shown = "".join(f"  {k} {v:.3f}" for k, v in extra.items())
+      print(f"step {step}/{self.total}  loss {loss:.4f}{shown}  tok/s {tokens_per_s:,.0f}  "
             f"eta {_hms(eta)}", file=self.stream, flush=True)
 
   def message(self, text: str):

@@ -1,0 +1,27 @@
+"""Reward functions (layer 3, host side): ``(prompts, completions, **columns) -> float32[B]``.
+
+``REWARD_FUNCTIONS`` maps the names used in ``reward.functions`` to callables; a research script can
+also pass its own :class:`RewardSpec` list to the RL loop. See :mod:`jaxrl_llm.rewards.base` for the
+failure policy (time-outs, exceptions, NaN).
+"""
+
+from jaxrl_llm.rewards import arithmetic
+from jaxrl_llm.rewards.base import (RewardError, RewardFn, RewardResult, RewardRunner, RewardSpec,
+                                    call_with_timeout, overlong_penalty)
+
+REWARD_FUNCTIONS = {
+    "exact_match": arithmetic.exact_match,
+    "integer_format": arithmetic.integer_format,
+    "digit_match": arithmetic.digit_match,
+}
+
+
+def get_reward_function(name: str) -> RewardFn:
+  """The registered reward function ``name``; a KeyError lists the known names."""
+  if name not in REWARD_FUNCTIONS:
+    raise KeyError(f"unknown reward function {name!r}; known: {sorted(REWARD_FUNCTIONS)}")
+  return REWARD_FUNCTIONS[name]
+
+
+__all__ = ["REWARD_FUNCTIONS", "RewardError", "RewardFn", "RewardResult", "RewardRunner",
+           "RewardSpec", "call_with_timeout", "get_reward_function", "overlong_penalty"]

@@ -1,0 +1,735 @@
+"""The online RL host loop (layer 5): prompts -> rollout -> rewards -> log-probs -> prepare -> update.
+
+One step::
+
+  prompts (deterministic iterator)  --Sampler.generate (G samples each)-->  Rollout
+  decode on host  --RewardRunner (time-outs, NaN, exceptions)-->  scores [N]
+  [DAPO] drop groups whose accuracy is constant, generate more until B groups survive
+  [ReMax] greedy rollout of the same prompts -> baseline scores
+  old_logp = logprobs(policy), ref_logp = logprobs(reference)   (fused kernel, jitted)
+  advantages = prepare(...)                                       (jitted, pure)
+  state, metrics = update(state, batch)    (K epochs x minibatches inside one jitted call)
+
+Everything random is a pure function of the seed and the step: the sampler's key is
+``fold_in(fold_in(purpose_key(seed, "sampling"), step), round)`` and the prompt iterator's state is
+one integer (prompts consumed). Both go into every checkpoint with the ``TrainState`` (and the
+adaptive KL coefficient and cumulative reward-failure counters), so a killed run resumes to exactly
+the metrics and parameters of an uninterrupted one.
+
+Run directory::
+
+  RUN_DIR/config.json, tokenizer/, metrics.jsonl (deterministic), perf.jsonl (timings, tokens/s),
+  tensorboard/, checkpoints/N/, sft/ (the warm-start SFT run, when init.sft_steps > 0),
+  eval_before.json (held-out exact match at RL step 0), eval.json, plots/curves.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxrl_llm import rng as rng_lib
+from jaxrl_llm.algorithms import policy_gradient as pg
+from jaxrl_llm.algorithms.common import TrainState, make_optimizer
+from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, save_json
+from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
+                            save_tokenizer)
+from jaxrl_llm.models import Decoder, init_params
+from jaxrl_llm.models.init import abstract_params, param_logical_axes
+from jaxrl_llm.ops import AdaptiveKLController, FixedKLController
+from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_shardings
+from jaxrl_llm.rewards import (RewardError, RewardRunner, RewardSpec, get_reward_function,
+                               overlong_penalty)
+from jaxrl_llm.rollout import Sampler, SamplingConfig
+from jaxrl_llm.rollout.sampler import pad_prompts
+from jaxrl_llm.train import sft_loop
+from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxrl_llm.train.evaluate import exact_match, make_greedy_decode
+from jaxrl_llm.train.tracking import MetricsWriter, Progress
+
+
+class PromptIterator:
+  """Deterministic, resumable prompt order: ``indices(position, n) -> (rows, next_position)``.
+
+  Epoch ``e`` visits the split in the permutation drawn from ``fold_in(data_key, e)``; the state is
+  the number of prompts consumed.
+  """
+
+  def __init__(self, size: int, data_key: jax.Array, shuffle: bool = True):
+    self.size, self.shuffle = size, shuffle
+    self._key = data_key
+    self._perms: dict[int, np.ndarray] = {}
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      if self.shuffle:
+        seed = rng_lib.numpy_seed(rng_lib.step_key(self._key, epoch))
+        self._perms[epoch] = np.random.default_rng(seed).permutation(self.size)
+      else:
+        self._perms[epoch] = np.arange(self.size)
+      while len(self._perms) > 2:
+        self._perms.pop(min(self._perms))
+    return self._perms[epoch]
+
+  def indices(self, position: int, n: int) -> tuple[np.ndarray, int]:
+    out = np.empty(n, np.int64)
+    for j in range(n):
+      epoch, offset = divmod(position + j, self.size)
+      out[j] = self._perm(epoch)[offset]
+    return out, position + n
+
+
+@dataclasses.dataclass
+class RLSetup:
+  """Everything an RL run needs, built once from the config."""
+
+  config: Config
+  model_config: Any
+  mesh: Any
+  tokenizer: Any
+  splits: dict
+  prompt_texts: list
+  model: Decoder
+  tx: Any
+  schedule: Any
+  pg_config: pg.Config
+  state_shardings: Any
+  sampler: Sampler
+  sampling: SamplingConfig
+  rewards: RewardRunner
+  prompts: PromptIterator
+  update: Any  # jitted (state, batch) -> (state, metrics); state donated
+  prepare: Any  # jitted (inputs) -> (advantages, diag)
+  logprobs: Any  # jitted (params, tokens, attention_mask, mask) -> LogProbs
+  decode: Any  # greedy decode for evaluation
+  kl_controller: Any
+  reference: Any = None  # frozen reference params (None when algorithm.kl_coef == 0)
+
+  def put_rows(self, array) -> jax.Array:
+    """Places a host array on the mesh with its first (row) axis over data x fsdp."""
+    spec = P(("data", "fsdp"), *([None] * (np.ndim(array) - 1)))
+    return jax.device_put(np.asarray(array), NamedSharding(self.mesh, spec))
+
+
+def reward_specs(config: Config) -> list[RewardSpec]:
+  """The configured reward functions as :class:`RewardSpec` s (errors name ``reward.functions``)."""
+  specs = []
+  for name, weight in zip(config.reward.functions, config.reward.weights):
+    try:
+      fn = get_reward_function(name)
+    except KeyError as e:
+      raise ConfigError(f"config field 'reward.functions': {e.args[0]}") from None
+    specs.append(RewardSpec(name, fn, weight))
+  return specs
+
+
+def _validate(config: Config, mesh) -> None:
+  a, r = config.algorithm, config.rollout
+  if not a.is_rl:
+    raise ConfigError(f"config field 'algorithm.name': the RL loop needs an RL algorithm, got "
+                      f"{a.name!r} (use the SFT loop)")
+  shards = batch_size_multiple(mesh)
+  rows = r.prompts_per_step * r.samples_per_prompt
+  if rows % shards:
+    raise ConfigError(f"config field 'rollout.prompts_per_step': {r.prompts_per_step} prompts x "
+                      f"{r.samples_per_prompt} samples = {rows} rows must be a multiple of the "
+                      f"{shards} batch shards (mesh data x fsdp)")
+  parts = a.minibatches * a.micro_batches
+  if rows % parts:
+    raise ConfigError(f"config field 'algorithm.minibatches': {rows} rollout rows do not split "
+                      f"into {a.minibatches} minibatches x {a.micro_batches} micro-batches")
+  if a.resolved_advantage in ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline") and \
+      r.samples_per_prompt < 2:
+    raise ConfigError(f"config field 'rollout.samples_per_prompt': the {a.resolved_advantage} "
+                      "baseline needs at least 2 samples per prompt")
+  if a.overlong_buffer > r.max_new_tokens:
+    raise ConfigError(f"config field 'algorithm.overlong_buffer': {a.overlong_buffer} exceeds "
+                      f"rollout.max_new_tokens={r.max_new_tokens}")
+  if a.dynamic_sampling and not config.reward.accuracy:
+    raise ConfigError("config field 'reward.accuracy': dynamic sampling filters groups on the "
+                      "accuracy function; name one")
+  if r.gen_prompts and r.gen_prompts * r.samples_per_prompt % shards:
+    raise ConfigError(f"config field 'rollout.gen_prompts': {r.gen_prompts} x "
+                      f"{r.samples_per_prompt} rows must be a multiple of {shards}")
+  if config.train.eval_batch_size % shards:
+    raise ConfigError(f"config field 'train.eval_batch_size': must be a multiple of the {shards} "
+                      "batch shards")
+
+
+def sft_warm_start_config(config: Config) -> Config:
+  """The SFT run that warm-starts ``config``'s policy (``init.sft_*``; same model, data, seed)."""
+  ic = config.init
+  return dataclasses.replace(
+      config, experiment=f"{config.experiment}-sft",
+      algorithm=AlgorithmConfig(name="sft"),
+      optimizer=dataclasses.replace(config.optimizer, learning_rate=ic.sft_learning_rate,
+                                    warmup_steps=ic.sft_warmup_steps),
+      train=dataclasses.replace(config.train, steps=ic.sft_steps, batch_size=ic.sft_batch_size,
+                                grad_accum_steps=1, eval_every=0,
+                                checkpoint_every=max(ic.sft_steps // 2, 1), keep_checkpoints=1))
+
+
+def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[RewardSpec] | None
+          = None, model_config=None, tokenizer=None) -> RLSetup:
+  """Builds data, mesh, model, optimizer, sampler, rewards and the jitted functions.
+
+  Every config error surfaces here, before anything is compiled. ``reward_fns`` replaces the
+  configured reward functions (research scripts pass their own callables).
+  """
+  mesh = make_mesh(config.mesh, devices)
+  _validate(config, mesh)
+  if tokenizer is None:
+    tok_dir = os.path.join(run_dir, "tokenizer")
+    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+      tokenizer = load_tokenizer(tok_dir)
+    else:
+      tokenizer = build_char_tokenizer()
+      save_tokenizer(tokenizer, tok_dir)
+  if model_config is None:
+    model_config = config.model.with_vocab(len(tokenizer))
+  dc, tc, rc, ac = config.data, config.train, config.rollout, config.algorithm
+  max_len = dc.length_buckets[-1]
+  if model_config.positions == "learned" and max_len + rc.max_new_tokens > model_config.max_seq_len:
+    raise ConfigError(f"config field 'rollout.max_new_tokens': largest prompt bucket {max_len} + "
+                      f"{rc.max_new_tokens} exceeds model.max_seq_len={model_config.max_seq_len}")
+  splits = {"train": encode_split(load_rows(dc, "train"), tokenizer, split="train",
+                                  max_len=max_len, on_bad_row=dc.on_bad_row,
+                                  on_overlong=dc.on_overlong, answer_budget=0)}
+  for name, size in (("validation", dc.validation_size), ("test", dc.test_size)):
+    if size or dc.source == "jsonl":
+      splits[name] = encode_split(load_rows(dc, name), tokenizer, split=name, max_len=max_len,
+                                  on_bad_row=dc.on_bad_row, on_overlong=dc.on_overlong,
+                                  answer_budget=0)
+  prompt_texts = tokenizer.batch_decode([p.tolist() for p in splits["train"].prompts],
+                                        skip_special_tokens=True)
+  specs = list(reward_fns) if reward_fns is not None else reward_specs(config)
+  runner = RewardRunner(specs, timeout_s=config.reward.timeout_s,
+                        on_error=config.reward.on_error,
+                        fallback_reward=config.reward.fallback_reward)
+  names = [s.name for s in specs]
+  if config.reward.accuracy and config.reward.accuracy not in names:
+    raise ConfigError(f"config field 'reward.accuracy': {config.reward.accuracy!r} is not one of "
+                      f"the reward functions {names}")
+
+  model = Decoder(model_config)
+  tx, schedule = make_optimizer(config.optimizer, tc.steps * ac.epochs * ac.minibatches)
+  pg_config = pg.config_from(ac, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens)
+  abstract = abstract_params(model_config)
+  param_shardings = tree_shardings(abstract, param_logical_axes(model_config), mesh)
+  dropout_key = rng_lib.purpose_key(config.seed, "dropout")
+  abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx, dropout_key), abstract)
+  state_shardings = TrainState(
+      step=replicated(mesh), params=param_shardings,
+      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state,
+                                      param_shardings,
+                                      transform_non_params=lambda _: replicated(mesh)),
+      rng=replicated(mesh), skipped_steps=replicated(mesh))
+
+  rows = NamedSharding(mesh, P(("data", "fsdp"), None))
+  update = jax.jit(pg.make_update(model.apply, model_config, tx, schedule, pg_config),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
+  num_groups = rc.prompts_per_step
+  prepare = jax.jit(lambda inputs: pg.prepare(inputs, pg_config, num_groups=num_groups))
+
+  def logprobs(params, tokens, attention_mask, mask):
+    return pg.response_logprobs(model.apply, params, model_config, tokens, attention_mask, mask,
+                                temperature=rc.temperature)
+
+  logprobs = jax.jit(logprobs, out_shardings=rows)
+  sampler = Sampler(model_config, pad_id=tokenizer.pad_token_id, mesh=mesh)
+  sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p,
+                            min_p=rc.min_p)
+  decode = make_greedy_decode(model_config, max_new_tokens=rc.max_new_tokens,
+                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                              mesh=mesh)
+  if ac.kl_controller == "adaptive":
+    kl_controller = AdaptiveKLController(ac.kl_coef, target_kl=ac.kl_target,
+                                         horizon=ac.kl_horizon)
+  else:
+    kl_controller = FixedKLController(ac.kl_coef)
+  prompts = PromptIterator(len(splits["train"]), rng_lib.purpose_key(config.seed, "data"),
+                           shuffle=dc.shuffle)
+  return RLSetup(config=config, model_config=model_config, mesh=mesh, tokenizer=tokenizer,
+                 splits=splits, prompt_texts=prompt_texts, model=model, tx=tx, schedule=schedule,
+                 pg_config=pg_config, state_shardings=state_shardings, sampler=sampler,
+                 sampling=sampling, rewards=runner, prompts=prompts, update=update,
+                 prepare=prepare, logprobs=logprobs, decode=decode, kl_controller=kl_controller)
+
+
+# --------------------------------------------------------------------------------------------
+# Rollout assembly (host side).
+
+
+def _left_pad(batch: dict, width: int, pad_id: int) -> dict:
+  """Left-pads the prompt region of a host rollout dict to ``width`` prompt columns."""
+  extra = width - batch["prompt_width"]
+  if extra == 0:
+    return batch
+  n = batch["tokens"].shape[0]
+  out = dict(batch, prompt_width=width)
+  out["tokens"] = np.concatenate([np.full((n, extra), pad_id, np.int32), batch["tokens"]], 1)
+  for k in ("prompt_mask", "response_mask"):
+    out[k] = np.concatenate([np.zeros((n, extra), bool), batch[k]], 1)
+  return out
+
+
+def _concat(parts: list[dict], pad_id: int) -> dict:
+  width = max(p["prompt_width"] for p in parts)
+  parts = [_left_pad(p, width, pad_id) for p in parts]
+  out = {"prompt_width": width}
+  for k in parts[0]:
+    if k != "prompt_width":
+      out[k] = np.concatenate([p[k] for p in parts], 0)
+  return out
+
+
+def _group_std(values: np.ndarray, groups: np.ndarray, num_groups: int) -> np.ndarray:
+  """Population std of the finite values of each group (NaN where a group has none)."""
+  out = np.full((num_groups,), np.nan)
+  for g in range(num_groups):
+    v = values[groups == g]
+    v = v[np.isfinite(v)]
+    if len(v):
+      out[g] = float(np.std(v))
+  return out
+
+
+class RolloutStats(dict):
+  pass
+
+
+def collect_rollout(setup: RLSetup, params, step: int, position: int):
+  """Generates, decodes and scores one step's batch (dynamic sampling and ReMax included).
+
+  Returns:
+    (host batch dict, next prompt position, info dict, timings dict). The batch holds
+    ``tokens int32[N, L]``, ``prompt_mask``, ``response_mask`` bool ``[N, L]``, ``sampler_logp
+    float32[N, T]``, ``lengths``, ``finished``, ``group_ids`` (0..B−1), ``scores`` (total reward,
+    NaN = unscorable), ``accuracy``, per-function rewards ``reward/<name>``, ``baseline_scores``.
+  """
+  cfg = setup.config
+  rc, ac = cfg.rollout, cfg.algorithm
+  tok = setup.tokenizer
+  g = rc.samples_per_prompt
+  want = rc.prompts_per_step
+  per_round = rc.gen_prompts or want
+  split = setup.splits["train"]
+  base_key = rng_lib.step_key(rng_lib.purpose_key(cfg.seed, "sampling"), step)
+  kept: list[dict] = []
+  n_kept = 0
+  rounds = 0
+  info = {"reward_counts": {}, "dropped_groups": 0, "generated_groups": 0}
+  t_gen = t_rew = 0.0
+  while n_kept < want:
+    if rounds >= ac.max_gen_rounds:
+      if ac.on_exhausted == "raise":
+        raise RuntimeError(
+            f"dynamic sampling: only {n_kept} of {want} groups had non-constant accuracy after "
+            f"algorithm.max_gen_rounds={ac.max_gen_rounds} generation rounds at step {step}; "
+            "raise max_gen_rounds, or set algorithm.on_exhausted='train'")
+      break
+    idx, position = setup.prompts.indices(position, per_round)
+    prompts, lengths = pad_prompts([split.prompts[i] for i in idx], cfg.data.length_buckets,
+                                   tok.pad_token_id)
+    t0 = time.perf_counter()
+    key = jax.random.fold_in(base_key, rounds)
+    ro = setup.sampler.generate(params, prompts, lengths, sampling=setup.sampling,
+                                max_new_tokens=rc.max_new_tokens,
+                                stop_token_ids=[tok.eos_token_id], rng=key, num_samples=g)
+    ro = jax.device_get(ro)
+    baseline = None
+    if ac.resolved_advantage == "remax":
+      greedy = setup.sampler.generate(params, prompts, lengths,
+                                      sampling=SamplingConfig(greedy=True),
+                                      max_new_tokens=rc.max_new_tokens,
+                                      stop_token_ids=[tok.eos_token_id], rng=key, num_samples=1)
+      greedy = jax.device_get(greedy)
+    t_gen += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    width = prompts.shape[1]
+    completions = decode_completions(tok, ro.tokens[:, width:], ro.lengths, ro.finished)
+    prompt_text = [setup.prompt_texts[i] for i in np.repeat(idx, g)]
+    answers = [split.answer_texts[i] for i in np.repeat(idx, g)]
+    result = setup.rewards(prompt_text, completions, {"answer": answers})
+    _add_counts(info["reward_counts"], result.counts)
+    scores = result.total.copy()
+    per_fn = dict(result.per_function)
+    if ac.overlong_buffer:
+      pen = overlong_penalty(ro.lengths, max_length=rc.max_new_tokens, buffer=ac.overlong_buffer,
+                             factor=ac.overlong_penalty)
+      per_fn["overlong"] = pen
+      scores = scores + pen
+    if ac.resolved_advantage == "remax":
+      g_text = decode_completions(tok, greedy.tokens[:, width:], greedy.lengths, greedy.finished)
+      g_res = setup.rewards([setup.prompt_texts[i] for i in idx], g_text,
+                            {"answer": [split.answer_texts[i] for i in idx]})
+      _add_counts(info["reward_counts"], g_res.counts)
+      baseline = np.repeat(g_res.total, g)
+      if ac.overlong_buffer:
+        baseline = baseline + np.repeat(overlong_penalty(
+            greedy.lengths, max_length=rc.max_new_tokens, buffer=ac.overlong_buffer,
+            factor=ac.overlong_penalty), g)
+    t_rew += time.perf_counter() - t0
+    accuracy = per_fn[cfg.reward.accuracy] if cfg.reward.accuracy else np.full_like(scores, np.nan)
+    batch = {
+        "prompt_width": width, "tokens": np.asarray(ro.tokens),
+        "prompt_mask": np.asarray(ro.prompt_mask), "response_mask": np.asarray(ro.response_mask),
+        "sampler_logp": np.asarray(ro.sampler_logprobs), "lengths": np.asarray(ro.lengths),
+        "finished": np.asarray(ro.finished), "group_ids": np.asarray(ro.group_ids),
+        "scores": scores.astype(np.float32), "accuracy": accuracy.astype(np.float32),
+        "baseline_scores": (baseline if baseline is not None else np.zeros_like(scores)
+                            ).astype(np.float32),
+    }
+    for name, values in per_fn.items():
+      batch[f"reward/{name}"] = values.astype(np.float32)
+    rounds += 1
+    info["generated_groups"] += per_round
+    if ac.dynamic_sampling:
+      std = _group_std(batch["accuracy"], batch["group_ids"], per_round)
+      keep_groups = [gi for gi in range(per_round) if std[gi] > 0 or
+                     np.sum(np.isfinite(batch["accuracy"][batch["group_ids"] == gi])) == 1]
+      info["dropped_groups"] += per_round - len(keep_groups)
+    else:
+      keep_groups = list(range(per_round))
+    keep_groups = keep_groups[:want - n_kept]
+    if keep_groups:
+      rows = np.concatenate([np.nonzero(batch["group_ids"] == gi)[0] for gi in keep_groups])
+      part = {k: (v if k == "prompt_width" else v[rows]) for k, v in batch.items()}
+      remap = {gi: n_kept + j for j, gi in enumerate(keep_groups)}
+      part["group_ids"] = np.asarray([remap[x] for x in part["group_ids"]], np.int32)
+      part["trainable"] = np.ones(len(rows), bool)
+      kept.append(part)
+      n_kept += len(keep_groups)
+  if n_kept < want:  # on_exhausted == "train": fill with untrainable copies (static shapes).
+    filler = dict(kept[-1] if kept else part)
+    reps = -(-(want - n_kept) * g // len(filler["tokens"]))
+    fill = {k: (v if k == "prompt_width" else np.concatenate([v] * reps)[:(want - n_kept) * g])
+            for k, v in filler.items()}
+    fill["group_ids"] = np.repeat(np.arange(n_kept, want, dtype=np.int32), g)
+    fill["trainable"] = np.zeros((want - n_kept) * g, bool)
+    kept.append(fill)
+  info["gen_rounds"] = rounds
+  info["short_groups"] = want - n_kept
+  return _concat(kept, tok.pad_token_id), position, info, {"generate": t_gen, "reward": t_rew}
+
+
+def decode_completions(tokenizer, response_tokens: np.ndarray, lengths: np.ndarray,
+                       finished: np.ndarray) -> list[str]:
+  """Response texts: each row's tokens up to its length, without the stop token."""
+  ids = []
+  for row, n, fin in zip(np.asarray(response_tokens), np.asarray(lengths), np.asarray(finished)):
+    ids.append(row[: int(n) - (1 if fin else 0)].tolist())
+  return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def _add_counts(total: dict, counts: dict) -> None:
+  for name, c in counts.items():
+    slot = total.setdefault(name, {"errors": 0, "nonfinite": 0, "timeouts": 0})
+    for k, v in c.items():
+      slot[k] += int(v)
+
+
+# --------------------------------------------------------------------------------------------
+# One step.
+
+
+def rollout_metrics(batch: dict, info: dict, num_groups: int, max_new_tokens: int) -> dict:
+  """Deterministic host metrics of a rollout batch (rewards, accuracy, lengths, groups)."""
+  trainable = batch["trainable"]
+  out = {}
+  s = batch["scores"][trainable]
+  out["reward/mean"] = float(np.nanmean(s)) if np.isfinite(s).any() else float("nan")
+  out["reward/std"] = float(np.nanstd(s)) if np.isfinite(s).any() else float("nan")
+  out["reward/unscorable_fraction"] = float(np.mean(~np.isfinite(s)))
+  for k, v in batch.items():
+    if k.startswith("reward/"):
+      v = v[trainable]
+      out[f"{k}/mean"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+      out[f"{k}/std"] = float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
+  acc = batch["accuracy"][trainable]
+  if np.isfinite(acc).any():
+    out["reward/accuracy"] = float(np.nanmean(acc))
+  lengths = batch["lengths"][trainable]
+  out["response/length_mean"] = float(np.mean(lengths))
+  out["response/length_max"] = float(np.max(lengths))
+  out["response/clipped_fraction"] = float(np.mean(~batch["finished"][trainable]))
+  std = _group_std(batch["scores"], batch["group_ids"], num_groups)
+  real = np.unique(batch["group_ids"][trainable])
+  out["groups/zero_variance_fraction"] = float(np.mean(std[real] == 0)) if len(real) else 0.0
+  out["rollout/gen_rounds"] = float(info["gen_rounds"])
+  out["rollout/dropped_groups"] = float(info["dropped_groups"])
+  out["rollout/short_groups"] = float(info["short_groups"])
+  return out
+
+
+def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float):
+  """Computes old/ref log-probs and advantages; returns the device batch for ``update``.
+
+  Returns:
+    (device batch, prepare diagnostics (host floats), the rows' per-row mean KL-to-reference).
+  """
+  ac = setup.config.algorithm
+  width = batch["prompt_width"]
+  mask = batch["response_mask"][:, width:] & batch["trainable"][:, None]
+  scores = batch["scores"].copy()
+  if not ac.truncated_in_stats:
+    scores[~batch["finished"]] = np.nan
+  if ac.overlong_filter:
+    mask = mask & batch["finished"][:, None]
+  put = setup.put_rows
+  tokens = put(batch["tokens"])
+  attention = put(batch["prompt_mask"] | batch["response_mask"])
+  mask_d = put(mask)
+  old = setup.logprobs(state.params, tokens, attention, mask_d).logp
+  if setup.reference is not None:
+    ref = setup.logprobs(setup.reference, tokens, attention, mask_d).logp
+  else:
+    ref = jnp.zeros_like(old)
+  adv, diag = setup.prepare({
+      "scores": put(scores), "group_ids": put(batch["group_ids"].astype(np.int32)),
+      "mask": mask_d, "old_logp": old, "ref_logp": ref,
+      "kl_coef": jnp.asarray(kl_coef, jnp.float32),
+      "baseline_scores": put(batch["baseline_scores"])})
+  device_batch = {"tokens": tokens, "attention_mask": attention, "mask": mask_d,
+                  "advantages": adv, "old_logp": old, "ref_logp": ref,
+                  "sampler_logp": put(batch["sampler_logp"])}
+  return device_batch, diag
+
+
+def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, float]:
+  """Greedy exact match on ``split`` (``limit`` rows; 0 = all)."""
+  tc = setup.config.train
+  return exact_match(setup.decode, params, setup.splits[split], setup.tokenizer,
+                     batch_size=tc.eval_batch_size, buckets=setup.config.data.length_buckets,
+                     limit=limit)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+
+
+def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices, quiet: bool):
+  """Policy params at RL step 0: the SFT warm start, a Hugging Face checkpoint, or a fresh init."""
+  ic = config.init
+  if ic.sft_steps:
+    sft_dir = os.path.join(run_dir, "sft")
+    os.makedirs(sft_dir, exist_ok=True)
+    sft_config = sft_warm_start_config(config)
+    if not os.path.exists(os.path.join(sft_dir, "config.json")):
+      save_json(sft_config, os.path.join(sft_dir, "config.json"))
+    out = sft_loop.train(sft_config, sft_dir, resume=True, devices=devices, final_eval=False)
+    return out["state"].params
+  if ic.hf_checkpoint:
+    from jaxrl_llm.models.hf import load_hf
+
+    params, _ = load_hf(ic.hf_checkpoint, mesh=setup.mesh,
+                        param_dtype=config.model.param_dtype, dtype=config.model.dtype)
+    return params
+  params, _ = init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
+                          setup.mesh)
+  return params
+
+
+def _hf_model(config: Config):
+  """(model_config, tokenizer) of ``init.hf_checkpoint``, or (None, None)."""
+  path = config.init.hf_checkpoint
+  if not path:
+    return None, None
+  if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
+    raise FileNotFoundError(
+        f"init.hf_checkpoint: {path!r} is not a directory with a Hugging Face config.json "
+        "(download the model yourself, e.g. `hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir "
+        "DIR`, then pass --set init.hf_checkpoint=DIR)")
+  from jaxrl_llm.models.hf import config_from_hf
+
+  with open(os.path.join(path, "config.json")) as f:
+    model_config = config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
+                                  dtype=config.model.dtype)
+  return model_config, load_tokenizer(path)
+
+
+def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
+          stop_after: int | None = None, reward_fns: Sequence[RewardSpec] | None = None
+          ) -> dict[str, Any]:
+  """Runs (or resumes) online RL in ``run_dir``; returns the final state and metrics.
+
+  Args:
+    resume: continue from the newest complete checkpoint (fresh start if none).
+    stop_after: stop after this RL step (tests); checkpoints are still written on schedule.
+    reward_fns: reward functions to use instead of the configured names.
+  """
+  hf_model_config, hf_tokenizer = _hf_model(config)
+  setup = build(config, run_dir, devices=devices, reward_fns=reward_fns,
+                model_config=hf_model_config, tokenizer=hf_tokenizer)
+  if not resume:
+    save_json(config, os.path.join(run_dir, "config.json"))
+  tc, lc, ac = config.train, config.logging, config.algorithm
+  init = _initial_params(config, run_dir, setup, devices=devices, quiet=False)
+  dropout_key = rng_lib.purpose_key(config.seed, "dropout")
+  make_state = jax.jit(lambda p: TrainState.create(p, setup.tx, dropout_key),
+                       out_shardings=setup.state_shardings)
+  # The reference is the starting policy, frozen; it is not kept at all when β = 0.
+  setup.reference = jax.tree.map(jnp.copy, init) if ac.uses_reference else None
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
+                      async_save=tc.async_checkpointing)
+  latest = ckpt.latest_step() if resume else None
+  kl_state = setup.kl_controller.init()
+  counts: dict = {}
+  if latest is not None:
+    abstract = abstract_with_shardings(jax.eval_shape(make_state, init), setup.state_shardings)
+    state, extra = ckpt.restore(latest, abstract)
+    start, position = int(extra["step"]), int(extra["prompt_position"])
+    kl_state = kl_state._replace(coef=jnp.asarray(extra["kl_coef"], jnp.float32))
+    counts = extra["reward_counts"]
+  else:
+    state = make_state(init)
+    start, position = 0, 0
+  del init
+  progress = Progress(tc.steps, start, mode=lc.progress, log_every=lc.log_every)
+  writer = MetricsWriter(run_dir, tensorboard=lc.tensorboard,
+                         resume_step=start if latest is not None else None)
+  perf_path = os.path.join(run_dir, "perf.jsonl")
+  before_path = os.path.join(run_dir, "eval_before.json")
+  if "test" in setup.splits and not os.path.exists(before_path):
+    ev = evaluate(setup, state.params, "test", tc.test_examples)
+    with open(before_path, "w") as f:
+      json.dump({"test/exact_match": ev["exact_match"], "test/examples": ev["examples"]}, f)
+    progress.message(f"held-out test exact match before RL: {ev['exact_match']:.4f} "
+                     f"({ev['examples']} examples)")
+  if start == 0:
+    progress.message(f"run dir: {run_dir}")
+  last = stop_after if stop_after is not None else tc.steps
+  metrics_host: dict[str, Any] = {}
+
+  def extra_state(done, position, kl_state, counts):
+    return {"step": done, "prompt_position": position, "kl_coef": float(kl_state.coef),
+            "reward_counts": counts}
+
+  for step in range(start, min(last, tc.steps)):
+    t_step = time.perf_counter()
+    try:
+      batch, new_position, info, times = collect_rollout(setup, state.params, step, position)
+    except RewardError:
+      # Never lose work: checkpoint what we have (the state before this step), then stop.
+      if step not in ckpt.all_steps() and step > 0:
+        ckpt.save(step, state, extra_state(step, position, kl_state, counts), force=True)
+      ckpt.close()
+      writer.close()
+      raise
+    position = new_position
+    _add_counts(counts, info["reward_counts"])
+    t0 = time.perf_counter()
+    device_batch, diag = train_batch(setup, batch, state, float(kl_state.coef))
+    jax.block_until_ready(device_batch["advantages"])
+    t_lp = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state, metrics = setup.update(state, device_batch)
+    metrics = jax.device_get(metrics)
+    t_up = time.perf_counter() - t0
+    diag = jax.device_get(diag)
+    if ac.kl_controller == "adaptive":
+      kl_state = setup.kl_controller.update(kl_state, diag["kl_ref_seq"],
+                                            float(batch["trainable"].sum()))
+    done = step + 1
+    line = {k: float(v) for k, v in metrics.items()}
+    line.update({k: float(v) for k, v in diag.items() if k != "kl_ref_seq"})
+    if "kl_ref_seq" in diag:
+      line["kl/ref"] = float(diag["kl_ref_seq"])
+    line["kl/coef"] = float(kl_state.coef)
+    line.update(rollout_metrics(batch, info, config.rollout.prompts_per_step,
+                                config.rollout.max_new_tokens))
+    for name, c in counts.items():
+      for k, v in c.items():
+        line[f"reward/{name}/{k}_total"] = float(v)
+    if tc.eval_every and done % tc.eval_every == 0 and "validation" in setup.splits:
+      ev = evaluate(setup, state.params, "validation", tc.eval_examples)
+      line["eval/exact_match"] = ev["exact_match"]
+      progress.message(f"step {done}: validation exact match {ev['exact_match']:.3f}")
+    final = done == tc.steps
+    if final and "test" in setup.splits:
+      ev = evaluate(setup, state.params, "test", tc.test_examples)
+      line["test/exact_match"] = ev["exact_match"]
+      line["test/examples"] = ev["examples"]
+    writer.write(done, line)
+    elapsed = time.perf_counter() - t_step
+    tokens = int(batch["response_mask"].sum())
+    perf = {"step": done, "time/generate_s": times["generate"], "time/reward_s": times["reward"],
+            "time/logprobs_s": t_lp, "time/update_s": t_up, "time/step_s": elapsed,
+            "perf/tokens_per_s": tokens / max(elapsed, 1e-9),
+            "rollout/compilations": setup.sampler.compilations}
+    with open(perf_path, "a") as f:
+      f.write(json.dumps(perf) + "\n")
+    if writer._tb is not None:
+      for k, v in perf.items():
+        if k != "step":
+          writer._tb.add_scalar(k, v, done)
+    progress.update(done, line["train/loss"], perf["perf/tokens_per_s"],
+                    {"reward": line["reward/mean"]} |
+                    ({"acc": line["reward/accuracy"]} if "reward/accuracy" in line else {}))
+    if done % tc.checkpoint_every == 0 or final:
+      ckpt.save(done, state, extra_state(done, position, kl_state, counts), force=final)
+    metrics_host = line
+    if final:
+      _finish(run_dir, line, progress)
+  ckpt.close()
+  writer.close()
+  progress.close()
+  return {"state": state, "metrics": metrics_host, "run_dir": run_dir, "setup": setup}
+
+
+def _finish(run_dir: str, line: dict, progress: Progress) -> None:
+  result = {k: v for k, v in line.items() if k.startswith("test/")}
+  before_path = os.path.join(run_dir, "eval_before.json")
+  if os.path.exists(before_path) and "test/exact_match" in result:
+    with open(before_path) as f:
+      before = json.load(f)
+    result["test/exact_match_before"] = before["test/exact_match"]
+    result["test/improvement"] = result["test/exact_match"] - before["test/exact_match"]
+  with open(os.path.join(run_dir, "eval.json"), "w") as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  try:
+    from jaxrl_llm.train.plotting import plot_run
+
+    progress.message(f"plot: {plot_run(run_dir)}")
+  except Exception as e:  # A plotting failure must never cost a finished run.
+    progress.message(f"plotting failed: {e!r}")
+  if "test/exact_match" in result:
+    msg = f"held-out test exact match after RL: {result['test/exact_match']:.4f}"
+    if "test/exact_match_before" in result:
+      msg += (f" (before: {result['test/exact_match_before']:.4f}, "
+              f"{100 * result['test/improvement']:+.1f} points)")
+    progress.message(msg)
+
+
+def build_for_eval(config: Config, run_dir: str, **kwargs) -> RLSetup:
+  """:func:`build` plus ``setup.init_state`` (an abstract-shape source for restoring checkpoints)."""
+  hf_model_config, hf_tokenizer = _hf_model(config)
+  setup = build(config, run_dir, model_config=hf_model_config, tokenizer=hf_tokenizer, **kwargs)
+  dropout_key = rng_lib.purpose_key(config.seed, "dropout")
+
+  def init_state():
+    params, _ = init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
+                            setup.mesh)
+    return TrainState.create(params, setup.tx, dropout_key)
+
+  setup.init_state = init_state
+  return setup
+
+
+def resume(run_dir: str, **kwargs) -> dict[str, Any]:
+  """Continues the RL run in ``run_dir`` from its newest complete checkpoint."""
+  from jaxrl_llm.config import load_json
+
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{run_dir} has no config.json; is it a run directory?")
+  return train(load_json(path), run_dir, resume=True, **kwargs)

@@ -1,0 +1,363 @@
+"""Online RL: every algorithm's update lowers its own loss, two whole RL steps per algorithm,
+on-policy ratio and sampler gap, determinism and resume, DAPO dynamic sampling, reward failures,
+and the 8-device mesh against one device."""
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import replace, tiny_config
+from jaxrl_llm import ops
+from jaxrl_llm.algorithms import policy_gradient as pg
+from jaxrl_llm.algorithms.common import TrainState, make_optimizer
+from jaxrl_llm.config import (AlgorithmConfig, ConfigError, InitConfig, MeshConfig, ModelConfig,
+                              OptimizerConfig, RewardConfig, RolloutConfig, apply_overrides)
+from jaxrl_llm.models import Decoder, init_params
+from jaxrl_llm.rewards import (RewardError, RewardRunner, RewardSpec, call_with_timeout,
+                               overlong_penalty)
+from jaxrl_llm.train import Checkpointer, new_run_dir, read_metrics, rl_loop
+
+ALGORITHMS = list(pg.PRESETS)
+
+
+def tiny_rl_config(data_dir, algorithm="grpo", **algorithm_overrides):
+  base = tiny_config(data_dir, steps=2, checkpoint_every=2, eval_every=0, test_examples=8,
+                     eval_batch_size=8)
+  fields = dict(pg.PRESETS[algorithm])
+  fields.update(algorithm_overrides)
+  return replace(
+      base, experiment=f"tiny-{algorithm}",
+      algorithm=AlgorithmConfig(**fields),
+      optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=0, end_learning_rate_ratio=1.0),
+      rollout=RolloutConfig(prompts_per_step=4, samples_per_prompt=4, max_new_tokens=4),
+      reward=RewardConfig(functions=("exact_match", "digit_match"), weights=(1.0, 0.5),
+                          accuracy="exact_match"),
+      init=InitConfig())
+
+
+# --------------------------------------------------------------------------------------------
+# update() on a fixed batch, for every algorithm.
+
+MODEL = ModelConfig(vocab_size=24, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64,
+                    max_seq_len=16)
+N, P, T, G = 16, 4, 4, 4
+ONE_DEVICE = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                               ("data", "fsdp", "tensor"))
+
+
+def _fixed_batch(config: pg.Config, params, apply_fn):
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(4, MODEL.vocab_size, (N, P + T)).astype(np.int32)
+  lengths = rng.integers(1, T + 1, N)
+  mask = np.arange(T)[None, :] < lengths[:, None]
+  attention = np.concatenate([np.ones((N, P), bool), mask], 1)
+  tokens = np.where(attention, tokens, 0)
+  out = pg.response_logprobs(apply_fn, params, MODEL, jnp.asarray(tokens),
+                             jnp.asarray(attention), jnp.asarray(mask))
+  old = out.logp
+  ref = old - 0.1 * jnp.asarray(mask, jnp.float32)
+  scores = jnp.asarray(rng.integers(0, 2, N), jnp.float32)
+  scores = scores.at[0].set(1.0).at[1].set(0.0)  # Group 0 is never constant.
+  inputs = {"scores": scores, "group_ids": jnp.repeat(jnp.arange(N // G), G),
+            "mask": jnp.asarray(mask), "old_logp": old, "ref_logp": ref,
+            "kl_coef": jnp.asarray(config.kl_coef, jnp.float32),
+            "baseline_scores": jnp.full((N,), 0.5, jnp.float32)}
+  adv, _ = pg.prepare(inputs, config, num_groups=N // G)
+  return {"tokens": jnp.asarray(tokens), "attention_mask": jnp.asarray(attention),
+          "mask": jnp.asarray(mask), "advantages": adv, "old_logp": old, "ref_logp": ref,
+          "sampler_logp": old}
+
+
+def _loss_at(config, apply_fn, params, batch):
+  out = pg.response_logprobs(apply_fn, params, MODEL, batch["tokens"], batch["attention_mask"],
+                             batch["mask"])
+  per_token, _ = pg.token_loss(config, out.logp, out.entropy, batch,
+                               on_policy=jnp.asarray(False), key=jax.random.PRNGKey(0))
+  return ops.aggregate_loss(per_token, batch["mask"], config.loss_aggregation,
+                            norm_constant=config.norm_constant)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_update_reduces_its_own_loss(algorithm):
+  fields = dict(pg.PRESETS[algorithm])
+  fields.update(epochs=2, minibatches=2)
+  if fields.get("kl_coef", 0) > 0:
+    fields["kl_coef"] = 0.05  # Make the KL term visible.
+  algo = AlgorithmConfig(**fields)
+  config = pg.config_from(algo, temperature=1.0, max_new_tokens=T)
+  model = Decoder(MODEL)
+  params, _ = init_params(MODEL, jax.random.PRNGKey(0), ONE_DEVICE)
+  tx, schedule = make_optimizer(OptimizerConfig(learning_rate=3e-3, warmup_steps=0,
+                                                end_learning_rate_ratio=1.0), 100)
+  batch = _fixed_batch(config, params, model.apply)
+  assert float(jnp.abs(batch["advantages"]).sum()) > 0
+  update = jax.jit(pg.make_update(model.apply, MODEL, tx, schedule, config))
+  state = TrainState.create(params, tx, jax.random.PRNGKey(1))
+  before = float(_loss_at(config, model.apply, params, batch))
+  for _ in range(3):
+    state, metrics = update(state, batch)
+    assert np.isfinite(float(metrics["train/loss"]))
+    assert float(metrics["train/ratio_first_max_dev"]) == 0.0
+  after = float(_loss_at(config, model.apply, state.params, batch))
+  assert after < before - 1e-6, (algorithm, before, after)
+  assert int(state.step) == 3 * 2 * 2  # epochs x minibatches optimizer steps per call.
+
+
+def test_micro_batches_equal_one_batch():
+  algo = AlgorithmConfig(**dict(pg.PRESETS["grpo"], kl_coef=0.05))
+  model = Decoder(MODEL)
+  params, _ = init_params(MODEL, jax.random.PRNGKey(0), ONE_DEVICE)
+  tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=0), 10)
+  outs = []
+  for micro in (1, 4):
+    config = pg.config_from(dataclasses.replace(algo, micro_batches=micro), temperature=1.0,
+                            max_new_tokens=T)
+    batch = _fixed_batch(config, params, model.apply)
+    update = jax.jit(pg.make_update(model.apply, MODEL, tx, schedule, config))
+    state, metrics = update(TrainState.create(params, tx, jax.random.PRNGKey(1)), batch)
+    outs.append((jax.device_get(state.params), float(metrics["train/loss"])))
+  np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-7)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               outs[0][0], outs[1][0])
+
+
+# --------------------------------------------------------------------------------------------
+# Whole RL steps.
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_two_rl_steps_end_to_end(algorithm, data_dir, tmp_path):
+  config = tiny_rl_config(data_dir, algorithm)
+  out = rl_loop.train(config, str(tmp_path))
+  rows = read_metrics(str(tmp_path))
+  assert [r["step"] for r in rows] == [1, 2]
+  for row in rows:
+    for key in ("reward/mean", "reward/exact_match/mean", "reward/digit_match/mean",
+                "reward/accuracy", "response/length_mean", "response/length_max",
+                "response/clipped_fraction", "train/clipfrac", "train/clipfrac_lower",
+                "train/approx_kl_old", "train/entropy", "train/grad_norm",
+                "groups/zero_variance_fraction", "train/sampler_gap_abs_max"):
+      assert key in row and np.isfinite(row[key]), (algorithm, key)
+    # On-policy: the first minibatch's ratio is exactly 1; sampler and trainer agree.
+    assert row["train/ratio_first_max_dev"] == 0.0
+    assert row["train/sampler_gap_abs_max"] < 1e-5
+  if config.algorithm.uses_reference:
+    assert "kl/ref" in rows[-1]
+  else:
+    assert out["setup"].reference is None  # β = 0: no reference model at all.
+  perf = [json.loads(x) for x in open(tmp_path / "perf.jsonl")]
+  assert {"time/generate_s", "time/reward_s", "time/update_s", "perf/tokens_per_s"} <= set(perf[0])
+  assert perf[-1]["rollout/compilations"] == 1 + (algorithm == "remax")
+  ev = json.load(open(tmp_path / "eval.json"))
+  assert {"test/exact_match", "test/exact_match_before", "test/improvement"} <= set(ev)
+
+
+def test_sampler_logprobs_equal_trainer_old_logprobs(data_dir, tmp_path):
+  config = tiny_rl_config(data_dir, "grpo", kl_coef=0.0)
+  setup = rl_loop.build(config, str(tmp_path))
+  params, _ = init_params(setup.model_config, jax.random.PRNGKey(3), setup.mesh)
+  state = TrainState.create(params, setup.tx, jax.random.PRNGKey(0))
+  batch, _, _, _ = rl_loop.collect_rollout(setup, params, 0, 0)
+  device_batch, _ = rl_loop.train_batch(setup, batch, state, 0.0)
+  m = np.asarray(device_batch["mask"])
+  gap = np.abs(np.asarray(device_batch["old_logp"]) - batch["sampler_logp"])[m]
+  assert m.sum() > 0 and gap.max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def grpo_reference(data_dir, tmp_path_factory):
+  config = replace(tiny_rl_config(data_dir, "grpo"), train=dict(steps=4, checkpoint_every=2))
+  run_dir = str(tmp_path_factory.mktemp("grpo_ref"))
+  out = rl_loop.train(config, run_dir)
+  return config, run_dir, jax.device_get(out["state"].params)
+
+
+def test_same_seed_same_metrics_and_resume_equality(grpo_reference, tmp_path):
+  config, ref_dir, ref_params = grpo_reference
+  text = lambda d: open(os.path.join(d, "metrics.jsonl")).read()
+  again = str(tmp_path / "again")
+  os.makedirs(again)
+  rl_loop.train(config, again)
+  assert text(again) == text(ref_dir)
+  # Interrupted after step 3 (last checkpoint at 2), then resumed: identical to uninterrupted.
+  cut = str(tmp_path / "cut")
+  os.makedirs(cut)
+  rl_loop.train(config, cut, stop_after=3)
+  assert Checkpointer(os.path.join(cut, "checkpoints"), keep=3).latest_step() == 2
+  out = rl_loop.resume(cut)
+  assert text(cut) == text(ref_dir)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(out["state"].params), ref_params)
+  # A different seed differs (the comparisons above can fail).
+  other = str(tmp_path / "other")
+  os.makedirs(other)
+  rl_loop.train(replace(config, seed=123, train=dict(steps=1)), other)
+  assert read_metrics(other)[0]["reward/digit_match/mean"] != read_metrics(ref_dir)[0][
+      "reward/digit_match/mean"] or read_metrics(other)[0]["train/loss"] != read_metrics(
+          ref_dir)[0]["train/loss"]
+
+
+def test_mesh_with_fsdp_and_tensor_matches_one_device(data_dir, tmp_path):
+  config = replace(tiny_rl_config(data_dir, "grpo", kl_coef=0.04),
+                   data=dict(test_size=20), train=dict(steps=2, test_examples=8))
+  sharded = replace(config, mesh=MeshConfig(data=2, fsdp=2, tensor=2))
+  single = replace(config, mesh=MeshConfig(data=1))
+  a = rl_loop.train(sharded, str(tmp_path / "a"))
+  b = rl_loop.train(single, str(tmp_path / "b"), devices=jax.devices()[:1])
+  ra, rb = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
+  for x, y in zip(ra, rb):
+    assert x["reward/mean"] == y["reward/mean"]
+    np.testing.assert_allclose(x["train/loss"], y["train/loss"], rtol=1e-4, atol=1e-6)
+  jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5),
+               jax.device_get(a["state"].params), jax.device_get(b["state"].params))
+  emb = a["state"].params["embed"]["embedding"]
+  assert "fsdp" in str(emb.sharding.spec) or "tensor" in str(emb.sharding.spec)
+
+
+# --------------------------------------------------------------------------------------------
+# DAPO: dynamic sampling and overlong shaping.
+
+
+def test_overlong_shaping_matches_spec():
+  # ALGORITHMS.md 24: L_max = 20480, L_cache = 4096.
+  got = overlong_penalty(np.array([16000, 16384, 18432, 20480, 20481]), max_length=20480,
+                         buffer=4096)
+  np.testing.assert_allclose(got, [0.0, 0.0, -0.5, -1.0, -1.0], atol=1e-6)
+  np.testing.assert_allclose(overlong_penalty(np.array([18432]), max_length=20480, buffer=4096,
+                                              factor=0.5), [-0.25])
+
+
+def _plus_only(prompts, completions, **_):
+  """Varies within '+' groups (by completion), constant 0 for '-' groups."""
+  return np.asarray([float("+" in p and sum(map(ord, c)) % 2 == 1)
+                     for p, c in zip(prompts, completions)], np.float32)
+
+
+def test_dapo_dynamic_sampling_refills_the_batch(data_dir, tmp_path):
+  config = replace(tiny_rl_config(data_dir, "dapo"),
+                   rollout=dict(prompts_per_step=4, gen_prompts=4, samples_per_prompt=4),
+                   reward=RewardConfig(functions=("plus",), weights=(1.0,), accuracy="plus"))
+  specs = [RewardSpec("plus", _plus_only)]
+  setup = rl_loop.build(config, str(tmp_path), reward_fns=specs)
+  params, _ = init_params(setup.model_config, jax.random.PRNGKey(0), setup.mesh)
+  batch, position, info, _ = rl_loop.collect_rollout(setup, params, 0, 0)
+  assert info["dropped_groups"] > 0 and info["gen_rounds"] > 1
+  assert position == 4 * info["gen_rounds"]
+  assert info["short_groups"] == 0 and batch["trainable"].all()
+  assert len(batch["tokens"]) == 16
+  for g in range(4):
+    acc = batch["accuracy"][batch["group_ids"] == g]
+    assert len(acc) == 4 and np.std(acc) > 0
+  # Exhaustion: raise by default, or train on what survived with untrainable filler rows.
+  never = [RewardSpec("plus", lambda p, c, **_: np.zeros(len(c), np.float32))]
+  setup = rl_loop.build(replace(config, algorithm=dict(max_gen_rounds=2)), str(tmp_path),
+                        reward_fns=never)
+  with pytest.raises(RuntimeError, match="max_gen_rounds"):
+    rl_loop.collect_rollout(setup, params, 0, 0)
+  setup = rl_loop.build(replace(config, algorithm=dict(max_gen_rounds=2, on_exhausted="train")),
+                        str(tmp_path), reward_fns=never)
+  batch, _, info, _ = rl_loop.collect_rollout(setup, params, 0, 0)
+  assert info["short_groups"] == 4 and not batch["trainable"].any()
+  assert len(batch["tokens"]) == 16
+
+
+# --------------------------------------------------------------------------------------------
+# Reward failures.
+
+
+def _raises(prompts, completions, **_):
+  raise ZeroDivisionError("boom")
+
+
+def _nan_second(prompts, completions, **_):
+  out = np.ones(len(completions), np.float32)
+  out[1] = np.nan
+  return out
+
+
+def _sleeps(prompts, completions, **_):
+  time.sleep(5)
+  return np.ones(len(completions), np.float32)
+
+
+def test_reward_runner_failure_policies():
+  ok = RewardSpec("ok", lambda p, c, **_: np.full(len(c), 2.0, np.float32), weight=0.5)
+  args = (["a", "b", "c"], ["x", "y", "z"])
+  for on_error, expect in (("exclude", np.nan), ("fallback", -1.0)):
+    runner = RewardRunner([ok, RewardSpec("bad", _raises)], on_error=on_error,
+                          fallback_reward=-1.0)
+    res = runner(*args)
+    np.testing.assert_array_equal(res.per_function["bad"], [expect] * 3)
+    np.testing.assert_array_equal(res.per_function["ok"], [2.0] * 3)
+    assert res.counts["bad"]["errors"] == 3
+    res = RewardRunner([RewardSpec("nan", _nan_second)], on_error=on_error,
+                       fallback_reward=-1.0)(*args)
+    np.testing.assert_array_equal(res.total, [1.0, expect, 1.0])
+    assert res.counts["nan"]["nonfinite"] == 1
+  t0 = time.perf_counter()
+  res = RewardRunner([RewardSpec("slow", _sleeps)], timeout_s=0.2, on_error="fallback",
+                     fallback_reward=0.0)(*args)
+  assert time.perf_counter() - t0 < 2.0
+  np.testing.assert_array_equal(res.total, [0.0] * 3)
+  assert res.counts["slow"]["timeouts"] == 3
+  with pytest.raises(RewardError, match="'bad'.*raised"):
+    RewardRunner([RewardSpec("bad", _raises)], on_error="raise")(*args)
+  with pytest.raises(RewardError, match="'slow'.*timed out"):
+    RewardRunner([RewardSpec("slow", _sleeps)], timeout_s=0.1, on_error="raise")(*args)
+  wrong = RewardSpec("short", lambda p, c, **_: [1.0])
+  res = RewardRunner([wrong], on_error="exclude")(*args)
+  assert np.isnan(res.total).all() and res.counts["short"]["errors"] == 3
+  with pytest.raises(TimeoutError):
+    call_with_timeout(lambda: time.sleep(3), 0.05)
+
+
+class _FailsAtCall:
+  """Raises from its third call on (i.e. at RL step 3)."""
+
+  def __init__(self):
+    self.calls = 0
+
+  def __call__(self, prompts, completions, **_):
+    self.calls += 1
+    if self.calls >= 3:
+      raise RuntimeError("verifier crashed")
+    return np.zeros(len(completions), np.float32)
+
+
+def test_reward_failure_in_the_loop(data_dir, tmp_path):
+  config = replace(tiny_rl_config(data_dir, "grpo", kl_coef=0.0),
+                   train=dict(steps=3, checkpoint_every=10),
+                   reward=RewardConfig(functions=("flaky",), weights=(1.0,), accuracy="",
+                                       on_error="raise"))
+  with pytest.raises(RewardError, match="verifier crashed"):
+    rl_loop.train(config, str(tmp_path / "raise"), reward_fns=[RewardSpec("flaky", _FailsAtCall())])
+  # The two completed steps were checkpointed before stopping.
+  assert Checkpointer(str(tmp_path / "raise" / "checkpoints"), keep=3).latest_step() == 2
+  exclude = replace(config, reward=dict(on_error="exclude"))
+  rl_loop.train(exclude, str(tmp_path / "exclude"), reward_fns=[RewardSpec("flaky", _FailsAtCall())])
+  last = read_metrics(str(tmp_path / "exclude"))[-1]
+  assert last["reward/flaky/errors_total"] == 16
+  assert last["reward/unscorable_fraction"] == 1.0
+  assert last["train/loss"] == 0.0  # Nothing scorable: zero advantages, no KL term.
+
+
+def test_rl_config_errors_name_the_field(data_dir, tmp_path):
+  base = tiny_rl_config(data_dir, "grpo")
+  with pytest.raises(ConfigError, match="algorithm.name"):
+    apply_overrides(base, ["algorithm.name=grpoo"])
+  with pytest.raises(ConfigError, match="loss_aggregation"):
+    apply_overrides(base, ["algorithm.policy_loss=gspo"])
+  with pytest.raises(ConfigError, match="reward.weights"):
+    apply_overrides(base, ["reward.weights=[1.0]"])
+  with pytest.raises(ConfigError, match="kl_controller"):
+    apply_overrides(base, ["algorithm.kl_controller=adaptive"])
+  with pytest.raises(ConfigError, match="rollout.prompts_per_step"):
+    rl_loop.build(replace(base, rollout=dict(prompts_per_step=3)), str(tmp_path))
+  with pytest.raises(ConfigError, match="reward.functions"):
+    rl_loop.build(replace(base, reward=dict(functions=("nope", "digit_match"))),
+                  str(tmp_path))
