@@ -8,7 +8,17 @@ import importlib
 
 EXPERIMENTS = {
     "sft-arithmetic": "experiments.sft_arithmetic",
+    "gsm8k-hf": "experiments.gsm8k_hf",
     "arithmetic-grpo": "experiments.arithmetic_grpo",
+    "arithmetic-drgrpo": "experiments.arithmetic_drgrpo",
+    "arithmetic-dapo": "experiments.arithmetic_dapo",
+    "arithmetic-gspo": "experiments.arithmetic_gspo",
+    "arithmetic-rloo": "experiments.arithmetic_rloo",
+    "arithmetic-reinforce-pp": "experiments.arithmetic_reinforce_pp",
+    "arithmetic-reinforce-pp-baseline": "experiments.arithmetic_reinforce_pp_baseline",
+    "arithmetic-remax": "experiments.arithmetic_remax",
+    "arithmetic-clip-cov": "experiments.arithmetic_clip_cov",
+    "arithmetic-kl-cov": "experiments.arithmetic_kl_cov",
 }
 
 

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
   except ConfigError as e:
     print(f"jaxrl-llm: {e}", file=sys.stderr)
     return 2
-  except FileExistsError as e:
+  except (FileExistsError, FileNotFoundError) as e:
     print(f"jaxrl-llm: {e}", file=sys.stderr)
     return 2
   return 1

@@ -36,8 +36,9 @@ def tiny_rl_config(data_dir, algorithm="grpo", **algorithm_overrides):
       algorithm=AlgorithmConfig(**fields),
       optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=0, end_learning_rate_ratio=1.0),
       rollout=RolloutConfig(prompts_per_step=4, samples_per_prompt=4, max_new_tokens=4),
+      # An untrained model never answers exactly; DAPO filters on the partial-credit reward.
       reward=RewardConfig(functions=("exact_match", "digit_match"), weights=(1.0, 0.5),
-                          accuracy="exact_match"),
+                          accuracy="digit_match" if algorithm == "dapo" else "exact_match"),
       init=InitConfig())
 
 
@@ -155,7 +156,7 @@ def test_two_rl_steps_end_to_end(algorithm, data_dir, tmp_path):
   assert {"time/generate_s", "time/reward_s", "time/update_s", "perf/tokens_per_s"} <= set(perf[0])
   assert perf[-1]["rollout/compilations"] == 1 + (algorithm == "remax")
   ev = json.load(open(tmp_path / "eval.json"))
-  assert {"test/exact_match", "test/exact_match_before", "test/improvement"} <= set(ev)
+  assert {"test/accuracy", "test/accuracy_before", "test/improvement"} <= set(ev)
 
 
 def test_sampler_logprobs_equal_trainer_old_logprobs(data_dir, tmp_path):
@@ -197,26 +198,35 @@ def test_same_seed_same_metrics_and_resume_equality(grpo_reference, tmp_path):
   other = str(tmp_path / "other")
   os.makedirs(other)
   rl_loop.train(replace(config, seed=123, train=dict(steps=1)), other)
-  assert read_metrics(other)[0]["reward/digit_match/mean"] != read_metrics(ref_dir)[0][
-      "reward/digit_match/mean"] or read_metrics(other)[0]["train/loss"] != read_metrics(
-          ref_dir)[0]["train/loss"]
+  assert read_metrics(other)[0]["train/entropy"] != read_metrics(ref_dir)[0]["train/entropy"]
+
+
+def _digit_fraction(prompts, completions, **_):
+  """A reward with signal even for an untrained model: the fraction of digits in the text."""
+  return np.asarray([sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions],
+                    np.float32)
 
 
 def test_mesh_with_fsdp_and_tensor_matches_one_device(data_dir, tmp_path):
+  # Adam's eps is raised so that float noise in near-zero gradient entries is not amplified to
+  # ±lr (which would make any two summation orders disagree); real gradients dominate it.
   config = replace(tiny_rl_config(data_dir, "grpo", kl_coef=0.04),
-                   data=dict(test_size=20), train=dict(steps=2, test_examples=8))
+                   optimizer=dict(eps=1e-3), train=dict(steps=2),
+                   reward=RewardConfig(functions=("digits",), weights=(1.0,), accuracy=""))
+  specs = [RewardSpec("digits", _digit_fraction)]
   sharded = replace(config, mesh=MeshConfig(data=2, fsdp=2, tensor=2))
   single = replace(config, mesh=MeshConfig(data=1))
-  a = rl_loop.train(sharded, str(tmp_path / "a"))
-  b = rl_loop.train(single, str(tmp_path / "b"), devices=jax.devices()[:1])
+  a = rl_loop.train(sharded, str(tmp_path / "a"), reward_fns=specs)
+  b = rl_loop.train(single, str(tmp_path / "b"), devices=jax.devices()[:1], reward_fns=specs)
   ra, rb = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
   for x, y in zip(ra, rb):
-    assert x["reward/mean"] == y["reward/mean"]
+    assert x["reward/mean"] == y["reward/mean"]  # Same samples: the sampler is mesh-independent.
+    assert x["reward/std"] > 0
     np.testing.assert_allclose(x["train/loss"], y["train/loss"], rtol=1e-4, atol=1e-6)
-  jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5),
+  jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-3, atol=2e-5),
                jax.device_get(a["state"].params), jax.device_get(b["state"].params))
-  emb = a["state"].params["embed"]["embedding"]
-  assert "fsdp" in str(emb.sharding.spec) or "tensor" in str(emb.sharding.spec)
+  from jax.sharding import PartitionSpec
+  assert a["state"].params["embedding"].sharding.spec == PartitionSpec("tensor", "fsdp")
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,7 +361,7 @@ def test_rl_config_errors_name_the_field(data_dir, tmp_path):
   with pytest.raises(ConfigError, match="algorithm.name"):
     apply_overrides(base, ["algorithm.name=grpoo"])
   with pytest.raises(ConfigError, match="loss_aggregation"):
-    apply_overrides(base, ["algorithm.policy_loss=gspo"])
+    apply_overrides(base, ["algorithm.policy_loss=gspo", "algorithm.loss_aggregation=token-mean"])
   with pytest.raises(ConfigError, match="reward.weights"):
     apply_overrides(base, ["reward.weights=[1.0]"])
   with pytest.raises(ConfigError, match="kl_controller"):

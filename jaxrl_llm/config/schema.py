@@ -160,6 +160,7 @@ class DataConfig:
   shuffle: bool = True
   on_bad_row: Literal["raise", "skip"] = "raise"
   on_overlong: Literal["truncate", "reject"] = "reject"
+  chat_template: bool = False  # Render prompts with the tokenizer's chat template (instruct models).
 
   def __post_init__(self):
     if self.task not in ("arithmetic",):

@@ -85,7 +85,8 @@ def validate_row(row: Any, index: int, split: str) -> tuple[str, str]:
 
 
 def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on_bad_row: str,
-                 on_overlong: str, answer_budget: int | None = None) -> EncodedSplit:
+                 on_overlong: str, answer_budget: int | None = None,
+                 chat_template: bool = False) -> EncodedSplit:
   """Validates and tokenises ``rows``.
 
   Args:
@@ -93,6 +94,8 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
       sequence must fit; for evaluation prompts (``answer_budget`` set) ``BOS prompt`` must fit in
       ``max_len - answer_budget``.
     on_bad_row: ``"raise"`` or ``"skip"``; on_overlong: ``"reject"`` or ``"truncate"``.
+    chat_template: render each prompt as one user message with the tokenizer's chat template
+      (generation prompt included) instead of ``BOS prompt``.
   """
   stats = DataStats()
   texts: list[tuple[str, str]] = []
@@ -105,14 +108,24 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
         raise
       stats.bad_rows += 1
   prompts, answers, answer_texts = [], [], []
-  if texts:
+  if texts and chat_template:
+    from jaxrl_llm.data.tokenizer import apply_chat_template
+
+    p_ids = [apply_chat_template(tokenizer, [{"role": "user", "content": t[0]}])
+             for t in texts]
+    a_ids = tokenizer([t[1] for t in texts], add_special_tokens=False)["input_ids"]
+  elif texts:
     p_ids = tokenizer([t[0] for t in texts], add_special_tokens=False)["input_ids"]
     a_ids = tokenizer([t[1] for t in texts], add_special_tokens=False)["input_ids"]
   else:
     p_ids, a_ids = [], []
   bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+  if eos is None:
+    raise ValueError("the tokenizer has no EOS token; generation could never stop")
+  # Qwen-style tokenizers have no BOS; a chat template writes its own header.
+  head = [] if bos is None or chat_template else [bos]
   for (prompt_text, answer_text), p, a in zip(texts, p_ids, a_ids):
-    p = [bos] + list(p)
+    p = head + list(p)
     a = list(a) + [eos]
     if answer_budget is None:
       room_for_prompt = max_len - len(a)
@@ -122,7 +135,7 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
       if on_overlong == "reject" or room_for_prompt < 2:  # BOS plus at least one prompt token.
         stats.rejected += 1
         continue
-      p = [bos] + p[len(p) - room_for_prompt + 1:]
+      p = head + p[len(p) - room_for_prompt + len(head):]
       stats.truncated += 1
     prompts.append(np.asarray(p, np.int32))
     answers.append(np.asarray(a, np.int32))

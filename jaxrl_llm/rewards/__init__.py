@@ -13,6 +13,7 @@ REWARD_FUNCTIONS = {
     "exact_match": arithmetic.exact_match,
     "integer_format": arithmetic.integer_format,
     "digit_match": arithmetic.digit_match,
+    "last_number": arithmetic.last_number_match,
 }
 
 

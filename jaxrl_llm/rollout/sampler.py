@@ -259,8 +259,8 @@ class Sampler:
     self.compilations = 0
     self._fns = {}
 
-  def _fn(self, sampling, max_new_tokens, stop_ids, num_samples):
-    key = (sampling, max_new_tokens, stop_ids, num_samples)
+  def _fn(self, sampling, max_new_tokens, stop_ids, num_samples, rows_divide):
+    key = (sampling, max_new_tokens, stop_ids, num_samples, rows_divide)
     if key not in self._fns:
       def traced(params, prompts, mask, rng):
         self.compilations += 1  # Runs once per trace, i.e. per compilation.
@@ -269,7 +269,9 @@ class Sampler:
                          num_samples=num_samples, pad_id=self.pad_id)
 
       kw = {}
-      if self.mesh is not None:
+      # Prompts are split over data x fsdp when their count divides; otherwise (a few prompts,
+      # many samples each) the prefill is replicated and the fanned-out rows are sharded.
+      if self.mesh is not None and rows_divide:
         from jax.sharding import NamedSharding, PartitionSpec as P
 
         rows = NamedSharding(self.mesh, P(("data", "fsdp"), None))
@@ -290,7 +292,10 @@ class Sampler:
     lengths = jnp.asarray(prompt_lengths, jnp.int32)
     mask = jnp.arange(p)[None, :] >= (p - lengths)[:, None]
     stop_ids = tuple(sorted({int(s) for s in stop_token_ids}))
-    return self._fn(sampling, int(max_new_tokens), stop_ids, int(num_samples))(
+    shards = 1
+    if self.mesh is not None:
+      shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    return self._fn(sampling, int(max_new_tokens), stop_ids, int(num_samples), b % shards == 0)(
         params, jnp.asarray(prompts), mask, rng)
 
 

@@ -53,7 +53,7 @@ from jaxrl_llm.rollout import Sampler, SamplingConfig
 from jaxrl_llm.rollout.sampler import pad_prompts
 from jaxrl_llm.train import sft_loop
 from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
-from jaxrl_llm.train.evaluate import exact_match, make_greedy_decode
+from jaxrl_llm.train.evaluate import make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
 
 
@@ -203,12 +203,13 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                       f"{rc.max_new_tokens} exceeds model.max_seq_len={model_config.max_seq_len}")
   splits = {"train": encode_split(load_rows(dc, "train"), tokenizer, split="train",
                                   max_len=max_len, on_bad_row=dc.on_bad_row,
-                                  on_overlong=dc.on_overlong, answer_budget=0)}
+                                  on_overlong=dc.on_overlong, answer_budget=0,
+                                  chat_template=dc.chat_template)}
   for name, size in (("validation", dc.validation_size), ("test", dc.test_size)):
     if size or dc.source == "jsonl":
       splits[name] = encode_split(load_rows(dc, name), tokenizer, split=name, max_len=max_len,
                                   on_bad_row=dc.on_bad_row, on_overlong=dc.on_overlong,
-                                  answer_budget=0)
+                                  answer_budget=0, chat_template=dc.chat_template)
   prompt_texts = tokenizer.batch_decode([p.tolist() for p in splits["train"].prompts],
                                         skip_special_tokens=True)
   specs = list(reward_fns) if reward_fns is not None else reward_specs(config)
@@ -410,7 +411,7 @@ def collect_rollout(setup: RLSetup, params, step: int, position: int):
       kept.append(part)
       n_kept += len(keep_groups)
   if n_kept < want:  # on_exhausted == "train": fill with untrainable copies (static shapes).
-    filler = dict(kept[-1] if kept else part)
+    filler = dict(kept[-1] if kept else batch)
     reps = -(-(want - n_kept) * g // len(filler["tokens"]))
     fill = {k: (v if k == "prompt_width" else np.concatenate([v] * reps)[:(want - n_kept) * g])
             for k, v in filler.items()}
@@ -506,11 +507,40 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float):
 
 
 def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, float]:
-  """Greedy exact match on ``split`` (``limit`` rows; 0 = all)."""
-  tc = setup.config.train
-  return exact_match(setup.decode, params, setup.splits[split], setup.tokenizer,
-                     batch_size=tc.eval_batch_size, buckets=setup.config.data.length_buckets,
-                     limit=limit)
+  """Greedy-decoding accuracy on ``split`` (``limit`` rows; 0 = all).
+
+  Scored by the ``reward.accuracy`` function (exact string match when none is named), through
+  the same guarded runner as training rewards; an unscorable answer counts as wrong.
+
+  Returns:
+    ``{"accuracy": float, "examples": int}``.
+  """
+  from jaxrl_llm.data import prompt_batches
+  from jaxrl_llm.train.evaluate import decode_texts
+
+  tc, cfg = setup.config.train, setup.config
+  tok = setup.tokenizer
+  name = cfg.reward.accuracy
+  spec = next((s for s in setup.rewards.specs if s.name == name), None)
+  runner = RewardRunner([spec], timeout_s=cfg.reward.timeout_s, on_error="exclude") if spec \
+      else None
+  correct = total = 0
+  for batch in prompt_batches(setup.splits[split], batch_size=tc.eval_batch_size,
+                              buckets=cfg.data.length_buckets, pad_id=tok.pad_token_id,
+                              limit=limit):
+    generated = jax.device_get(setup.decode(params, batch["tokens"], batch["attention_mask"]))
+    texts = decode_texts(tok, generated, tok.eos_token_id)
+    n = int(batch["valid"].sum())
+    texts, answers = texts[:n], batch["answers"][:n]
+    if runner is None:
+      hits = [float(t.strip() == a.strip()) for t, a in zip(texts, answers)]
+    else:
+      prompts = tok.batch_decode(np.asarray(batch["tokens"][:n]).tolist(),
+                                 skip_special_tokens=True)
+      hits = np.nan_to_num(runner(prompts, texts, {"answer": answers}).total).tolist()
+    correct += float(np.sum(hits))
+    total += n
+  return {"accuracy": correct / max(total, 1), "examples": total}
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,8 +632,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   if "test" in setup.splits and not os.path.exists(before_path):
     ev = evaluate(setup, state.params, "test", tc.test_examples)
     with open(before_path, "w") as f:
-      json.dump({"test/exact_match": ev["exact_match"], "test/examples": ev["examples"]}, f)
-    progress.message(f"held-out test exact match before RL: {ev['exact_match']:.4f} "
+      json.dump({"test/accuracy": ev["accuracy"], "test/examples": ev["examples"]}, f)
+    progress.message(f"held-out test accuracy before RL: {ev['accuracy']:.4f} "
                      f"({ev['examples']} examples)")
   if start == 0:
     progress.message(f"run dir: {run_dir}")
@@ -652,12 +682,12 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
         line[f"reward/{name}/{k}_total"] = float(v)
     if tc.eval_every and done % tc.eval_every == 0 and "validation" in setup.splits:
       ev = evaluate(setup, state.params, "validation", tc.eval_examples)
-      line["eval/exact_match"] = ev["exact_match"]
-      progress.message(f"step {done}: validation exact match {ev['exact_match']:.3f}")
+      line["eval/accuracy"] = ev["accuracy"]
+      progress.message(f"step {done}: validation accuracy {ev['accuracy']:.3f}")
     final = done == tc.steps
     if final and "test" in setup.splits:
       ev = evaluate(setup, state.params, "test", tc.test_examples)
-      line["test/exact_match"] = ev["exact_match"]
+      line["test/accuracy"] = ev["accuracy"]
       line["test/examples"] = ev["examples"]
     writer.write(done, line)
     elapsed = time.perf_counter() - t_step
@@ -689,11 +719,11 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
 def _finish(run_dir: str, line: dict, progress: Progress) -> None:
   result = {k: v for k, v in line.items() if k.startswith("test/")}
   before_path = os.path.join(run_dir, "eval_before.json")
-  if os.path.exists(before_path) and "test/exact_match" in result:
+  if os.path.exists(before_path) and "test/accuracy" in result:
     with open(before_path) as f:
       before = json.load(f)
-    result["test/exact_match_before"] = before["test/exact_match"]
-    result["test/improvement"] = result["test/exact_match"] - before["test/exact_match"]
+    result["test/accuracy_before"] = before["test/accuracy"]
+    result["test/improvement"] = result["test/accuracy"] - before["test/accuracy"]
   with open(os.path.join(run_dir, "eval.json"), "w") as f:
     json.dump(result, f, indent=2, sort_keys=True)
   try:
@@ -702,10 +732,10 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
     progress.message(f"plot: {plot_run(run_dir)}")
   except Exception as e:  # A plotting failure must never cost a finished run.
     progress.message(f"plotting failed: {e!r}")
-  if "test/exact_match" in result:
-    msg = f"held-out test exact match after RL: {result['test/exact_match']:.4f}"
-    if "test/exact_match_before" in result:
-      msg += (f" (before: {result['test/exact_match_before']:.4f}, "
+  if "test/accuracy" in result:
+    msg = f"held-out test accuracy after RL: {result['test/accuracy']:.4f}"
+    if "test/accuracy_before" in result:
+      msg += (f" (before: {result['test/accuracy_before']:.4f}, "
               f"{100 * result['test/improvement']:+.1f} points)")
     progress.message(msg)
 

@@ -1,0 +1,11 @@
+"""Clip-Cov on the arithmetic task: GRPO advantages with the gradient of a few high-covariance tokens removed (Cui et al., arXiv:2505.22617).
+
+Same task, model and SFT warm start as ``arithmetic-grpo``; only the algorithm differs.
+Run: ``jaxrl-llm run arithmetic-clip-cov``.
+"""
+from experiments import arithmetic_grpo
+
+
+def config():
+  cfg = arithmetic_grpo.config("clip_cov")
+  return cfg

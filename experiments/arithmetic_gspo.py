@@ -1,0 +1,11 @@
+"""GSPO on the arithmetic task: a length-normalised sequence ratio with tiny clip ranges (Zheng et al., arXiv:2507.18071).
+
+Same task, model and SFT warm start as ``arithmetic-grpo``; only the algorithm differs.
+Run: ``jaxrl-llm run arithmetic-gspo``.
+"""
+from experiments import arithmetic_grpo
+
+
+def config():
+  cfg = arithmetic_grpo.config("gspo")
+  return cfg

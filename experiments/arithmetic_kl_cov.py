@@ -1,0 +1,11 @@
+"""KL-Cov on the arithmetic task: GRPO advantages with a KL penalty on the highest-covariance tokens (Cui et al., arXiv:2505.22617).
+
+Same task, model and SFT warm start as ``arithmetic-grpo``; only the algorithm differs.
+Run: ``jaxrl-llm run arithmetic-kl-cov``.
+"""
+from experiments import arithmetic_grpo
+
+
+def config():
+  cfg = arithmetic_grpo.config("kl_cov")
+  return cfg
