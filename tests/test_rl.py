@@ -371,3 +371,31 @@ def test_rl_config_errors_name_the_field(data_dir, tmp_path):
   with pytest.raises(ConfigError, match="reward.functions"):
     rl_loop.build(replace(base, reward=dict(functions=("nope", "digit_match"))),
                   str(tmp_path))
+
+
+def test_rl_from_a_hugging_face_checkpoint(data_dir, tmp_path):
+  from jaxrl_llm.data import build_char_tokenizer, save_tokenizer
+  from jaxrl_llm.models.hf import save_hf
+  from jaxrl_llm.models.presets import tiny
+
+  hf_dir = str(tmp_path / "hf")
+  model_config = tiny("qwen2", vocab_size=104, max_seq_len=64)
+  params, _ = init_params(model_config, jax.random.PRNGKey(5), ONE_DEVICE)
+  save_hf(params, model_config, hf_dir)
+  save_tokenizer(build_char_tokenizer(), hf_dir)
+  config = replace(tiny_rl_config(data_dir, "grpo", kl_coef=0.04), train=dict(steps=1),
+                   init=InitConfig(hf_checkpoint=hf_dir))
+  out = rl_loop.train(config, str(tmp_path / "run"))
+  assert out["setup"].model_config.family == "qwen2"
+  assert out["setup"].model_config.attention_bias  # Qwen2's q/k/v biases came from config.json.
+  assert read_metrics(str(tmp_path / "run"))[0]["train/sampler_gap_abs_max"] < 1e-5
+
+
+def test_hf_experiment_without_files_fails_clearly(tmp_path, capsys):
+  from jaxrl_llm.cli import main
+
+  code = main(["run", "gsm8k-hf", "--set", f"init.hf_checkpoint={tmp_path}/missing",
+               "--run-dir", str(tmp_path / "run")])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "init.hf_checkpoint" in err and "missing" in err and "hf download" in err

@@ -431,12 +431,12 @@ class TrainConfig:
   """Length of training, batch geometry, checkpoint and evaluation cadence."""
 
   steps: int = 1000
-  batch_size: int = 64  # Examples per optimizer step (all micro-batches together).
-  grad_accum_steps: int = 1  # Micro-batches per step, accumulated inside the jitted step.
+  batch_size: int = 64  # SFT: examples per optimizer step (RL: rollout.* and algorithm.* instead).
+  grad_accum_steps: int = 1  # SFT: micro-batches per step (RL: algorithm.micro_batches).
   checkpoint_every: int = 200
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
-  eval_every: int = 200  # Greedy exact-match on the validation split; 0 disables.
+  eval_every: int = 200  # Greedy accuracy on the validation split; 0 disables.
   eval_examples: int = 256  # Validation examples per periodic evaluation.
   eval_batch_size: int = 64
   test_examples: int = 0  # Test examples in the final evaluation; 0: the whole split.
