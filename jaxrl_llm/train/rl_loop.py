@@ -187,13 +187,15 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   """
   mesh = make_mesh(config.mesh, devices)
   _validate(config, mesh)
+  tok_dir = os.path.join(run_dir, "tokenizer")
   if tokenizer is None:
-    tok_dir = os.path.join(run_dir, "tokenizer")
     if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
       tokenizer = load_tokenizer(tok_dir)
     else:
       tokenizer = build_char_tokenizer()
       save_tokenizer(tokenizer, tok_dir)
+  elif not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+    save_tokenizer(tokenizer, tok_dir)  # The run directory stays self-contained.
   if model_config is None:
     model_config = config.model.with_vocab(len(tokenizer))
   dc, tc, rc, ac = config.data, config.train, config.rollout, config.algorithm
@@ -598,6 +600,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     reward_fns: reward functions to use instead of the configured names.
   """
   hf_model_config, hf_tokenizer = _hf_model(config)
+  os.makedirs(run_dir, exist_ok=True)
   setup = build(config, run_dir, devices=devices, reward_fns=reward_fns,
                 model_config=hf_model_config, tokenizer=hf_tokenizer)
   if not resume:
