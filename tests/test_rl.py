@@ -399,3 +399,15 @@ def test_hf_experiment_without_files_fails_clearly(tmp_path, capsys):
   assert code == 2
   err = capsys.readouterr().err
   assert "init.hf_checkpoint" in err and "missing" in err and "hf download" in err
+
+
+def test_truncated_sampling_with_rollout_correction(data_dir, tmp_path):
+  config = replace(tiny_rl_config(data_dir, "grpo", tis_cap=2.0, epochs=2, minibatches=2),
+                   rollout=dict(top_k=5, top_p=0.9))
+  rl_loop.train(config, str(tmp_path))
+  for row in read_metrics(str(tmp_path)):
+    assert 0.0 < row["train/is_weight_mean"] <= 2.0
+    assert 0.0 <= row["train/is_capped_fraction"] <= 1.0
+    assert row["train/ratio_first_max_dev"] == 0.0
+    # The gap metric compares full-distribution log-probs, unaffected by the truncation.
+    assert row["train/sampler_gap_abs_max"] < 1e-5

@@ -238,7 +238,7 @@ def token_loss(config: Config, logp, entropy, mb: dict, *, on_policy: jax.Array,
   Args:
     logp, entropy: float32 ``[n, T]`` under the current params (carry gradients).
     mb: the minibatch fields (``mask``, ``advantages``, ``old_logp``, ``ref_logp``,
-      ``sampler_logp``).
+      ``sampler_logp``, optionally ``behaviour_logp``).
     on_policy: bool scalar -- the params are the rollout's (first minibatch of the first epoch).
     key: PRNG key for Clip-Cov's random selection.
   """
@@ -261,8 +261,11 @@ def token_loss(config: Config, logp, entropy, mb: dict, *, on_policy: jax.Array,
   else:
     raise ValueError(f"unknown policy loss {config.policy_loss!r}")
   if config.tis_cap:
-    # Rollout correction: π_old / π_sampler, truncated (ALGORITHMS.md 21).
-    w, tis = ops.truncated_is_weights(mb["old_logp"], mb["sampler_logp"], m, cap=config.tis_cap)
+    # Rollout correction: π_old / π_behaviour, truncated (ALGORITHMS.md 21). The behaviour policy
+    # is the distribution the token was drawn from: the top-k/top-p-truncated one when sampling
+    # truncates (``behaviour_logp``), else the sampler's full distribution.
+    behaviour = mb.get("behaviour_logp", mb["sampler_logp"])
+    w, tis = ops.truncated_is_weights(mb["old_logp"], behaviour, m, cap=config.tis_cap)
     pg = pg * w
     diag.update(tis)
   loss = pg
@@ -290,7 +293,10 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     tx, schedule: the optax chain and its learning-rate schedule (for the metric).
   The batch (``N`` rows, response length ``T``, ``L = P + T``):
     ``tokens int32[N, L]``, ``attention_mask bool[N, L]``, ``mask bool[N, T]`` (trainable
-    tokens), ``advantages``, ``old_logp``, ``ref_logp``, ``sampler_logp`` float32 ``[N, T]``.
+    tokens), ``advantages``, ``old_logp``, ``ref_logp``, ``sampler_logp`` float32 ``[N, T]``
+    (``sampler_logp``: the sampler's log-probs under the full temperature-scaled distribution,
+    for the sampler-trainer gap metric; optional ``behaviour_logp``: under the truncated
+    distribution actually sampled from, for truncated importance sampling).
   ``N`` must divide into ``minibatches × micro_batches`` equal parts.
 
   Metrics (float32 scalars, means over the optimizer steps of this call unless noted):

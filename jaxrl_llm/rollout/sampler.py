@@ -270,7 +270,7 @@ class Sampler:
 
       kw = {}
       # Prompts are split over data x fsdp when their count divides; otherwise (a few prompts,
-      # many samples each) the prefill is replicated and the fanned-out rows are sharded.
+      # many samples each) they are left to XLA's placement rather than refused.
       if self.mesh is not None and rows_divide:
         from jax.sharding import NamedSharding, PartitionSpec as P
 

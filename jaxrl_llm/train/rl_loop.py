@@ -306,10 +306,6 @@ def _group_std(values: np.ndarray, groups: np.ndarray, num_groups: int) -> np.nd
   return out
 
 
-class RolloutStats(dict):
-  pass
-
-
 def collect_rollout(setup: RLSetup, params, step: int, position: int):
   """Generates, decodes and scores one step's batch (dynamic sampling and ReMax included).
 
@@ -386,7 +382,9 @@ def collect_rollout(setup: RLSetup, params, step: int, position: int):
     batch = {
         "prompt_width": width, "tokens": np.asarray(ro.tokens),
         "prompt_mask": np.asarray(ro.prompt_mask), "response_mask": np.asarray(ro.response_mask),
-        "sampler_logp": np.asarray(ro.sampler_logprobs), "lengths": np.asarray(ro.lengths),
+        "sampler_logp": np.asarray(ro.sampler_logprobs),
+        "behaviour_logp": np.asarray(ro.sampler_logprobs_truncated),
+        "lengths": np.asarray(ro.lengths),
         "finished": np.asarray(ro.finished), "group_ids": np.asarray(ro.group_ids),
         "scores": scores.astype(np.float32), "accuracy": accuracy.astype(np.float32),
         "baseline_scores": (baseline if baseline is not None else np.zeros_like(scores)
@@ -445,7 +443,7 @@ def _add_counts(total: dict, counts: dict) -> None:
 # One step.
 
 
-def rollout_metrics(batch: dict, info: dict, num_groups: int, max_new_tokens: int) -> dict:
+def rollout_metrics(batch: dict, info: dict, num_groups: int) -> dict:
   """Deterministic host metrics of a rollout batch (rewards, accuracy, lengths, groups)."""
   trainable = batch["trainable"]
   out = {}
@@ -505,6 +503,8 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float):
   device_batch = {"tokens": tokens, "attention_mask": attention, "mask": mask_d,
                   "advantages": adv, "old_logp": old, "ref_logp": ref,
                   "sampler_logp": put(batch["sampler_logp"])}
+  if setup.sampling.truncates:
+    device_batch["behaviour_logp"] = put(batch["behaviour_logp"])
   return device_batch, diag
 
 
@@ -549,7 +549,7 @@ def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, fl
 # The loop.
 
 
-def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices, quiet: bool):
+def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
   """Policy params at RL step 0: the SFT warm start, a Hugging Face checkpoint, or a fresh init."""
   ic = config.init
   if ic.sft_steps:
@@ -606,7 +606,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   if not resume:
     save_json(config, os.path.join(run_dir, "config.json"))
   tc, lc, ac = config.train, config.logging, config.algorithm
-  init = _initial_params(config, run_dir, setup, devices=devices, quiet=False)
+  init = _initial_params(config, run_dir, setup, devices=devices)
   dropout_key = rng_lib.purpose_key(config.seed, "dropout")
   make_state = jax.jit(lambda p: TrainState.create(p, setup.tx, dropout_key),
                        out_shardings=setup.state_shardings)
@@ -678,8 +678,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     if "kl_ref_seq" in diag:
       line["kl/ref"] = float(diag["kl_ref_seq"])
     line["kl/coef"] = float(kl_state.coef)
-    line.update(rollout_metrics(batch, info, config.rollout.prompts_per_step,
-                                config.rollout.max_new_tokens))
+    line.update(rollout_metrics(batch, info, config.rollout.prompts_per_step))
     for name, c in counts.items():
       for k, v in c.items():
         line[f"reward/{name}/{k}_total"] = float(v)
@@ -701,10 +700,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
             "rollout/compilations": setup.sampler.compilations}
     with open(perf_path, "a") as f:
       f.write(json.dumps(perf) + "\n")
-    if writer._tb is not None:
-      for k, v in perf.items():
-        if k != "step":
-          writer._tb.add_scalar(k, v, done)
+    writer.add_scalars(done, {k: v for k, v in perf.items() if k != "step"})
     progress.update(done, line["train/loss"], perf["perf/tokens_per_s"],
                     {"reward": line["reward/mean"]} |
                     ({"acc": line["reward/accuracy"]} if "reward/accuracy" in line else {}))

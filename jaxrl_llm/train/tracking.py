@@ -70,6 +70,12 @@ class MetricsWriter:
         if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
           self._tb.add_scalar(k, v, step)
 
+  def add_scalars(self, step: int, values: Mapping[str, float]):
+    """TensorBoard only (timings and throughput: not deterministic, so not in metrics.jsonl)."""
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(k, float(v), step)
+
   def close(self):
     self._file.close()
     if self._tb is not None:
