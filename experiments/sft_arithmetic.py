@@ -1,4 +1,4 @@
-"""The default experiment: supervised fine-tuning of a tiny decoder from scratch on synthetic
+"""Supervised fine-tuning of a tiny decoder from scratch on synthetic
 integer arithmetic ("37+48=" -> "85"), evaluated by greedy exact match on a held-out split.
 
 Runs on a laptop CPU in a few minutes: ``jaxrl-llm run sft-arithmetic``.
