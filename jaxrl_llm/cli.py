@@ -109,14 +109,12 @@ def _eval(args) -> int:
   import jax
 
   from jaxrl_llm.config import load_json
-  from jaxrl_llm.train import Checkpointer, abstract_with_shardings, build, evaluate
+  from jaxrl_llm.train import Checkpointer, abstract_with_shardings, rl_loop, sft_loop
 
   config = load_json(os.path.join(args.run_dir, "config.json"))
-  if config.algorithm.is_rl:
-    from jaxrl_llm.train import rl_loop
-
-    build, evaluate = rl_loop.build_for_eval, rl_loop.evaluate
-  setup = build(config, args.run_dir)
+  loop_build, evaluate = ((rl_loop.build_for_eval, rl_loop.evaluate) if config.algorithm.is_rl
+                          else (sft_loop.build, sft_loop.evaluate))
+  setup = loop_build(config, args.run_dir)
   ckpt = Checkpointer(os.path.join(args.run_dir, "checkpoints"), keep=config.train.keep_checkpoints,
                       async_save=False)
   step = ckpt.latest_step()

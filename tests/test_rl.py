@@ -21,7 +21,7 @@ from jaxrl_llm.config import (AlgorithmConfig, ConfigError, InitConfig, MeshConf
 from jaxrl_llm.models import Decoder, init_params
 from jaxrl_llm.rewards import (RewardError, RewardRunner, RewardSpec, call_with_timeout,
                                overlong_penalty)
-from jaxrl_llm.train import Checkpointer, new_run_dir, read_metrics, rl_loop
+from jaxrl_llm.train import Checkpointer, read_metrics, rl_loop
 
 ALGORITHMS = list(pg.PRESETS)
 

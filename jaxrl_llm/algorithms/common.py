@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_llm.config.schema import OptimizerConfig
+from jaxrl_llm.parallel import replicated
 
 
 @flax.struct.dataclass
@@ -34,6 +35,19 @@ class TrainState:
   def create(cls, params, tx: optax.GradientTransformation, rng: jax.Array) -> "TrainState":
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng,
                skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def train_state_shardings(tx: optax.GradientTransformation, abstract_params, param_shardings,
+                          mesh) -> "TrainState":
+  """The ``NamedSharding`` of every ``TrainState`` leaf: params and their optimizer moments as the
+  param rules say, scalars (step, counts, PRNG key) replicated."""
+  abstract = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)),
+                            abstract_params)
+  return TrainState(
+      step=replicated(mesh), params=param_shardings,
+      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
+                                      transform_non_params=lambda _: replicated(mesh)),
+      rng=replicated(mesh), skipped_steps=replicated(mesh))
 
 
 def _decay_mask(params):

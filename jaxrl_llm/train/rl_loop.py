@@ -34,12 +34,11 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import policy_gradient as pg
-from jaxrl_llm.algorithms.common import TrainState, make_optimizer
+from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, save_json
 from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
                             save_tokenizer)
@@ -53,7 +52,7 @@ from jaxrl_llm.rollout import Sampler, SamplingConfig
 from jaxrl_llm.rollout.sampler import pad_prompts
 from jaxrl_llm.train import sft_loop
 from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
-from jaxrl_llm.train.evaluate import make_greedy_decode
+from jaxrl_llm.train.evaluate import decode_texts, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
 
 
@@ -112,6 +111,8 @@ class RLSetup:
   logprobs: Any  # jitted (params, tokens, attention_mask, mask) -> LogProbs
   decode: Any  # greedy decode for evaluation
   kl_controller: Any
+  make_state: Any  # jitted params -> TrainState (in its shardings)
+  init_state: Any  # () -> TrainState from a fresh seeded init
   reference: Any = None  # frozen reference params (None when algorithm.kl_coef == 0)
 
   def put_rows(self, array) -> jax.Array:
@@ -229,13 +230,13 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   abstract = abstract_params(model_config)
   param_shardings = tree_shardings(abstract, param_logical_axes(model_config), mesh)
   dropout_key = rng_lib.purpose_key(config.seed, "dropout")
-  abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx, dropout_key), abstract)
-  state_shardings = TrainState(
-      step=replicated(mesh), params=param_shardings,
-      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state,
-                                      param_shardings,
-                                      transform_non_params=lambda _: replicated(mesh)),
-      rng=replicated(mesh), skipped_steps=replicated(mesh))
+  state_shardings = train_state_shardings(tx, abstract, param_shardings, mesh)
+  make_state = jax.jit(lambda p: TrainState.create(p, tx, dropout_key),
+                       out_shardings=state_shardings)
+
+  def init_state():  # A fresh policy (also the abstract-shape source for restores).
+    return make_state(init_params(model_config, rng_lib.purpose_key(config.seed, "init"),
+                                  mesh)[0])
 
   rows = NamedSharding(mesh, P(("data", "fsdp"), None))
   update = jax.jit(pg.make_update(model.apply, model_config, tx, schedule, pg_config),
@@ -265,7 +266,8 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                  splits=splits, prompt_texts=prompt_texts, model=model, tx=tx, schedule=schedule,
                  pg_config=pg_config, state_shardings=state_shardings, sampler=sampler,
                  sampling=sampling, rewards=runner, prompts=prompts, update=update,
-                 prepare=prepare, logprobs=logprobs, decode=decode, kl_controller=kl_controller)
+                 prepare=prepare, logprobs=logprobs, decode=decode, kl_controller=kl_controller,
+                 make_state=make_state, init_state=init_state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,7 +357,7 @@ def collect_rollout(setup: RLSetup, params, step: int, position: int):
     t_gen += time.perf_counter() - t0
     t0 = time.perf_counter()
     width = prompts.shape[1]
-    completions = decode_completions(tok, ro.tokens[:, width:], ro.lengths, ro.finished)
+    completions = decode_texts(tok, ro.tokens[:, width:], tok.eos_token_id)
     prompt_text = [setup.prompt_texts[i] for i in np.repeat(idx, g)]
     answers = [split.answer_texts[i] for i in np.repeat(idx, g)]
     result = setup.rewards(prompt_text, completions, {"answer": answers})
@@ -368,7 +370,7 @@ def collect_rollout(setup: RLSetup, params, step: int, position: int):
       per_fn["overlong"] = pen
       scores = scores + pen
     if ac.resolved_advantage == "remax":
-      g_text = decode_completions(tok, greedy.tokens[:, width:], greedy.lengths, greedy.finished)
+      g_text = decode_texts(tok, greedy.tokens[:, width:], tok.eos_token_id)
       g_res = setup.rewards([setup.prompt_texts[i] for i in idx], g_text,
                             {"answer": [split.answer_texts[i] for i in idx]})
       _add_counts(info["reward_counts"], g_res.counts)
@@ -421,15 +423,6 @@ def collect_rollout(setup: RLSetup, params, step: int, position: int):
   info["gen_rounds"] = rounds
   info["short_groups"] = want - n_kept
   return _concat(kept, tok.pad_token_id), position, info, {"generate": t_gen, "reward": t_rew}
-
-
-def decode_completions(tokenizer, response_tokens: np.ndarray, lengths: np.ndarray,
-                       finished: np.ndarray) -> list[str]:
-  """Response texts: each row's tokens up to its length, without the stop token."""
-  ids = []
-  for row, n, fin in zip(np.asarray(response_tokens), np.asarray(lengths), np.asarray(finished)):
-    ids.append(row[: int(n) - (1 if fin else 0)].tolist())
-  return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 def _add_counts(total: dict, counts: dict) -> None:
@@ -518,7 +511,6 @@ def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, fl
     ``{"accuracy": float, "examples": int}``.
   """
   from jaxrl_llm.data import prompt_batches
-  from jaxrl_llm.train.evaluate import decode_texts
 
   tc, cfg = setup.config.train, setup.config
   tok = setup.tokenizer
@@ -566,9 +558,7 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
     params, _ = load_hf(ic.hf_checkpoint, mesh=setup.mesh,
                         param_dtype=config.model.param_dtype, dtype=config.model.dtype)
     return params
-  params, _ = init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
-                          setup.mesh)
-  return params
+  return setup.init_state().params
 
 
 def _hf_model(config: Config):
@@ -607,9 +597,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     save_json(config, os.path.join(run_dir, "config.json"))
   tc, lc, ac = config.train, config.logging, config.algorithm
   init = _initial_params(config, run_dir, setup, devices=devices)
-  dropout_key = rng_lib.purpose_key(config.seed, "dropout")
-  make_state = jax.jit(lambda p: TrainState.create(p, setup.tx, dropout_key),
-                       out_shardings=setup.state_shardings)
+  make_state = setup.make_state
   # The reference is the starting policy, frozen; it is not kept at all when β = 0.
   setup.reference = jax.tree.map(jnp.copy, init) if ac.uses_reference else None
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
@@ -740,18 +728,9 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
 
 
 def build_for_eval(config: Config, run_dir: str, **kwargs) -> RLSetup:
-  """:func:`build` plus ``setup.init_state`` (an abstract-shape source for restoring checkpoints)."""
+  """:func:`build` for a run directory's config, Hugging Face start included (``jaxrl-llm eval``)."""
   hf_model_config, hf_tokenizer = _hf_model(config)
-  setup = build(config, run_dir, model_config=hf_model_config, tokenizer=hf_tokenizer, **kwargs)
-  dropout_key = rng_lib.purpose_key(config.seed, "dropout")
-
-  def init_state():
-    params, _ = init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
-                            setup.mesh)
-    return TrainState.create(params, setup.tx, dropout_key)
-
-  setup.init_state = init_state
-  return setup
+  return build(config, run_dir, model_config=hf_model_config, tokenizer=hf_tokenizer, **kwargs)
 
 
 def resume(run_dir: str, **kwargs) -> dict[str, Any]:

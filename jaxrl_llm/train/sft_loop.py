@@ -21,12 +21,11 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import sft
-from jaxrl_llm.algorithms.common import TrainState, make_optimizer
+from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config import Config, ConfigError, load_json, save_json
 from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load_rows,
                             load_tokenizer, save_tokenizer)
@@ -126,13 +125,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   def make_state(params):
     return TrainState.create(params, tx, dropout_key)
 
-  abstract_state = jax.eval_shape(make_state, abstract)
-  state_shardings = TrainState(
-      step=replicated(mesh), params=param_shardings,
-      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state,
-                                      param_shardings,
-                                      transform_non_params=lambda _: replicated(mesh)),
-      rng=replicated(mesh), skipped_steps=replicated(mesh))
+  state_shardings = train_state_shardings(tx, abstract, param_shardings, mesh)
 
   def init_state():
     params, _ = init_params(model_config, init_key, mesh)
