@@ -138,16 +138,30 @@ class ModelConfig:
     return dataclasses.replace(self, vocab_size=size)
 
 
+TASKS = ("arithmetic", "countdown", "text2sql", "sorted_digits")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
   """Where examples come from and how they become fixed-shape token batches."""
 
-  task: Literal["arithmetic"] = "arithmetic"
-  source: Literal["tfds", "jsonl"] = "tfds"
+  # arithmetic / countdown / text2sql: synthetic tasks generated locally (text2sql also reads
+  # Spider / BIRD files with source="spider"|"bird"); sorted_digits: the synthetic preference task
+  # (SFT demos, or pairs / rankings / ratings for reward models and DPO, see `preference_kind`).
+  task: Literal["arithmetic", "countdown", "text2sql", "sorted_digits"] = "arithmetic"
+  source: Literal["tfds", "jsonl", "spider", "bird"] = "tfds"
   # tfds: where the locally generated dataset lives ("" -> $JAXRL_LLM_DATA_DIR or ~/.cache/jaxrl_llm/tfds).
   data_dir: str = ""
-  # jsonl: a directory with train.jsonl, validation.jsonl and test.jsonl ({"prompt", "answer"} rows).
+  # jsonl: a directory with train.jsonl, validation.jsonl and test.jsonl ({"prompt", "answer"} rows;
+  # other fields travel to the reward functions; preference rows: see jaxrl_llm.data.preference).
   jsonl_dir: str = ""
+  # spider / bird: the dataset's root directory (questions JSON + database/ folders).
+  text2sql_root: str = ""
+  # Preference data (reward models, DPO): "pairs", "rankings" or "ratings"; "" for prompt data.
+  preference_kind: str = ""
+  # Countdown: how many numbers each problem gives, and their range.
+  countdown_numbers: int = 3
+  countdown_max_number: int = 20
   # Synthetic arithmetic task.
   digits: int = 2
   operators: str = "+-"
@@ -163,12 +177,27 @@ class DataConfig:
   chat_template: bool = False  # Render prompts with the tokenizer's chat template (instruct models).
 
   def __post_init__(self):
-    if self.task not in ("arithmetic",):
-      _fail("data.task", f"unknown task {self.task!r}; known: ('arithmetic',)")
-    if self.source not in ("tfds", "jsonl"):
-      _fail("data.source", f"must be 'tfds' or 'jsonl', got {self.source!r}")
+    if self.task not in TASKS:
+      _fail("data.task", f"unknown task {self.task!r}; known: {TASKS}")
+    if self.source not in ("tfds", "jsonl", "spider", "bird"):
+      _fail("data.source", f"must be 'tfds', 'jsonl', 'spider' or 'bird', got {self.source!r}")
     if self.source == "jsonl" and not self.jsonl_dir:
       _fail("data.jsonl_dir", "must be set when data.source='jsonl'")
+    if self.source in ("spider", "bird"):
+      if self.task != "text2sql":
+        _fail("data.source", f"{self.source!r} is a Text2SQL source; set data.task='text2sql'")
+      if not self.text2sql_root:
+        _fail("data.text2sql_root", f"must be set when data.source={self.source!r}")
+    if self.preference_kind not in ("", "pairs", "rankings", "ratings"):
+      _fail("data.preference_kind", "must be '', 'pairs', 'rankings' or 'ratings', got "
+            f"{self.preference_kind!r}")
+    if self.preference_kind and self.task not in ("sorted_digits",) and self.source != "jsonl":
+      _fail("data.preference_kind", "preference data comes from the synthetic 'sorted_digits' "
+            "task or from data.source='jsonl'")
+    if not 2 <= self.countdown_numbers <= 6:
+      _fail("data.countdown_numbers", f"must be in [2, 6], got {self.countdown_numbers}")
+    if self.countdown_max_number < 2:
+      _fail("data.countdown_max_number", f"must be >= 2, got {self.countdown_max_number}")
     _positive("data", self, "digits", "train_size")
     _positive("data", self, "validation_size", "test_size", allow_zero=True)
     if self.digits > 9:
@@ -177,7 +206,7 @@ class DataConfig:
       _fail("data.operators", f"must be a non-empty subset of '+-*', got {self.operators!r}")
     space = 10 ** (2 * self.digits) * len(self.operators)
     wanted = self.train_size + self.validation_size + self.test_size
-    if self.source == "tfds" and wanted > space:
+    if self.task == "arithmetic" and self.source == "tfds" and wanted > space:
       _fail("data.train_size", f"train_size + validation_size + test_size = {wanted} distinct "
             f"problems, but digits={self.digits} with operators {self.operators!r} only has {space}")
     if not self.length_buckets:
@@ -219,11 +248,16 @@ class OptimizerConfig:
 
 
 ALGORITHMS = ("sft", "grpo", "drgrpo", "dapo", "gspo", "rloo", "reinforce_pp",
-              "reinforce_pp_baseline", "remax")
+              "reinforce_pp_baseline", "remax", "ppo", "dpo", "reward_model")
+# Trained from a fixed dataset of preferences rather than online rollouts.
+PREFERENCE_ALGORITHMS = ("dpo", "reward_model")
+DPO_VARIANTS = ("dpo", "cdpo", "rdpo", "ipo", "hinge")
+RM_OBJECTIVES = ("pairwise", "ranking", "rating")
 # The advantage estimator each named algorithm uses unless `algorithm.advantage` says otherwise.
 DEFAULT_ADVANTAGE = {"grpo": "grpo", "drgrpo": "drgrpo", "dapo": "grpo", "gspo": "grpo",
                      "rloo": "rloo", "reinforce_pp": "reinforce_pp",
-                     "reinforce_pp_baseline": "reinforce_pp_baseline", "remax": "remax"}
+                     "reinforce_pp_baseline": "reinforce_pp_baseline", "remax": "remax",
+                     "ppo": "gae"}
 ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax")
 POLICY_LOSSES = ("ppo", "gspo", "clip_cov", "kl_cov")
 AGGREGATIONS = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
@@ -279,12 +313,30 @@ class AlgorithmConfig:
   truncated_in_stats: bool = True  # (RL) truncated responses still count in group statistics.
   overlong_buffer: int = 0  # (RL) DAPO soft overlong punishment cache L_cache; 0: off.
   overlong_penalty: float = 1.0  # (RL) its penalty factor.
+  # PPO with a critic (ALGORITHMS.md 2).
+  gae_lambda: float = 1.0  # (PPO) GAE λ (verl 1.0; TRL / InstructGPT 0.95).
+  value_clip: float = 0.5  # (PPO) ε_v of the clipped value loss; 0: unclipped.
+  vf_coef: float = 0.1  # (PPO) value-loss weight when the critic shares the policy trunk.
+  critic: str = "separate"  # (PPO) "separate" critic network, or a value head on the "shared" trunk.
+  critic_learning_rate: float = 0.0  # (PPO) separate critic's peak learning rate; 0: the actor's.
+  critic_warmup_steps: int = 0  # (PPO) first rollout steps update only the critic.
+  whiten_advantages: bool = True  # (PPO) batch-wide advantage whitening.
+  # DPO family (ALGORITHMS.md 16).
+  dpo_variant: str = "dpo"  # dpo (sigmoid), cdpo (label smoothing), rdpo (robust), ipo, hinge.
+  beta: float = 0.1  # DPO β (IPO: τ).
+  label_smoothing: float = 0.0  # cDPO / robust DPO flip rate ε in [0, 0.5).
+  ipo_length_normalize: bool = True  # IPO on per-token mean log-ratios (TRL) instead of sums.
+  # Reward models (ALGORITHMS.md 17).
+  rm_objective: str = "pairwise"  # pairwise (Bradley–Terry), ranking (Plackett–Luce), rating.
+  rm_margin: bool = False  # Subtract the row's annotated margin inside the BT sigmoid.
+  rm_center_coef: float = 0.0  # η·(r_w + r_l)² centering (0.01 recommended when used).
+  rm_rating_loss: str = "regression"  # rating objective: "regression" or "ordinal".
 
   def __post_init__(self):
     f = lambda name: f"algorithm.{name}"
     if self.name not in ALGORITHMS:
       _fail(f("name"), f"unknown algorithm {self.name!r}; known: {ALGORITHMS}")
-    allowed = AGGREGATIONS if self.name != "sft" else ("token-mean", "seq-mean-token-mean")
+    allowed = AGGREGATIONS if self.is_rl else ("token-mean", "seq-mean-token-mean")
     if self.loss_aggregation not in allowed:
       _fail(f("loss_aggregation"), f"must be one of {allowed}, got {self.loss_aggregation!r}")
     if self.advantage and self.advantage not in ADVANTAGES:
@@ -326,10 +378,34 @@ class AlgorithmConfig:
     if self.resolved_policy_loss in ("clip_cov", "kl_cov") and self.micro_batches > 1:
       _fail(f("micro_batches"), "Clip-Cov / KL-Cov select tokens over the whole minibatch; "
             "micro-batching them is not implemented (use micro_batches=1)")
+    if not 0.0 <= self.gae_lambda <= 1.0:
+      _fail(f("gae_lambda"), f"must be in [0, 1], got {self.gae_lambda}")
+    _positive("algorithm", self, "value_clip", "vf_coef", "critic_learning_rate",
+              "critic_warmup_steps", "label_smoothing", "rm_center_coef", allow_zero=True)
+    _positive("algorithm", self, "beta")
+    if self.critic not in ("separate", "shared"):
+      _fail(f("critic"), f"must be 'separate' or 'shared', got {self.critic!r}")
+    if self.name == "ppo" and self.advantage:
+      _fail(f("advantage"), "PPO's advantage is GAE from its critic; leave algorithm.advantage ''")
+    if self.dpo_variant not in DPO_VARIANTS:
+      _fail(f("dpo_variant"), f"must be one of {DPO_VARIANTS}, got {self.dpo_variant!r}")
+    if self.label_smoothing >= 0.5:
+      _fail(f("label_smoothing"), f"must be in [0, 0.5), got {self.label_smoothing}")
+    if self.rm_objective not in RM_OBJECTIVES:
+      _fail(f("rm_objective"), f"must be one of {RM_OBJECTIVES}, got {self.rm_objective!r}")
+    if self.rm_rating_loss not in ("regression", "ordinal"):
+      _fail(f("rm_rating_loss"), f"must be 'regression' or 'ordinal', got "
+            f"{self.rm_rating_loss!r}")
 
   @property
   def is_rl(self) -> bool:
-    return self.name != "sft"
+    """Online RL (rollouts, rewards): the policy-gradient family and PPO."""
+    return self.name != "sft" and self.name not in PREFERENCE_ALGORITHMS
+
+  @property
+  def is_preference(self) -> bool:
+    """Trained on a fixed preference dataset: DPO and reward models."""
+    return self.name in PREFERENCE_ALGORITHMS
 
   @property
   def resolved_advantage(self) -> str:
@@ -386,6 +462,10 @@ class RewardConfig:
   timeout_s: float = 30.0
   on_error: str = "exclude"
   fallback_reward: float = 0.0
+  # The "reward_model" function: a reward-model run directory, scores normalised by the mean / std
+  # of its training scores when `model_normalize`.
+  model_run: str = ""
+  model_normalize: bool = True
 
   def __post_init__(self):
     if not self.functions:
@@ -403,6 +483,9 @@ class RewardConfig:
       _fail("reward.on_error", f"must be 'exclude', 'fallback' or 'raise', got {self.on_error!r}")
     if not math.isfinite(self.fallback_reward):
       _fail("reward.fallback_reward", f"must be finite, got {self.fallback_reward}")
+    if "reward_model" in self.functions and not self.model_run:
+      _fail("reward.model_run", "the 'reward_model' reward function needs the reward-model run "
+            "directory")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -418,12 +501,17 @@ class InitConfig:
   sft_warmup_steps: int = 50
   sft_batch_size: int = 64
   hf_checkpoint: str = ""  # A local directory with config.json + safetensors (+ tokenizer).
+  # A run directory of ours (SFT, RL, DPO): its newest checkpoint's policy is the starting point,
+  # and its tokenizer is reused. Pipelines chain stages this way.
+  policy_run: str = ""
 
   def __post_init__(self):
     _positive("init", self, "sft_steps", "sft_warmup_steps", allow_zero=True)
     _positive("init", self, "sft_learning_rate", "sft_batch_size")
-    if self.sft_steps and self.hf_checkpoint:
-      _fail("init.hf_checkpoint", "give either init.sft_steps or init.hf_checkpoint, not both")
+    given = [n for n in ("sft_steps", "hf_checkpoint", "policy_run") if getattr(self, n)]
+    if len(given) > 1:
+      _fail(f"init.{given[1]}", f"give only one of init.sft_steps, init.hf_checkpoint and "
+            f"init.policy_run (got {given})")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

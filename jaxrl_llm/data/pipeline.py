@@ -1,6 +1,8 @@
 """From rows to fixed-shape batches: validation, tokenisation, bucketing, deterministic shuffling.
 
-Host-side code. A row is ``{"prompt": str|bytes, "answer": str|bytes}``. Bad rows (missing field,
+Host-side code. A row is ``{"prompt": str|bytes, "answer": str|bytes, ...}``; any other fields
+(a countdown row's ``nums``/``target``, a Text2SQL row's ``db_id``) travel with the row as string
+*columns* and reach the reward functions as keyword arguments. Bad rows (missing field,
 wrong type, undecodable bytes) raise :class:`BadRowError` naming the split, row index and field, or
 are skipped and counted when ``data.on_bad_row="skip"``. Sequences longer than the largest length
 bucket are rejected or left-truncated (the prompt loses its oldest tokens, the answer is kept) as
@@ -45,13 +47,25 @@ class DataStats:
 
 @dataclasses.dataclass
 class EncodedSplit:
-  """A tokenised split. ``prompts[i]`` starts with BOS; ``answers[i]`` ends with EOS."""
+  """A tokenised split. ``prompts[i]`` starts with BOS; ``answers[i]`` ends with EOS.
+
+  ``columns`` holds the rows' other fields as text (non-string values JSON-encoded), one entry per
+  kept row, for reward functions (:meth:`row_columns`).
+  """
 
   name: str
   prompts: list[np.ndarray]
   answers: list[np.ndarray]
   answer_texts: list[str]
   stats: DataStats
+  columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+  def row_columns(self, indices: Sequence[int]) -> dict[str, list[str]]:
+    """``{"answer": [...], <column>: [...]}`` for the rows ``indices`` (repeats allowed)."""
+    out = {"answer": [self.answer_texts[i] for i in indices]}
+    for key, values in self.columns.items():
+      out[key] = [values[i] for i in indices]
+    return out
 
   def __len__(self) -> int:
     return len(self.prompts)
@@ -73,6 +87,25 @@ def _text(row: Any, index: int, field: str, split: str) -> str:
   if isinstance(value, str):
     return value
   raise BadRowError(f"{where}: expected str or bytes, got {type(value).__name__}")
+
+
+def _column_text(value: Any) -> str:
+  if isinstance(value, (bytes, np.bytes_)):
+    return bytes(value).decode("utf-8", errors="replace")
+  if isinstance(value, str):
+    return value
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  if isinstance(value, np.generic):
+    value = value.item()
+  return json.dumps(value)
+
+
+def extra_columns(row: Any) -> dict[str, str]:
+  """The fields of ``row`` other than prompt and answer, as text (JSON for non-strings)."""
+  if not isinstance(row, dict) or isinstance(row, _Unparsable):
+    return {}
+  return {k: _column_text(v) for k, v in row.items() if k not in FIELDS}
 
 
 def validate_row(row: Any, index: int, split: str) -> tuple[str, str]:
@@ -99,15 +132,23 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
   """
   stats = DataStats()
   texts: list[tuple[str, str]] = []
+  extras: list[dict[str, str]] = []
   for i, row in enumerate(rows):
     stats.rows += 1
     try:
       texts.append(validate_row(row, i, split))
+      extras.append(extra_columns(row))
     except BadRowError:
       if on_bad_row == "raise":
         raise
       stats.bad_rows += 1
   prompts, answers, answer_texts = [], [], []
+  names = sorted({k for e in extras for k in e})
+  columns: dict[str, list[str]] = {k: [] for k in names}
+  for i, e in enumerate(extras):
+    missing = [k for k in names if k not in e]
+    if missing:  # Every row must carry the same fields: a reward would see None otherwise.
+      raise BadRowError(f"{split} row {i} field {missing[0]!r}: missing (other rows have it)")
   if texts and chat_template:
     from jaxrl_llm.data.tokenizer import apply_chat_template
 
@@ -124,7 +165,7 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
     raise ValueError("the tokenizer has no EOS token; generation could never stop")
   # Qwen-style tokenizers have no BOS; a chat template writes its own header.
   head = [] if bos is None or chat_template else [bos]
-  for (prompt_text, answer_text), p, a in zip(texts, p_ids, a_ids):
+  for (prompt_text, answer_text), extra, p, a in zip(texts, extras, p_ids, a_ids):
     p = head + list(p)
     a = list(a) + [eos]
     if answer_budget is None:
@@ -140,10 +181,12 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
     prompts.append(np.asarray(p, np.int32))
     answers.append(np.asarray(a, np.int32))
     answer_texts.append(answer_text)
+    for k in names:
+      columns[k].append(extra[k])
   if not prompts:
     raise BadRowError(f"{split}: no usable rows left out of {stats.rows} "
                       f"(bad={stats.bad_rows}, rejected as over-long={stats.rejected})")
-  return EncodedSplit(split, prompts, answers, answer_texts, stats)
+  return EncodedSplit(split, prompts, answers, answer_texts, stats, columns)
 
 
 def pick_bucket(length: int, buckets: Sequence[int]) -> int:
@@ -239,7 +282,8 @@ def prompt_batches(split: EncodedSplit, *, batch_size: int, buckets: Sequence[in
     for r in range(len(rows), batch_size):
       tokens[r], attention[r] = tokens[0], attention[0]
     yield {"tokens": tokens, "attention_mask": attention, "valid": valid,
-           "answers": [split.answer_texts[i] for i in rows]}
+           "answers": [split.answer_texts[i] for i in rows],
+           "columns": split.row_columns(list(rows))}
 
 
 def load_rows(config: DataConfig, split: str) -> Sequence[Any]:
@@ -259,16 +303,48 @@ def load_rows(config: DataConfig, split: str) -> Sequence[Any]:
           rows.append(_Unparsable(f"{split} row {len(rows)} (line {line_no + 1}): not valid "
                                   f"JSON ({e})"))
     return rows
+  if config.task == "text2sql" and config.source in ("spider", "bird"):
+    from jaxrl_llm.envs.text2sql import load_benchmark_rows
+
+    return load_benchmark_rows(config.source, config.text2sql_root, split)
   from jaxrl_llm.data.arithmetic import default_data_dir, make_builder_config, prepare_arithmetic
 
-  builder_config = make_builder_config(config.digits, config.operators, config.train_size,
-                                       config.validation_size, config.test_size,
-                                       config.dataset_seed)
-  sources = prepare_arithmetic(config.data_dir or default_data_dir(), builder_config)
+  data_dir = config.data_dir or default_data_dir()
+  if config.task == "arithmetic":
+    builder_config = make_builder_config(config.digits, config.operators, config.train_size,
+                                         config.validation_size, config.test_size,
+                                         config.dataset_seed)
+    sources = prepare_arithmetic(data_dir, builder_config)
+  else:
+    sources, builder_config = _prepare_synthetic(config, data_dir)
   if split not in sources:
     raise ValueError(f"split {split!r} is empty; set data.{split}_size > 0")
   source = sources[split]
-  return source.__getitems__(list(range(len(source))))
+  rows = source.__getitems__(list(range(len(source))))
+  if config.task == "text2sql":
+    # Rewards execute SQL against the row's database: give them its path.
+    from jaxrl_llm.data.synthetic import text2sql_database_dir
+
+    db_dir = text2sql_database_dir(data_dir, builder_config.name)
+    rows = [dict(r, db_path=os.path.join(db_dir, _as_str(r["db_id"]) + ".sqlite")) for r in rows]
+  return rows
+
+
+def _as_str(value: Any) -> str:
+  return bytes(value).decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+def _prepare_synthetic(config: DataConfig, data_dir: str):
+  from jaxrl_llm.data.synthetic import prepare_synthetic
+
+  params: dict[str, Any] = {"seed": config.dataset_seed, "train_size": config.train_size,
+                            "validation_size": config.validation_size,
+                            "test_size": config.test_size}
+  if config.task == "countdown":
+    params.update(numbers=config.countdown_numbers, max_number=config.countdown_max_number)
+  elif config.task == "sorted_digits":
+    params.update(sorted_fraction=0.2)
+  return prepare_synthetic(data_dir, config.task, params)
 
 
 class _Unparsable(dict):

@@ -124,7 +124,14 @@ class RLSetup:
 def reward_specs(config: Config) -> list[RewardSpec]:
   """The configured reward functions as :class:`RewardSpec` s (errors name ``reward.functions``)."""
   specs = []
-  for name, weight in zip(config.reward.functions, config.reward.weights):
+  rc = config.reward
+  for name, weight in zip(rc.functions, rc.weights):
+    if name == "reward_model":  # A learned reward: built from its run directory.
+      from jaxrl_llm.rewards.learned import RewardModelFunction
+
+      specs.append(RewardSpec(name, RewardModelFunction(rc.model_run,
+                                                        normalize=rc.model_normalize), weight))
+      continue
     try:
       fn = get_reward_function(name)
     except KeyError as e:
@@ -359,8 +366,7 @@ def collect_rollout(setup: RLSetup, params, step: int, position: int):
     width = prompts.shape[1]
     completions = decode_texts(tok, ro.tokens[:, width:], tok.eos_token_id)
     prompt_text = [setup.prompt_texts[i] for i in np.repeat(idx, g)]
-    answers = [split.answer_texts[i] for i in np.repeat(idx, g)]
-    result = setup.rewards(prompt_text, completions, {"answer": answers})
+    result = setup.rewards(prompt_text, completions, split.row_columns(np.repeat(idx, g)))
     _add_counts(info["reward_counts"], result.counts)
     scores = result.total.copy()
     per_fn = dict(result.per_function)
@@ -372,7 +378,7 @@ def collect_rollout(setup: RLSetup, params, step: int, position: int):
     if ac.resolved_advantage == "remax":
       g_text = decode_texts(tok, greedy.tokens[:, width:], tok.eos_token_id)
       g_res = setup.rewards([setup.prompt_texts[i] for i in idx], g_text,
-                            {"answer": [split.answer_texts[i] for i in idx]})
+                            split.row_columns(idx))
       _add_counts(info["reward_counts"], g_res.counts)
       baseline = np.repeat(g_res.total, g)
       if ac.overlong_buffer:
@@ -531,7 +537,7 @@ def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, fl
     else:
       prompts = tok.batch_decode(np.asarray(batch["tokens"][:n]).tolist(),
                                  skip_special_tokens=True)
-      hits = np.nan_to_num(runner(prompts, texts, {"answer": answers}).total).tolist()
+      hits = np.nan_to_num(runner(prompts, texts, batch["columns"]).total).tolist()
     correct += float(np.sum(hits))
     total += n
   return {"accuracy": correct / max(total, 1), "examples": total}
@@ -552,6 +558,11 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
       save_json(sft_config, os.path.join(sft_dir, "config.json"))
     out = sft_loop.train(sft_config, sft_dir, resume=True, devices=devices, final_eval=False)
     return out["state"].params
+  if ic.policy_run:
+    from jaxrl_llm.train.artifacts import load_run
+
+    params = load_run(ic.policy_run).policy_params()
+    return jax.device_put(params, setup.state_shardings.params)
   if ic.hf_checkpoint:
     from jaxrl_llm.models.hf import load_hf
 
@@ -562,7 +573,12 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
 
 
 def _hf_model(config: Config):
-  """(model_config, tokenizer) of ``init.hf_checkpoint``, or (None, None)."""
+  """(model_config, tokenizer) of ``init.hf_checkpoint`` or ``init.policy_run``, or (None, None)."""
+  if config.init.policy_run:
+    from jaxrl_llm.train.artifacts import load_run
+
+    art = load_run(config.init.policy_run, restore=False)
+    return art.model_config, art.tokenizer
   path = config.init.hf_checkpoint
   if not path:
     return None, None

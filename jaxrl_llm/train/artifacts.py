@@ -1,0 +1,105 @@
+"""Reading a finished (or running) run directory back: its config, tokenizer and trained params.
+
+Stages of a pipeline hand models to each other through run directories: the reward model starts
+from the SFT run's policy, PPO from the SFT policy and scores with the reward-model run, a judge
+labels with any run's policy. :func:`load_run` restores the newest complete checkpoint *as saved*
+(no optimizer or mesh needed) and picks the params of the requested role.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from jaxrl_llm.config import Config, load_json
+from jaxrl_llm.data import load_tokenizer
+from jaxrl_llm.train.checkpoint import Checkpointer
+
+
+@dataclasses.dataclass
+class RunArtifacts:
+  """What a run directory holds.
+
+  Attributes:
+    config: the run's :class:`Config`.
+    model_config: the resolved model config (vocabulary size set; a Hugging Face checkpoint's own
+      config when the run started from one).
+    tokenizer: the run's tokenizer.
+    state: the checkpointed state as a nested dict of arrays (``params``, ``opt_state``, ...; PPO:
+      ``actor``/``critic``).
+    extra: the checkpoint's host-side JSON (step, data position, ...).
+    step: the checkpoint's step.
+  """
+
+  run_dir: str
+  config: Config
+  model_config: Any
+  tokenizer: Any
+  state: dict
+  extra: dict
+  step: int
+
+  def policy_params(self) -> dict:
+    """The decoder params of the run's policy (SFT, RL, DPO, PPO actor)."""
+    state = self.state
+    if "actor" in state:  # PPO: actor TrainState (+ critic).
+      state = state["actor"]
+    params = state["params"]
+    if "policy" in params and "value_head" in params:  # PPO with a shared-trunk critic.
+      params = params["policy"]
+    if "trunk" in params:
+      raise ValueError(f"{self.run_dir} holds a reward/value model, not a policy")
+    return params
+
+  def head_params(self) -> dict:
+    """``{"trunk", "head"}`` params of a reward-model run."""
+    params = self.state["params"]
+    if "trunk" not in params:
+      raise ValueError(f"{self.run_dir} holds a policy, not a reward model (no 'trunk'/'head')")
+    return params
+
+
+def _model_config(config: Config, tokenizer):
+  path = config.init.hf_checkpoint
+  if path:
+    from jaxrl_llm.models.hf import config_from_hf
+
+    with open(os.path.join(path, "config.json")) as f:
+      return config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
+                            dtype=config.model.dtype)
+  if config.init.policy_run:
+    return load_run(config.init.policy_run, restore=False).model_config
+  return config.model.with_vocab(len(tokenizer))
+
+
+def load_run(run_dir: str, *, restore: bool = True) -> RunArtifacts:
+  """Loads ``run_dir``'s config, tokenizer and (``restore``) its newest complete checkpoint.
+
+  Raises:
+    FileNotFoundError: naming what is missing (not a run directory, no tokenizer, no checkpoint).
+  """
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{run_dir!r} has no config.json; is it a run directory?")
+  config = load_json(path)
+  tok_dir = os.path.join(run_dir, "tokenizer")
+  if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+    raise FileNotFoundError(f"{run_dir!r} has no tokenizer/ directory")
+  tokenizer = load_tokenizer(tok_dir)
+  model_config = _model_config(config, tokenizer)
+  state, extra, step = {}, {}, -1
+  if restore:
+    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.train.keep_checkpoints,
+                        async_save=False)
+    try:
+      latest = ckpt.latest_step()
+      if latest is None:
+        raise FileNotFoundError(f"{run_dir!r} has no complete checkpoint yet")
+      state, extra = ckpt.restore(latest, None)
+      step = latest
+    finally:
+      ckpt.close()
+  return RunArtifacts(run_dir=run_dir, config=config, model_config=model_config,
+                      tokenizer=tokenizer, state=state, extra=extra, step=step)
