@@ -483,9 +483,6 @@ class RewardConfig:
       _fail("reward.on_error", f"must be 'exclude', 'fallback' or 'raise', got {self.on_error!r}")
     if not math.isfinite(self.fallback_reward):
       _fail("reward.fallback_reward", f"must be finite, got {self.fallback_reward}")
-    if "reward_model" in self.functions and not self.model_run:
-      _fail("reward.model_run", "the 'reward_model' reward function needs the reward-model run "
-            "directory")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -504,8 +501,15 @@ class InitConfig:
   # A run directory of ours (SFT, RL, DPO): its newest checkpoint's policy is the starting point,
   # and its tokenizer is reused. Pipelines chain stages this way.
   policy_run: str = ""
+  # RLHF: train a reward model in RUN_DIR/reward_model (from the starting policy, on the task's
+  # preference pairs) before RL; the "reward_model" reward function then scores with it.
+  reward_model_steps: int = 0
+  reward_model_learning_rate: float = 1e-3
+  reward_model_batch_size: int = 64
 
   def __post_init__(self):
+    _positive("init", self, "reward_model_steps", allow_zero=True)
+    _positive("init", self, "reward_model_learning_rate", "reward_model_batch_size")
     _positive("init", self, "sft_steps", "sft_warmup_steps", allow_zero=True)
     _positive("init", self, "sft_learning_rate", "sft_batch_size")
     given = [n for n in ("sft_steps", "hf_checkpoint", "policy_run") if getattr(self, n)]
@@ -613,6 +617,13 @@ class Config:
       _fail("experiment", "must be a non-empty name")
     if not 0 <= self.seed < 2**63:
       _fail("seed", f"must be in [0, 2**63), got {self.seed}")
+    if "reward_model" in self.reward.functions and not (self.reward.model_run or
+                                                        self.init.reward_model_steps):
+      _fail("reward.model_run", "the 'reward_model' reward function needs a reward-model run "
+            "directory (or init.reward_model_steps > 0 to train one first)")
+    if self.init.reward_model_steps and self.reward.model_run:
+      _fail("init.reward_model_steps", "give either reward.model_run or "
+            "init.reward_model_steps, not both")
     if max(self.data.length_buckets) > self.model.max_seq_len:
       _fail("data.length_buckets", f"largest bucket {max(self.data.length_buckets)} exceeds "
             f"model.max_seq_len={self.model.max_seq_len}")

@@ -1,11 +1,13 @@
 """Reward functions (layer 3, host side): ``(prompts, completions, **columns) -> float32[B]``.
 
 ``REWARD_FUNCTIONS`` maps the names used in ``reward.functions`` to callables; a research script can
-also pass its own :class:`RewardSpec` list to the RL loop. See :mod:`jaxrl_llm.rewards.base` for the
+also pass its own :class:`RewardSpec` list to the RL loop. Rewards that need run-time resources are
+built from the config instead of looked up: ``reward_model`` (a trained reward-model run,
+:mod:`jaxrl_llm.rewards.learned`). See :mod:`jaxrl_llm.rewards.base` for the
 failure policy (time-outs, exceptions, NaN).
 """
 
-from jaxrl_llm.rewards import arithmetic
+from jaxrl_llm.rewards import arithmetic, countdown, math, preference_task
 from jaxrl_llm.rewards.base import (RewardError, RewardFn, RewardResult, RewardRunner, RewardSpec,
                                     call_with_timeout, overlong_penalty)
 
@@ -14,6 +16,13 @@ REWARD_FUNCTIONS = {
     "integer_format": arithmetic.integer_format,
     "digit_match": arithmetic.digit_match,
     "last_number": arithmetic.last_number_match,
+    "math_answer": math.math_answer,
+    "gsm8k_answer": math.gsm8k_answer,
+    "think_answer_format": math.think_answer_format,
+    "boxed_format": math.boxed_format,
+    "countdown": countdown.countdown,
+    "sorted_digits_property": preference_task.sorted_digits_property,
+    "sorted_digits_score": preference_task.sorted_digits_score,
 }
 
 

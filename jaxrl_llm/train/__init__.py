@@ -8,16 +8,21 @@ from jaxrl_llm.train.tracking import MetricsWriter, Progress, read_metrics
 
 
 def run(config, run_dir: str, *, resume: bool = False, **kwargs):
-  """Trains ``config`` in ``run_dir`` with the loop its algorithm needs (SFT or online RL)."""
+  """Trains ``config`` in ``run_dir`` with the loop its algorithm needs: SFT, online RL (the
+  policy-gradient family and PPO), or preference learning (DPO, reward models)."""
   if config.algorithm.is_rl:
     from jaxrl_llm.train import rl_loop
 
     return rl_loop.train(config, run_dir, resume=resume, **kwargs)
+  if config.algorithm.is_preference:
+    from jaxrl_llm.train import preference_loop
+
+    return preference_loop.train(config, run_dir, resume=resume, **kwargs)
   return train(config, run_dir, resume=resume, **kwargs)
 
 
 def resume_run(run_dir: str, **kwargs):
-  """Continues the run in ``run_dir`` (SFT or RL) from its newest complete checkpoint."""
+  """Continues the run in ``run_dir`` (any algorithm) from its newest complete checkpoint."""
   import os
 
   from jaxrl_llm.config import load_json

@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import policy_gradient as pg
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
-from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, save_json
+from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, InitConfig, save_json
 from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
                             save_tokenizer)
 from jaxrl_llm.models import Decoder, init_params
@@ -184,6 +184,58 @@ def sft_warm_start_config(config: Config) -> Config:
       train=dataclasses.replace(config.train, steps=ic.sft_steps, batch_size=ic.sft_batch_size,
                                 grad_accum_steps=1, eval_every=0,
                                 checkpoint_every=max(ic.sft_steps // 2, 1), keep_checkpoints=1))
+
+
+def reward_model_stage_config(config: Config, run_dir: str) -> Config:
+  """The reward-model run of an RLHF pipeline (``init.reward_model_steps``): trained in
+  ``RUN_DIR/reward_model`` on the task's preference pairs, from the warm-started policy."""
+  ic = config.init
+  steps = ic.reward_model_steps
+  return dataclasses.replace(
+      config, experiment=f"{config.experiment}-reward-model",
+      algorithm=AlgorithmConfig(name="reward_model", rm_objective="pairwise"),
+      data=dataclasses.replace(config.data, preference_kind="pairs"),
+      init=InitConfig(policy_run=os.path.join(run_dir, "sft") if ic.sft_steps else ic.policy_run),
+      optimizer=dataclasses.replace(config.optimizer, learning_rate=ic.reward_model_learning_rate,
+                                    warmup_steps=min(config.optimizer.warmup_steps, steps // 10),
+                                    end_learning_rate_ratio=0.1, weight_decay=0.0),
+      reward=dataclasses.replace(config.reward, functions=("exact_match",), weights=(1.0,),
+                                 accuracy="", model_run=""),
+      train=dataclasses.replace(config.train, steps=steps, batch_size=ic.reward_model_batch_size,
+                                grad_accum_steps=1, eval_every=max(steps // 4, 1),
+                                checkpoint_every=max(steps // 2, 1), keep_checkpoints=1,
+                                test_examples=0))
+
+
+def run_stages(config: Config, run_dir: str, *, devices=None) -> Config:
+  """Runs the stages that precede RL and must exist before its reward functions are built:
+  the SFT warm start (``init.sft_steps``) and the reward model (``init.reward_model_steps``).
+
+  Each stage is its own resumable run in a subdirectory; a finished stage is only restored.
+  Returns ``config`` with ``reward.model_run`` pointing at the trained reward model.
+  """
+  ic = config.init
+  if ic.sft_steps:
+    sft_dir = os.path.join(run_dir, "sft")
+    os.makedirs(sft_dir, exist_ok=True)
+    sft_config = sft_warm_start_config(config)
+    if not os.path.exists(os.path.join(sft_dir, "config.json")):
+      save_json(sft_config, os.path.join(sft_dir, "config.json"))
+    sft_loop.train(sft_config, sft_dir, resume=True, devices=devices, final_eval=False)
+  if not ic.reward_model_steps:
+    return config
+  from jaxrl_llm.train import preference_loop
+
+  rm_dir = os.path.join(run_dir, "reward_model")
+  os.makedirs(rm_dir, exist_ok=True)
+  rm_config = reward_model_stage_config(config, run_dir)
+  if not os.path.exists(os.path.join(rm_dir, "config.json")):
+    save_json(rm_config, os.path.join(rm_dir, "config.json"))
+  if not os.path.exists(os.path.join(rm_dir, preference_loop.STATS_FILE)):
+    preference_loop.train(rm_config, rm_dir, resume=True, devices=devices)
+  return dataclasses.replace(
+      config, init=dataclasses.replace(ic, reward_model_steps=0),
+      reward=dataclasses.replace(config.reward, model_run=rm_dir))
 
 
 def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[RewardSpec] | None
@@ -550,13 +602,9 @@ def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, fl
 def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
   """Policy params at RL step 0: the SFT warm start, a Hugging Face checkpoint, or a fresh init."""
   ic = config.init
-  if ic.sft_steps:
-    sft_dir = os.path.join(run_dir, "sft")
-    os.makedirs(sft_dir, exist_ok=True)
-    sft_config = sft_warm_start_config(config)
-    if not os.path.exists(os.path.join(sft_dir, "config.json")):
-      save_json(sft_config, os.path.join(sft_dir, "config.json"))
-    out = sft_loop.train(sft_config, sft_dir, resume=True, devices=devices, final_eval=False)
+  if ic.sft_steps:  # run_stages trained it; this restores the finished run.
+    out = sft_loop.train(sft_warm_start_config(config), os.path.join(run_dir, "sft"), resume=True,
+                         devices=devices, final_eval=False)
     return out["state"].params
   if ic.policy_run:
     from jaxrl_llm.train.artifacts import load_run
@@ -606,11 +654,13 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     reward_fns: reward functions to use instead of the configured names.
   """
   hf_model_config, hf_tokenizer = _hf_model(config)
+  _validate(config, make_mesh(config.mesh, devices))  # Before any stage runs.
   os.makedirs(run_dir, exist_ok=True)
-  setup = build(config, run_dir, devices=devices, reward_fns=reward_fns,
-                model_config=hf_model_config, tokenizer=hf_tokenizer)
   if not resume:
     save_json(config, os.path.join(run_dir, "config.json"))
+  config = run_stages(config, run_dir, devices=devices)
+  setup = build(config, run_dir, devices=devices, reward_fns=reward_fns,
+                model_config=hf_model_config, tokenizer=hf_tokenizer)
   tc, lc, ac = config.train, config.logging, config.algorithm
   init = _initial_params(config, run_dir, setup, devices=devices)
   make_state = setup.make_state
