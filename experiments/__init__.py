@@ -19,6 +19,10 @@ EXPERIMENTS = {
     "arithmetic-remax": "experiments.arithmetic_remax",
     "arithmetic-clip-cov": "experiments.arithmetic_clip_cov",
     "arithmetic-kl-cov": "experiments.arithmetic_kl_cov",
+    "text2sql-grpo": "experiments.text2sql_grpo",
+    "text2sql-hf": "experiments.text2sql_hf",
+    "reward-model-sorted-digits": "experiments.reward_model_sorted_digits",
+    "dpo-sorted-digits": "experiments.dpo_sorted_digits",
 }
 
 

@@ -8,8 +8,9 @@ Nothing is downloaded. Put the model and the data on disk first::
 then ``jaxrl-llm run gsm8k-hf`` (or point elsewhere with ``--set init.hf_checkpoint=DIR --set
 data.jsonl_dir=DIR``; the environment variables ``JAXRL_LLM_HF_CHECKPOINT`` and
 ``JAXRL_LLM_GSM8K_DIR`` set the defaults). A missing directory or file stops the run before
-anything is compiled, naming what is missing. The reward compares the last number of the
-completion with the number after ``####``. The model's architecture, vocabulary and tokenizer come
+anything is compiled, naming what is missing. The reward (``gsm8k_answer``, ALGORITHMS.md 22.1)
+takes the completion's ``#### x`` answer (else its last number) and compares it with the number
+after ``####`` in the reference, exactly or within 1e-2. The model's architecture, vocabulary and tokenizer come
 from the checkpoint; ``model.*`` here only sets the dtypes. Sized for one 80 GB GPU or a TPU host.
 """
 
@@ -37,7 +38,7 @@ def config() -> Config:
       algorithm=AlgorithmConfig(**dict(PRESETS["grpo"], kl_coef=0.001, micro_batches=8)),
       rollout=RolloutConfig(prompts_per_step=32, samples_per_prompt=8, max_new_tokens=512,
                             temperature=1.0),
-      reward=RewardConfig(functions=("last_number",), weights=(1.0,), accuracy="last_number",
+      reward=RewardConfig(functions=("gsm8k_answer",), weights=(1.0,), accuracy="gsm8k_answer",
                           timeout_s=10.0),
       train=TrainConfig(steps=500, checkpoint_every=50, keep_checkpoints=2, eval_every=50,
                         eval_examples=256, eval_batch_size=64, test_examples=0),

@@ -7,7 +7,7 @@ built from the config instead of looked up: ``reward_model`` (a trained reward-m
 failure policy (time-outs, exceptions, NaN).
 """
 
-from jaxrl_llm.rewards import arithmetic, countdown, math, preference_task
+from jaxrl_llm.rewards import arithmetic, code, countdown, math, preference_task, text2sql
 from jaxrl_llm.rewards.base import (RewardError, RewardFn, RewardResult, RewardRunner, RewardSpec,
                                     call_with_timeout, overlong_penalty)
 
@@ -23,6 +23,9 @@ REWARD_FUNCTIONS = {
     "countdown": countdown.countdown,
     "sorted_digits_property": preference_task.sorted_digits_property,
     "sorted_digits_score": preference_task.sorted_digits_score,
+    "code_unit_tests": code.code_unit_tests,
+    "text2sql_execution": text2sql.text2sql_execution,
+    "sql_format": text2sql.sql_format,
 }
 
 
