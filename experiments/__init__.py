@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "arithmetic-kl-cov": "experiments.arithmetic_kl_cov",
     "text2sql-grpo": "experiments.text2sql_grpo",
     "text2sql-hf": "experiments.text2sql_hf",
+    "rlhf-pipeline": "experiments.rlhf_pipeline",
     "reward-model-sorted-digits": "experiments.reward_model_sorted_digits",
     "dpo-sorted-digits": "experiments.dpo_sorted_digits",
 }

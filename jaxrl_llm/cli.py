@@ -112,6 +112,10 @@ def _eval(args) -> int:
   from jaxrl_llm.train import Checkpointer, abstract_with_shardings, rl_loop, sft_loop
 
   config = load_json(os.path.join(args.run_dir, "config.json"))
+  if config.algorithm.is_preference:
+    print("jaxrl-llm: eval of DPO / reward-model runs: see RUN_DIR/eval.json (held-out metrics "
+          "are written when the run finishes)", file=sys.stderr)
+    return 2
   loop_build, evaluate = ((rl_loop.build_for_eval, rl_loop.evaluate) if config.algorithm.is_rl
                           else (sft_loop.build, sft_loop.evaluate))
   setup = loop_build(config, args.run_dir)
@@ -124,7 +128,8 @@ def _eval(args) -> int:
   abstract = abstract_with_shardings(jax.eval_shape(setup.init_state), setup.state_shardings)
   state, _ = ckpt.restore(step, abstract)
   ckpt.close()
-  result = evaluate(setup, state.params, args.split, args.limit)
+  params = setup.policy_params(state) if config.algorithm.is_rl else state.params
+  result = evaluate(setup, params, args.split, args.limit)
   print(json.dumps({"step": step, "split": args.split, **result}))
   return 0
 

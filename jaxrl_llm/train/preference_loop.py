@@ -71,6 +71,9 @@ class PreferenceSetup:
   reference_logprobs: Any  # DPO: jitted (ref_params, batch) -> ref fields; else None
   make_state: Any
   num_responses: int
+  policy_shardings: Any = None
+  algo: Any = None  # dpo.Config or reward_model.Config
+  score: Any = None  # reward models: jitted (params, tokens, attention, last_index) -> [N]
 
   def put(self, batch: dict, batch_axis: int) -> dict:
     """Host arrays onto the mesh, rows split over data x fsdp along ``batch_axis``."""
@@ -214,6 +217,7 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
     update_fn = rm_lib.make_update(model_config, tx, schedule, algo)
     eval_fn = lambda params, batch: rm_lib.evaluate(params, model_config, batch, algo)
     ref_fn = None
+    setup_score = rm_lib.make_scorer(model_config)
   if config.init.hf_checkpoint:
     raise NotImplementedError("init.hf_checkpoint for DPO / reward models is not wired yet: "
                               "start from an SFT run of it with init.policy_run")
@@ -230,6 +234,8 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
                           reference_logprobs=ref_fn, make_state=make_state,
                           num_responses=num_responses)
   setup.policy_shardings = policy_shardings
+  setup.algo = algo
+  setup.score = setup_score if a.name == "reward_model" else None
   return setup
 
 
@@ -261,8 +267,12 @@ def evaluate(setup: PreferenceSetup, params, reference, split: str, limit: int =
                                 pad_id=setup.tokenizer.pad_token_id,
                                 num_responses=None if setup.kind == "ratings"
                                 else setup.num_responses, limit=limit):
-    valid = host["row_valid"]
-    batch = _device_batch(setup, host, reference, 1)
+    valid = host.pop("row_valid")
+    # Filler rows of the last batch get weight 0 (`valid` is over ranked positions, or rows).
+    host["valid"] = host["valid"] & (valid[:, None] if host["valid"].ndim == 2 else valid)
+    batch = setup.put(host, batch_axis=0)
+    if setup.reference_logprobs is not None:
+      batch.update(setup.reference_logprobs(reference, batch))
     metrics = jax.device_get(setup.evaluate_batch(params, batch))
     n = int(valid.sum())
     for k, v in metrics.items():
@@ -305,8 +315,13 @@ def score_stats(setup: PreferenceSetup, params, limit: int = 1024) -> dict[str, 
                                 num_responses=None if setup.kind == "ratings"
                                 else setup.num_responses, limit=limit):
     valid = host.pop("row_valid")
-    batch = setup.put(host, batch_axis=0)
-    s = np.asarray(jax.device_get(rm_lib.score_batch(params, setup.model_config, batch)))
+    length = host["tokens"].shape[-1]
+    flat = setup.put({"tokens": host["tokens"].reshape(-1, length),
+                      "attention_mask": host["attention_mask"].reshape(-1, length),
+                      "last_index": host["last_index"].reshape(-1)}, batch_axis=0)
+    s = np.asarray(jax.device_get(setup.score(params, flat["tokens"], flat["attention_mask"],
+                                              flat["last_index"]))).reshape(
+                                                  host["last_index"].shape)
     # Padded response slots of short rankings have an all-False response mask.
     ok = valid if s.ndim == 1 else valid[:, None] & host["response_mask"].any(-1)
     scores.append(s[ok])
@@ -340,7 +355,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     start_params = policy
   else:
     start_params = rm_lib.init_params(policy, setup.model_config,
-                                      rng_lib.purpose_key(config.seed, "init"))
+                                      rng_lib.purpose_key(config.seed, "init"), setup.algo)
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
                       async_save=tc.async_checkpointing)
   latest = ckpt.latest_step() if resume else None

@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import policy_gradient as pg
+from jaxrl_llm.algorithms import ppo
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, InitConfig, save_json
 from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
@@ -114,6 +115,14 @@ class RLSetup:
   make_state: Any  # jitted params -> TrainState (in its shardings)
   init_state: Any  # () -> TrainState from a fresh seeded init
   reference: Any = None  # frozen reference params (None when algorithm.kl_coef == 0)
+  ppo_config: Any = None  # ppo.Config when algorithm.name == "ppo"
+  rollout_values: Any = None  # PPO: jitted (state, tokens, attention, mask) -> (old_logp, V_old)
+
+  def policy_params(self, state):
+    """The decoder params that sample and are evaluated (PPO: the actor's policy part)."""
+    if self.ppo_config is not None:
+      return ppo.policy_params(state, self.ppo_config)
+    return state.params
 
   def put_rows(self, array) -> jax.Array:
     """Places a host array on the mesh with its first (row) axis over data x fsdp."""
@@ -289,19 +298,41 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   abstract = abstract_params(model_config)
   param_shardings = tree_shardings(abstract, param_logical_axes(model_config), mesh)
   dropout_key = rng_lib.purpose_key(config.seed, "dropout")
-  state_shardings = train_state_shardings(tx, abstract, param_shardings, mesh)
-  make_state = jax.jit(lambda p: TrainState.create(p, tx, dropout_key),
-                       out_shardings=state_shardings)
+  rows = NamedSharding(mesh, P(("data", "fsdp"), None))
+  ppo_config = rollout_values = None
+  if ac.name == "ppo":
+    ppo_config = ppo.config_from(ac, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens)
+    critic_tx = critic_schedule = None
+    if not ppo_config.shared:
+      critic_opt = dataclasses.replace(
+          config.optimizer, learning_rate=ac.critic_learning_rate or config.optimizer.learning_rate)
+      critic_tx, critic_schedule = make_optimizer(critic_opt,
+                                                  tc.steps * ac.epochs * ac.minibatches)
+    state_shardings = ppo.state_shardings(ppo_config, model_config, tx, critic_tx, abstract,
+                                          param_shardings, mesh)
+    make_state = jax.jit(lambda p: ppo.init_state(p, model_config, ppo_config, tx, critic_tx,
+                                                  dropout_key), out_shardings=state_shardings)
+    update_fn = ppo.make_update(model.apply, model_config, tx, schedule, critic_tx,
+                                critic_schedule, ppo_config)
+    prepare = jax.jit(lambda inputs: ppo.prepare(inputs, ppo_config))
+    rollout_values = jax.jit(
+        lambda state, t, a, m: ppo.rollout_logprobs_and_values(model.apply, model_config, state,
+                                                               t, a, m, ppo_config),
+        out_shardings=(rows, rows))
+  else:
+    state_shardings = train_state_shardings(tx, abstract, param_shardings, mesh)
+    make_state = jax.jit(lambda p: TrainState.create(p, tx, dropout_key),
+                         out_shardings=state_shardings)
+    update_fn = pg.make_update(model.apply, model_config, tx, schedule, pg_config)
+    num_groups = rc.prompts_per_step
+    prepare = jax.jit(lambda inputs: pg.prepare(inputs, pg_config, num_groups=num_groups))
 
   def init_state():  # A fresh policy (also the abstract-shape source for restores).
     return make_state(init_params(model_config, rng_lib.purpose_key(config.seed, "init"),
                                   mesh)[0])
 
-  rows = NamedSharding(mesh, P(("data", "fsdp"), None))
-  update = jax.jit(pg.make_update(model.apply, model_config, tx, schedule, pg_config),
-                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
-  num_groups = rc.prompts_per_step
-  prepare = jax.jit(lambda inputs: pg.prepare(inputs, pg_config, num_groups=num_groups))
+  update = jax.jit(update_fn, out_shardings=(state_shardings, replicated(mesh)),
+                   donate_argnums=(0,))
 
   def logprobs(params, tokens, attention_mask, mask):
     return pg.response_logprobs(model.apply, params, model_config, tokens, attention_mask, mask,
@@ -326,7 +357,8 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                  pg_config=pg_config, state_shardings=state_shardings, sampler=sampler,
                  sampling=sampling, rewards=runner, prompts=prompts, update=update,
                  prepare=prepare, logprobs=logprobs, decode=decode, kl_controller=kl_controller,
-                 make_state=make_state, init_state=init_state)
+                 make_state=make_state, init_state=init_state, ppo_config=ppo_config,
+                 rollout_values=rollout_values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,7 +555,7 @@ def rollout_metrics(batch: dict, info: dict, num_groups: int) -> dict:
   return out
 
 
-def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float):
+def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 0):
   """Computes old/ref log-probs and advantages; returns the device batch for ``update``.
 
   Returns:
@@ -541,19 +573,27 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float):
   tokens = put(batch["tokens"])
   attention = put(batch["prompt_mask"] | batch["response_mask"])
   mask_d = put(mask)
-  old = setup.logprobs(state.params, tokens, attention, mask_d).logp
+  if setup.ppo_config is not None:
+    old, old_values = setup.rollout_values(state, tokens, attention, mask_d)
+  else:
+    old = setup.logprobs(state.params, tokens, attention, mask_d).logp
   if setup.reference is not None:
     ref = setup.logprobs(setup.reference, tokens, attention, mask_d).logp
   else:
     ref = jnp.zeros_like(old)
-  adv, diag = setup.prepare({
-      "scores": put(scores), "group_ids": put(batch["group_ids"].astype(np.int32)),
-      "mask": mask_d, "old_logp": old, "ref_logp": ref,
-      "kl_coef": jnp.asarray(kl_coef, jnp.float32),
-      "baseline_scores": put(batch["baseline_scores"])})
+  inputs = {"scores": put(scores), "mask": mask_d, "old_logp": old, "ref_logp": ref,
+            "kl_coef": jnp.asarray(kl_coef, jnp.float32)}
+  extra = {}
+  if setup.ppo_config is not None:
+    adv, returns, diag = setup.prepare(dict(inputs, old_values=old_values))
+    extra = {"returns": returns, "old_values": old_values,
+             "train_actor": jnp.asarray(ppo.actor_trains_at(setup.ppo_config, step))}
+  else:
+    adv, diag = setup.prepare(dict(inputs, group_ids=put(batch["group_ids"].astype(np.int32)),
+                                   baseline_scores=put(batch["baseline_scores"])))
   device_batch = {"tokens": tokens, "attention_mask": attention, "mask": mask_d,
                   "advantages": adv, "old_logp": old, "ref_logp": ref,
-                  "sampler_logp": put(batch["sampler_logp"])}
+                  "sampler_logp": put(batch["sampler_logp"]), **extra}
   if setup.sampling.truncates:
     device_batch["behaviour_logp"] = put(batch["behaviour_logp"])
   return device_batch, diag
@@ -687,7 +727,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   perf_path = os.path.join(run_dir, "perf.jsonl")
   before_path = os.path.join(run_dir, "eval_before.json")
   if "test" in setup.splits and not os.path.exists(before_path):
-    ev = evaluate(setup, state.params, "test", tc.test_examples)
+    ev = evaluate(setup, setup.policy_params(state), "test", tc.test_examples)
     with open(before_path, "w") as f:
       json.dump({"test/accuracy": ev["accuracy"], "test/examples": ev["examples"]}, f)
     progress.message(f"held-out test accuracy before RL: {ev['accuracy']:.4f} "
@@ -704,7 +744,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   for step in range(start, min(last, tc.steps)):
     t_step = time.perf_counter()
     try:
-      batch, new_position, info, times = collect_rollout(setup, state.params, step, position)
+      batch, new_position, info, times = collect_rollout(setup, setup.policy_params(state), step,
+                                                           position)
     except RewardError:
       # Never lose work: checkpoint what we have (the state before this step), then stop.
       if step not in ckpt.all_steps() and step > 0:
@@ -715,7 +756,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     position = new_position
     _add_counts(counts, info["reward_counts"])
     t0 = time.perf_counter()
-    device_batch, diag = train_batch(setup, batch, state, float(kl_state.coef))
+    device_batch, diag = train_batch(setup, batch, state, float(kl_state.coef), step)
     jax.block_until_ready(device_batch["advantages"])
     t_lp = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -737,12 +778,12 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
       for k, v in c.items():
         line[f"reward/{name}/{k}_total"] = float(v)
     if tc.eval_every and done % tc.eval_every == 0 and "validation" in setup.splits:
-      ev = evaluate(setup, state.params, "validation", tc.eval_examples)
+      ev = evaluate(setup, setup.policy_params(state), "validation", tc.eval_examples)
       line["eval/accuracy"] = ev["accuracy"]
       progress.message(f"step {done}: validation accuracy {ev['accuracy']:.3f}")
     final = done == tc.steps
     if final and "test" in setup.splits:
-      ev = evaluate(setup, state.params, "test", tc.test_examples)
+      ev = evaluate(setup, setup.policy_params(state), "test", tc.test_examples)
       line["test/accuracy"] = ev["accuracy"]
       line["test/examples"] = ev["examples"]
     writer.write(done, line)
