@@ -657,7 +657,7 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
     params, _ = load_hf(ic.hf_checkpoint, mesh=setup.mesh,
                         param_dtype=config.model.param_dtype, dtype=config.model.dtype)
     return params
-  return setup.init_state().params
+  return setup.policy_params(setup.init_state())
 
 
 def _hf_model(config: Config):
