@@ -3,7 +3,7 @@
 Nothing is downloaded. Put the model and the data on disk first::
 
   hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir checkpoints/Qwen2.5-0.5B-Instruct
-  # data/gsm8k/{train,validation,test}.jsonl with {"prompt": ..., "answer": "... #### 42"} rows
+  # data/gsm8k/{train,validation,test}.jsonl as published: {"question": ..., "answer": "... #### 42"}
 
 then ``jaxrl-llm run gsm8k-hf`` (or point elsewhere with ``--set init.hf_checkpoint=DIR --set
 data.jsonl_dir=DIR``; the environment variables ``JAXRL_LLM_HF_CHECKPOINT`` and
@@ -27,7 +27,7 @@ def config() -> Config:
       experiment="gsm8k-hf",
       seed=0,
       model=ModelConfig(param_dtype="float32", dtype="bfloat16", max_seq_len=32768),
-      data=DataConfig(source="jsonl",
+      data=DataConfig(task="math", source="jsonl",
                       jsonl_dir=os.environ.get("JAXRL_LLM_GSM8K_DIR", "data/gsm8k"),
                       length_buckets=(128, 256, 512), chat_template=True, on_overlong="reject",
                       validation_size=0, test_size=0),

@@ -148,3 +148,16 @@ def test_text2sql_rl_steps_with_execution_reward(data_dir, tmp_path):
   np.testing.assert_array_equal(res.per_function["text2sql_execution"], [1.0, 0.0])
   lines = read_metrics(str(tmp_path))
   assert len(lines) == 2 and "reward/text2sql_execution/mean" in lines[-1]
+
+
+def test_math_task_reads_published_gsm8k_jsonl(tmp_path):
+  from jaxrl_llm.data import load_rows
+
+  (tmp_path / "train.jsonl").write_text(
+      '{"question": "What is 2+3?", "answer": "2+3=5\\n#### 5"}\n'
+      '{"problem": "Half of 1?", "solution": "It is $\\\\boxed{\\\\frac{1}{2}}$."}\n')
+  rows = load_rows(DataConfig(task="math", source="jsonl", jsonl_dir=str(tmp_path)), "train")
+  assert rows == [{"prompt": "What is 2+3?", "answer": "5"},
+                  {"prompt": "Half of 1?", "answer": "\\frac{1}{2}"}]
+  with pytest.raises(ConfigError, match="data.source"):
+    DataConfig(task="math")

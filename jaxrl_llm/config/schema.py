@@ -138,7 +138,7 @@ class ModelConfig:
     return dataclasses.replace(self, vocab_size=size)
 
 
-TASKS = ("arithmetic", "countdown", "text2sql", "sorted_digits")
+TASKS = ("arithmetic", "countdown", "text2sql", "sorted_digits", "math")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -148,7 +148,9 @@ class DataConfig:
   # arithmetic / countdown / text2sql: synthetic tasks generated locally (text2sql also reads
   # Spider / BIRD files with source="spider"|"bird"); sorted_digits: the synthetic preference task
   # (SFT demos, or pairs / rankings / ratings for reward models and DPO, see `preference_kind`).
-  task: Literal["arithmetic", "countdown", "text2sql", "sorted_digits"] = "arithmetic"
+  # math: the user's GSM8K / MATH JSONL (data.source="jsonl"; question/problem + answer/solution
+  # fields, the final answer extracted by jaxrl_llm.rewards.math.load_math_jsonl).
+  task: Literal["arithmetic", "countdown", "text2sql", "sorted_digits", "math"] = "arithmetic"
   source: Literal["tfds", "jsonl", "spider", "bird"] = "tfds"
   # tfds: where the locally generated dataset lives ("" -> $JAXRL_LLM_DATA_DIR or ~/.cache/jaxrl_llm/tfds).
   data_dir: str = ""
@@ -188,6 +190,9 @@ class DataConfig:
         _fail("data.source", f"{self.source!r} is a Text2SQL source; set data.task='text2sql'")
       if not self.text2sql_root:
         _fail("data.text2sql_root", f"must be set when data.source={self.source!r}")
+    if self.task == "math" and self.source != "jsonl":
+      _fail("data.source", "task 'math' reads your GSM8K / MATH files: set data.source='jsonl' "
+            "and data.jsonl_dir")
     if self.preference_kind not in ("", "pairs", "rankings", "ratings"):
       _fail("data.preference_kind", "must be '', 'pairs', 'rankings' or 'ratings', got "
             f"{self.preference_kind!r}")

@@ -292,6 +292,10 @@ def load_rows(config: DataConfig, split: str) -> Sequence[Any]:
     path = os.path.join(config.jsonl_dir, f"{split}.jsonl")
     if not os.path.exists(path):
       raise FileNotFoundError(f"data.jsonl_dir: {path} does not exist")
+    if config.task == "math":  # GSM8K / MATH files as published: question + worked solution.
+      from jaxrl_llm.rewards.math import load_math_jsonl
+
+      return load_math_jsonl(path, on_bad_row=config.on_bad_row)[0]
     rows: list[Any] = []
     with open(path, "rb") as f:
       for line_no, line in enumerate(f):
