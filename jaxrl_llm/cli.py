@@ -5,6 +5,8 @@
   jaxrl-llm resume RUN_DIR
   jaxrl-llm eval RUN_DIR [--split test|validation] [--limit N]
   jaxrl-llm plot RUN_DIR [--out FILE]
+  jaxrl-llm label --judge rm:RUN_DIR|lm:RUN_DIR --input CANDIDATES.jsonl --output DIR
+                  [--min-confidence X] [--template-file F] [--pairs all|adjacent] [--cache F]
   jaxrl-llm list
 
 Configuration errors (unknown key, wrong type, invalid value) are reported with the offending
@@ -38,6 +40,21 @@ def _parser() -> argparse.ArgumentParser:
   pl = sub.add_parser("plot", help="write PNG training curves of a run")
   pl.add_argument("run_dir")
   pl.add_argument("--out", help="output PNG (default RUN_DIR/plots/curves.png)")
+  lab = sub.add_parser("label", help="AI-feedback labeling (RLAIF): candidate responses -> "
+                       "soft-label preference pairs in DIR/train.jsonl")
+  lab.add_argument("--judge", required=True, metavar="rm:RUN_DIR|lm:RUN_DIR",
+                   help="a reward-model run (P = sigmoid(r1 - r2)) or any policy run as an LM "
+                   "labeler (option-token probabilities, both orders averaged)")
+  lab.add_argument("--input", required=True,
+                   help='JSONL of {"prompt": str, "responses": [str, str, ...]}')
+  lab.add_argument("--output", required=True, help="directory for train.jsonl and labels.json")
+  lab.add_argument("--min-confidence", type=float, default=0.0,
+                   help="drop pairs with |p - 0.5| below this (default 0: keep all)")
+  lab.add_argument("--template-file", help="lm: judges: a str.format labeler template with "
+                   "{prompt}, {first}, {second}")
+  lab.add_argument("--pairs", default="all", choices=["all", "adjacent"],
+                   help="label every pair of a row's responses, or only neighbours")
+  lab.add_argument("--cache", help="label cache JSONL (default DIR/label_cache.jsonl)")
   sub.add_parser("list", help="list the available experiments")
   return p
 
@@ -96,6 +113,8 @@ def main(argv=None) -> int:
       return 0
     if args.command == "eval":
       return _eval(args)
+    if args.command == "label":
+      return _label(args)
   except ConfigError as e:
     print(f"jaxrl-llm: {e}", file=sys.stderr)
     return 2
@@ -103,6 +122,36 @@ def main(argv=None) -> int:
     print(f"jaxrl-llm: {e}", file=sys.stderr)
     return 2
   return 1
+
+
+def _label(args) -> int:
+  """``jaxrl-llm label``: writes DIR/train.jsonl (pair rows with ``probability``) and
+  DIR/labels.json; bad arguments, a missing run or malformed input rows exit with status 2."""
+  from jaxrl_llm.rewards import judge as judge_lib
+
+  try:
+    template = None
+    if args.template_file:
+      with open(args.template_file, encoding="utf-8") as f:
+        template = f.read()
+    if not os.path.exists(args.input):
+      raise FileNotFoundError(f"--input {args.input!r} does not exist")
+    rows = judge_lib.read_candidates(args.input)
+    if not rows:
+      raise ValueError(f"--input {args.input!r} has no candidate rows")
+    judge = judge_lib.make_judge(args.judge, template=template)
+    cache = args.cache or os.path.join(args.output, "label_cache.jsonl")
+    pairs, stats = judge_lib.label_pairs(judge, rows, min_confidence=args.min_confidence,
+                                         cache_path=cache, pairs=args.pairs)
+  except ValueError as e:
+    print(f"jaxrl-llm: {e}", file=sys.stderr)
+    return 2
+  stats = dict(stats, judge=args.judge, input=os.path.abspath(args.input))
+  path = judge_lib.write_labeled(args.output, pairs, stats)
+  print(json.dumps({"output": path, **{k: stats[k] for k in ("rows", "pairs", "kept",
+                                                              "identical", "low_confidence",
+                                                              "cache_hits", "judged")}}))
+  return 0
 
 
 def _eval(args) -> int:

@@ -174,7 +174,8 @@ def test_pair_batches(tok):
   batch, nxt = batcher.batch(0)
   assert nxt == 4
   assert set(batch) == {"tokens", "attention_mask", "response_mask", "last_index", "ranking",
-                        "valid", "margin"}
+                        "valid", "margin", "probability"}
+  assert batch["probability"].dtype == np.float32 and (batch["probability"] == 1.0).all()
   assert batch["tokens"].shape == (4, 2, 16) and batch["tokens"].dtype == np.int32
   for key in ("attention_mask", "response_mask"):
     assert batch[key].shape == (4, 2, 16) and batch[key].dtype == bool

@@ -10,7 +10,10 @@ of a sequence ``BOS prompt response EOS`` is the head's output at its last real 
   per-pair margin ``m`` (``Config.margin``: the batch's ``margin``, Llama 2) and centering
   coefficient η (``center_coef``; 0.01 when used). With ``K > 2`` ranked responses per prompt
   every ordered pair ``(τ(i), τ(j)), i < j`` is a BT pair and a prompt's loss is the mean over its
-  pairs (InstructGPT's ``1/C(K, 2)`` batching).
+  pairs (InstructGPT's ``1/C(K, 2)`` batching). When the batch carries a soft label ``probability``
+  ``p = P(chosen ≻ rejected)`` (AI feedback, ALGORITHMS.md 19; pairs only) the BT term is the
+  soft-label cross-entropy ``−[p·log σ(Δ − m) + (1−p)·log σ(−(Δ − m))]``; ``p = 1`` is the hard
+  loss.
 * ``ranking`` -- Plackett–Luce over the full ranking τ (best first),
   ``ℓ = −Σ_k [r_τ(k) − log Σ_{j≥k} exp r_τ(j)]``; for ``K = 2`` this *is* Bradley–Terry.
 * ``rating`` -- one scored response per row: ``regression`` ``(r − (y − offset)/scale)²``, or
@@ -24,7 +27,8 @@ parameters: the optimizer updates them with the rest (rank 1, so no weight decay
 
 **Batches.** Pairs / rankings: ``tokens int32[..., K, L]``, ``attention_mask bool[..., K, L]``,
 ``last_index int32[..., K]``, ``ranking int32[..., K]`` (response indices, best first; pairs
-``[0, 1]``), ``margin float32[...]`` (used when ``Config.margin``), optional ``valid bool[..., K]``
+``[0, 1]``), ``margin float32[...]`` (used when ``Config.margin``), optional ``probability
+float32[...]`` (pairs' soft labels, ``pairwise`` with K = 2), optional ``valid bool[..., K]``
 over ranked positions. Ratings: ``tokens int32[..., L]``, ``attention_mask``, ``last_index
 int32[...]``, ``score float32[...]`` (integer levels for ``ordinal``), optional ``valid bool[...]``.
 ``response_mask`` may be present and is unused. The update's batch carries a leading
@@ -277,6 +281,23 @@ def batch_weights(batch: dict, config: Config) -> dict:
   return out
 
 
+def soft_label_bt_loss(hard_loss: jax.Array, diff: jax.Array, probability: jax.Array
+                       ) -> jax.Array:
+  """Soft-label Bradley–Terry loss from the hard one (ALGORITHMS.md 17, 19).
+
+  ``−[p·log σ(d) + (1−p)·log σ(−d)] = −log σ(d) + (1−p)·d`` because ``log σ(d) − log σ(−d) = d``;
+  so ``p = 1`` returns ``hard_loss`` exactly and ``p = 1/2`` is minimised at ``d = 0``.
+
+  Args:
+    hard_loss: float32 ``[N]`` ``−log σ(d)`` (plus any centering term, which is kept as is).
+    diff: float32 ``[N]`` ``d = r_w − r_l − m``.
+    probability: float ``[N]`` ``p = P(chosen ≻ rejected)``.
+  Returns:
+    float32 ``[N]``.
+  """
+  return hard_loss + (1.0 - probability.astype(jnp.float32)) * diff.astype(jnp.float32)
+
+
 def _wsum(w, x):
   return jnp.sum(jnp.where(w > 0, w * x, 0.0))
 
@@ -296,6 +317,9 @@ def _list_loss(scores, micro, w, config: Config, params):
       margin = jnp.broadcast_to(micro["margin"].astype(jnp.float32)[:, None], (b, p)).reshape(-1)
     loss_pairs, _ = ops.bradley_terry_loss(hi.reshape(-1), lo.reshape(-1), margin=margin,
                                            center_coef=config.center_coef)
+    if "probability" in micro and k == 2:  # Soft labels (pairs only).
+      diff = hi.reshape(-1) - lo.reshape(-1) - (0.0 if margin is None else margin)
+      loss_pairs = soft_label_bt_loss(loss_pairs, diff, micro["probability"].reshape(-1))
     loss = _wsum(w["pair_loss"], loss_pairs.reshape(b, p))
   else:
     loss_rows, _ = ops.plackett_luce_loss(scores, ranking, valid=valid)
@@ -376,7 +400,8 @@ def make_update(model_config: ModelConfig, tx: optax.GradientTransformation, sch
   ``state.params`` are reward-model params (:func:`init_params`). ``batch`` carries the
   accumulation axis ``A``: pairs / rankings ``tokens int32[A, b, K, L]``, ``attention_mask
   bool[A, b, K, L]``, ``last_index int32[A, b, K]``, ``ranking int32[A, b, K]``, ``margin
-  float32[A, b]`` (read only when ``Config.margin``), optional ``valid bool[A, b, K]``; ratings
+  float32[A, b]`` (read only when ``Config.margin``), optional ``probability float32[A, b]`` (soft
+  labels, ``pairwise`` pairs), optional ``valid bool[A, b, K]``; ratings
   ``tokens int32[A, b, L]``, ``attention_mask``, ``last_index int32[A, b]``, ``score
   float32[A, b]``, optional ``valid bool[A, b]``.
 

@@ -2,8 +2,10 @@
 
 Three row kinds (extra fields are ignored):
 
-* ``pairs``: ``{"prompt": str, "chosen": str, "rejected": str, "margin": float (optional, >= 0)}``.
-  ``chosen == rejected`` is a bad row (a tied pair carries no signal). An absent margin is 0.
+* ``pairs``: ``{"prompt": str, "chosen": str, "rejected": str, "margin": float (optional, >= 0),
+  "probability": float (optional, in [0.5, 1])}``. ``chosen == rejected`` is a bad row (a tied
+  pair carries no signal). An absent margin is 0. ``probability`` is a soft label
+  ``P(chosen ≻ rejected)`` (AI feedback, ALGORITHMS.md 19); absent means 1.0, a hard label.
 * ``rankings``: ``{"prompt": str, "responses": [str] * K, "ranking": [int] * K}`` with ``K >= 2``;
   ``ranking`` lists response indices best first and must be a permutation of ``0..K-1``; the
   responses must be distinct. K may differ between rows: batches are padded to the largest K.
@@ -109,8 +111,27 @@ def _index_list(value: Any, split: str, index: int, field: str) -> list[int]:
   return out
 
 
+def pair_probability(row: Any, index: int, split: str) -> float:
+  """The soft label ``P(chosen ≻ rejected)`` of a pair row: its ``probability`` field, a finite
+  number in ``[0.5, 1]``, or 1.0 when absent / None.
+
+  Raises :class:`BadRowError` naming the field.
+  """
+  value = row.get("probability") if isinstance(row, dict) else None
+  if value is None:
+    return 1.0
+  p = _number(value, split, index, "probability")
+  if not 0.5 <= p <= 1.0:
+    raise BadRowError(f"{_where(split, index, 'probability')}: must be in [0.5, 1] "
+                      f"(P(chosen > rejected)), got {p}")
+  return p
+
+
 def validate_pair(row: Any, index: int, split: str) -> tuple[str, str, str, float]:
-  """``(prompt, chosen, rejected, margin)`` of a pair row, or :class:`BadRowError`."""
+  """``(prompt, chosen, rejected, margin)`` of a pair row, or :class:`BadRowError`.
+
+  Also validates the optional ``probability`` field (read it with :func:`pair_probability`).
+  """
   fields = ("prompt", "chosen", "rejected")
   prompt = _as_text(_field(row, split, index, "prompt", fields), split, index, "prompt")
   chosen = _response(_field(row, split, index, "chosen", fields), split, index, "chosen")
@@ -123,6 +144,7 @@ def validate_pair(row: Any, index: int, split: str) -> tuple[str, str, str, floa
     margin = _number(row["margin"], split, index, "margin")
     if margin < 0:
       raise BadRowError(f"{_where(split, index, 'margin')}: must be >= 0, got {margin}")
+  pair_probability(row, index, split)
   return prompt, chosen, rejected, margin
 
 
@@ -165,12 +187,13 @@ def validate_rating(row: Any, index: int, split: str) -> tuple[str, str, float]:
 def validate_preference_row(row: Any, index: int, split: str, kind: str) -> dict[str, Any]:
   """Validates one row of ``kind`` and returns it in canonical form (plain str/float/int lists).
 
-  pairs -> ``{"prompt", "chosen", "rejected", "margin"}``; rankings -> ``{"prompt", "responses",
-  "ranking"}``; ratings -> ``{"prompt", "response", "score"}``.
+  pairs -> ``{"prompt", "chosen", "rejected", "margin", "probability"}``; rankings ->
+  ``{"prompt", "responses", "ranking"}``; ratings -> ``{"prompt", "response", "score"}``.
   """
   if kind == "pairs":
     p, c, r, m = validate_pair(row, index, split)
-    return {"prompt": p, "chosen": c, "rejected": r, "margin": m}
+    return {"prompt": p, "chosen": c, "rejected": r, "margin": m,
+            "probability": pair_probability(row, index, split)}
   if kind == "rankings":
     p, rs, rk = validate_ranking(row, index, split)
     return {"prompt": p, "responses": rs, "ranking": rk}
@@ -272,7 +295,8 @@ def make_preference_config(jsonl_dir: str | os.PathLike, kind: str, *,
 def _features(kind: str) -> tfds.features.FeaturesDict:
   text = tfds.features.Text
   if kind == "pairs":
-    spec = {"prompt": text(), "chosen": text(), "rejected": text(), "margin": np.float32}
+    spec = {"prompt": text(), "chosen": text(), "rejected": text(), "margin": np.float32,
+            "probability": np.float32}
   elif kind == "rankings":
     spec = {"prompt": text(), "responses": tfds.features.Sequence(text()),
             "ranking": tfds.features.Sequence(np.int32)}
@@ -288,8 +312,11 @@ class PreferenceJsonl(tfds.core.GeneratorBasedBuilder):
   rejected at build time (or dropped, for an ``on_bad_row="skip"`` config).
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  # 1.1.0 adds the pairs' ``probability`` feature; caches are versioned directories, so a 1.0.0
+  # build of the same files is never read with the new features (it is rebuilt once).
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Pairs carry a soft label 'probability' (1.0 when absent)."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -367,7 +394,8 @@ class EncodedPreferenceSplit:
   ``responses[i]`` is a list of ``int32[R_ij]`` arrays, each ending with EOS (pairs:
   ``[chosen, rejected]``; rankings: in the row's order; ratings: one). ``rankings[i]`` is
   ``int32[K_i]`` best first (pairs: ``[0, 1]``; ratings: ``[0]``). ``margins`` / ``scores`` are
-  ``float32[N]`` (0 where the kind has none). All truncation is shared by a row's responses.
+  ``float32[N]`` (0 where the kind has none); ``probabilities`` ``float32[N]`` are the pairs' soft
+  labels (1.0 for hard labels and other kinds). All truncation is shared by a row's responses.
   """
 
   name: str
@@ -380,6 +408,7 @@ class EncodedPreferenceSplit:
   prompt_texts: list[str]
   response_texts: list[list[str]]
   stats: DataStats
+  probabilities: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
 
   def __len__(self) -> int:
     return len(self.prompts)
@@ -432,7 +461,7 @@ def encode_preference_split(rows: Sequence[Any], tokenizer, *, kind: str, split:
     r_ids = tokenizer(flat, add_special_tokens=False)["input_ids"]
   out = EncodedPreferenceSplit(split, kind, [], [], [], np.zeros(0, np.float32),
                                np.zeros(0, np.float32), [], [], stats)
-  margins, scores = [], []
+  margins, scores, probabilities = [], [], []
   cursor = 0
   for row, texts, rank, p in zip(canon, resp_texts, order, p_ids):
     resps = [list(ids) + [eos] for ids in r_ids[cursor: cursor + len(texts)]]
@@ -452,11 +481,13 @@ def encode_preference_split(rows: Sequence[Any], tokenizer, *, kind: str, split:
     out.response_texts.append(list(texts))
     margins.append(row.get("margin", 0.0))
     scores.append(row.get("score", 0.0))
+    probabilities.append(row.get("probability", 1.0))
   if not out.prompts:
     raise BadRowError(f"{split}: no usable rows left out of {stats.rows} "
                       f"(bad={stats.bad_rows}, rejected as over-long={stats.rejected})")
   out.margins = np.asarray(margins, np.float32)
   out.scores = np.asarray(scores, np.float32)
+  out.probabilities = np.asarray(probabilities, np.float32)
   return out
 
 
@@ -503,6 +534,7 @@ def _assemble(split: EncodedPreferenceSplit, idx: Sequence[int], length: int, pa
          "last_index": last, "ranking": ranking, "valid": valid}
   if split.kind == "pairs":
     out["margin"] = split.margins[np.asarray(idx, np.int64)].astype(np.float32)
+    out["probability"] = split.probabilities[np.asarray(idx, np.int64)].astype(np.float32)
   return out
 
 
@@ -533,6 +565,8 @@ class PreferenceBatcher:
       0's tokens, attention and last_index (so a forward pass stays finite) with an all-False
       ``response_mask``; it only ever appears at an invalid ranked position.
     * ``margin float32[B]`` (pairs only): the row's margin, 0 when absent.
+    * ``probability float32[B]`` (pairs only): the soft label ``P(chosen ≻ rejected)``, 1.0 when
+      absent (a hard label).
 
   ratings:
     * ``tokens int32[B, L]``, ``attention_mask bool[B, L]``, ``response_mask bool[B, L]``,

@@ -43,7 +43,7 @@ from jaxrl_llm.data import preference as pref
 from jaxrl_llm.data.arithmetic import default_data_dir
 from jaxrl_llm.models import Decoder, init_params
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
-from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_shardings
+from jaxrl_llm.parallel import make_mesh, replicated, tree_shardings
 from jaxrl_llm.train import sft_loop
 from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
@@ -157,14 +157,7 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
                       f"'reward_model', got {a.name!r}")
   kind = _kind(config)
   mesh = make_mesh(config.mesh, devices)
-  shards = batch_size_multiple(mesh)
-  micro = tc.batch_size // tc.grad_accum_steps
-  if micro % shards:
-    raise ConfigError(f"config field 'train.batch_size': micro-batch {micro} (batch_size / "
-                      f"grad_accum_steps) must be a multiple of the {shards} batch shards")
-  if tc.eval_batch_size % shards:
-    raise ConfigError(f"config field 'train.eval_batch_size': must be a multiple of the {shards} "
-                      "batch shards")
+  sft_loop.validate_geometry(config, mesh)  # Same batch geometry rules as SFT.
   tok_dir = os.path.join(run_dir, "tokenizer")
   if config.init.policy_run:
     from jaxrl_llm.train.artifacts import load_run
@@ -206,18 +199,18 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
                                                            batch, algo)
     ref_fn = jax.jit(lambda ref, batch: dpo_lib.reference_logprobs(model.apply, ref,
                                                                    model_config, batch))
+    score = None
   else:
     algo = rm_lib.Config(objective=a.rm_objective, margin=a.rm_margin,
                          center_coef=a.rm_center_coef, rating_loss=a.rm_rating_loss)
     abstract = jax.eval_shape(lambda p: rm_lib.init_params(p, model_config,
                                                            jax.random.PRNGKey(0), algo),
                               policy_abstract)
-    head_shardings = jax.tree.map(lambda _: replicated(mesh), abstract["head"])
-    shardings = {"trunk": policy_shardings, "head": head_shardings}
+    shardings = rm_lib.param_shardings(abstract, model_config, mesh)
     update_fn = rm_lib.make_update(model_config, tx, schedule, algo)
     eval_fn = lambda params, batch: rm_lib.evaluate(params, model_config, batch, algo)
     ref_fn = None
-    setup_score = rm_lib.make_scorer(model_config)
+    score = rm_lib.make_scorer(model_config)
   if config.init.hf_checkpoint:
     raise NotImplementedError("init.hf_checkpoint for DPO / reward models is not wired yet: "
                               "start from an SFT run of it with init.policy_run")
@@ -227,16 +220,13 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
   update = jax.jit(update_fn, out_shardings=(state_shardings, replicated(mesh)),
                    donate_argnums=(0,))
   evaluate_batch = jax.jit(eval_fn, out_shardings=replicated(mesh))
-  setup = PreferenceSetup(config=config, model_config=model_config, mesh=mesh,
-                          tokenizer=tokenizer, kind=kind, splits=splits, batcher=batcher,
-                          model=model, tx=tx, schedule=schedule, state_shardings=state_shardings,
-                          update=update, evaluate_batch=evaluate_batch,
-                          reference_logprobs=ref_fn, make_state=make_state,
-                          num_responses=num_responses)
-  setup.policy_shardings = policy_shardings
-  setup.algo = algo
-  setup.score = setup_score if a.name == "reward_model" else None
-  return setup
+  return PreferenceSetup(config=config, model_config=model_config, mesh=mesh,
+                         tokenizer=tokenizer, kind=kind, splits=splits, batcher=batcher,
+                         model=model, tx=tx, schedule=schedule, state_shardings=state_shardings,
+                         update=update, evaluate_batch=evaluate_batch,
+                         reference_logprobs=ref_fn, make_state=make_state,
+                         num_responses=num_responses, policy_shardings=policy_shardings,
+                         algo=algo, score=score)
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ class SFTSetup:
     return {k: self.put_batch(v, batch_axis=1) for k, v in batch.items()}
 
 
-def _validate_geometry(config: Config, mesh) -> None:
+def validate_geometry(config: Config, mesh) -> None:
+  """Batch sizes must split over the mesh's data x fsdp shards (errors name the field)."""
   shards = batch_size_multiple(mesh)
   micro = config.train.batch_size // config.train.grad_accum_steps
   if micro % shards:
@@ -84,7 +85,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   Every config error surfaces here, before anything is compiled.
   """
   mesh = make_mesh(config.mesh, devices)
-  _validate_geometry(config, mesh)
+  validate_geometry(config, mesh)
   tok_dir = os.path.join(run_dir, "tokenizer")
   if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
     tokenizer = load_tokenizer(tok_dir)
