@@ -161,3 +161,18 @@ def test_math_task_reads_published_gsm8k_jsonl(tmp_path):
                   {"prompt": "Half of 1?", "answer": "\\frac{1}{2}"}]
   with pytest.raises(ConfigError, match="data.source"):
     DataConfig(task="math")
+
+
+def test_text2sql_hf_without_files_fails_clearly(tmp_path, capsys):
+  from jaxrl_llm.cli import main
+  from jaxrl_llm.data import load_rows
+
+  code = main(["run", "text2sql-hf", "--set", f"init.hf_checkpoint={tmp_path}/missing",
+               "--run-dir", str(tmp_path / "run")])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "init.hf_checkpoint" in err and "hf download" in err
+  for source in ("spider", "bird"):
+    config = DataConfig(task="text2sql", source=source, text2sql_root=str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="none"):
+      load_rows(config, "train")
