@@ -32,9 +32,8 @@ def tiny_ppo_config(data_dir, **algorithm):
       init=InitConfig())
 
 
-@pytest.mark.parametrize("critic", ["separate", "shared"])
-def test_ppo_runs_and_resumes_exactly(data_dir, tmp_path, critic):
-  config = tiny_ppo_config(data_dir, critic=critic)
+def test_ppo_runs_and_resumes_exactly(data_dir, tmp_path):
+  config = tiny_ppo_config(data_dir, critic="separate")
   full = tmp_path / "full"
   out = rl_loop.train(config, str(full))
   lines = read_metrics(str(full))
@@ -53,6 +52,16 @@ def test_ppo_runs_and_resumes_exactly(data_dir, tmp_path, critic):
   b = jax.tree.leaves(jax.device_get(resumed["state"]))
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
+
+
+def test_ppo_with_a_shared_trunk_critic(data_dir, tmp_path):
+  config = replace(tiny_ppo_config(data_dir, critic="shared", critic_warmup_steps=0),
+                   train=dict(steps=2, checkpoint_every=2))
+  out = rl_loop.train(config, str(tmp_path))
+  assert set(out["state"].actor.params) == {"policy", "value_head"} and out["state"].critic is None
+  lines = read_metrics(str(tmp_path))
+  assert len(lines) == 2 and lines[-1]["actor/trained"] == 1.0
+  assert np.isfinite(lines[-1]["critic/loss"]) and np.isfinite(lines[-1]["train/loss"])
 
 
 def test_ppo_config_errors_name_the_field(data_dir):
