@@ -13,7 +13,9 @@ One run, three resumable stages (``RUN_DIR/sft``, ``RUN_DIR/reward_model``, then
 The hidden property is never a training signal: ``sorted_digits_property`` has weight 0 and is the
 ``reward.accuracy`` metric, so ``reward/accuracy`` in ``metrics.jsonl`` is the property rate of the
 sampled answers at every step and ``kl/ref`` their KL to the SFT policy. ``eval.json`` holds the
-greedy held-out property rate before and after PPO.
+held-out property rate before and after PPO of one answer per test prompt sampled at temperature
+1 with a fixed key (``train.eval_temperature``: greedy answers are degenerate here -- the argmax
+repeats one digit, which is trivially sorted).
 """
 
 from jaxrl_llm.config import (AlgorithmConfig, InitConfig, OptimizerConfig, RewardConfig,
@@ -40,5 +42,6 @@ def config():
       reward=RewardConfig(functions=("reward_model", "sorted_digits_property"),
                           weights=(1.0, 0.0), accuracy="sorted_digits_property"),
       train=TrainConfig(steps=150, checkpoint_every=50, keep_checkpoints=2, eval_every=50,
-                        eval_examples=256, eval_batch_size=64, test_examples=0),
+                        eval_examples=256, eval_batch_size=64, test_examples=0,
+                        eval_temperature=1.0),
   )

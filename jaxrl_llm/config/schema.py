@@ -538,12 +538,15 @@ class TrainConfig:
   eval_batch_size: int = 64
   test_examples: int = 0  # Test examples in the final evaluation; 0: the whole split.
   max_new_tokens: int = 0  # Greedy decode budget; 0: longest answer in the data + 1.
+  # (RL) Evaluation decoding: 0 = greedy; > 0 = one sample per prompt at this temperature, fixed
+  # key (for tasks where the argmax answer is degenerate, e.g. the sorted-digits preference task).
+  eval_temperature: float = 0.0
 
   def __post_init__(self):
     _positive("train", self, "steps", "batch_size", "grad_accum_steps", "checkpoint_every",
               "keep_checkpoints", "eval_batch_size")
     _positive("train", self, "eval_every", "eval_examples", "test_examples", "max_new_tokens",
-              allow_zero=True)
+              "eval_temperature", allow_zero=True)
     if self.batch_size % self.grad_accum_steps:
       _fail("train.grad_accum_steps", f"must divide train.batch_size={self.batch_size}, "
             f"got {self.grad_accum_steps}")

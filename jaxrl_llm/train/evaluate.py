@@ -12,19 +12,22 @@ from jaxrl_llm.rollout import Sampler, SamplingConfig
 
 
 def make_greedy_decode(model_config, *, max_new_tokens: int, eos_id: int, pad_id: int,
-                       mesh=None):
+                       mesh=None, temperature: float = 0.0, key: jax.Array | None = None):
   """Builds ``decode(params, tokens int32[B, P], attention_mask bool[B, P]) -> int32[B, N]``.
 
-  Prompts are left-padded. Row ``i`` of the result holds the greedy continuation, ``eos_id``
-  included, then ``pad_id``. One compilation per prompt width (:class:`Sampler`).
+  Prompts are left-padded. Row ``i`` of the result holds the greedy continuation (or, with
+  ``temperature > 0``, a sample at that temperature drawn with the fixed ``key``, so evaluation
+  stays deterministic), ``eos_id`` included, then ``pad_id``. One compilation per prompt width
+  (:class:`Sampler`).
   """
   sampler = Sampler(model_config, pad_id=pad_id, mesh=mesh)
-  greedy = SamplingConfig(greedy=True)
-  key = jax.random.PRNGKey(0)  # Unused by greedy decoding; required by the interface.
+  sampling = (SamplingConfig(temperature=temperature) if temperature > 0
+              else SamplingConfig(greedy=True))
+  key = jax.random.PRNGKey(0) if key is None else key  # Unused by greedy decoding.
 
   def decode(params, tokens, attention_mask):
     lengths = np.asarray(attention_mask).sum(-1)
-    rollout = sampler.generate(params, tokens, lengths, sampling=greedy,
+    rollout = sampler.generate(params, tokens, lengths, sampling=sampling,
                                max_new_tokens=max_new_tokens, stop_token_ids=[eos_id], rng=key)
     return rollout.tokens[:, tokens.shape[1]:]
 

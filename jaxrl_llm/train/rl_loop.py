@@ -344,7 +344,8 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                             min_p=rc.min_p)
   decode = make_greedy_decode(model_config, max_new_tokens=rc.max_new_tokens,
                               eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                              mesh=mesh)
+                              mesh=mesh, temperature=tc.eval_temperature,
+                              key=rng_lib.purpose_key(config.seed, "eval"))
   if ac.kl_controller == "adaptive":
     kl_controller = AdaptiveKLController(ac.kl_coef, target_kl=ac.kl_target,
                                          horizon=ac.kl_horizon)
@@ -600,7 +601,8 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 
 
 
 def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, float]:
-  """Greedy-decoding accuracy on ``split`` (``limit`` rows; 0 = all).
+  """Accuracy on ``split`` (``limit`` rows; 0 = all) of greedy answers (or of one sample per
+  prompt at ``train.eval_temperature``, with a fixed key).
 
   Scored by the ``reward.accuracy`` function (exact string match when none is named), through
   the same guarded runner as training rewards; an unscorable answer counts as wrong.
@@ -629,7 +631,8 @@ def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, fl
     else:
       prompts = tok.batch_decode(np.asarray(batch["tokens"][:n]).tolist(),
                                  skip_special_tokens=True)
-      hits = np.nan_to_num(runner(prompts, texts, batch["columns"]).total).tolist()
+      # The raw value, not the weighted total: an accuracy metric may carry weight 0.
+      hits = np.nan_to_num(runner(prompts, texts, batch["columns"]).per_function[name]).tolist()
     correct += float(np.sum(hits))
     total += n
   return {"accuracy": correct / max(total, 1), "examples": total}
