@@ -130,6 +130,9 @@ def test_rlhf_pipeline_sft_reward_model_ppo(data_dir, tmp_path):
   assert 0.0 <= lines[-1]["reward/accuracy"] <= 1.0  # The hidden-property rate of the samples.
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["init"]["reward_model_steps"] == 4  # The saved config reproduces the pipeline.
+  from jaxrl_llm.cli import main
+
+  assert main(["eval", str(tmp_path), "--limit", "8"]) == 0  # Finds its reward-model stage.
 
 
 def test_text2sql_rl_steps_with_execution_reward(data_dir, tmp_path):

@@ -242,9 +242,18 @@ def run_stages(config: Config, run_dir: str, *, devices=None) -> Config:
     save_json(rm_config, os.path.join(rm_dir, "config.json"))
   if not os.path.exists(os.path.join(rm_dir, preference_loop.STATS_FILE)):
     preference_loop.train(rm_config, rm_dir, resume=True, devices=devices)
+  return staged_config(config, run_dir)
+
+
+def staged_config(config: Config, run_dir: str) -> Config:
+  """``config`` as RL sees it once :func:`run_stages` has run: the reward-model stage replaced by
+  ``reward.model_run = RUN_DIR/reward_model``."""
+  if not config.init.reward_model_steps:
+    return config
   return dataclasses.replace(
-      config, init=dataclasses.replace(ic, reward_model_steps=0),
-      reward=dataclasses.replace(config.reward, model_run=rm_dir))
+      config, init=dataclasses.replace(config.init, reward_model_steps=0),
+      reward=dataclasses.replace(config.reward,
+                                 model_run=os.path.join(run_dir, "reward_model")))
 
 
 def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[RewardSpec] | None
@@ -840,7 +849,8 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
 def build_for_eval(config: Config, run_dir: str, **kwargs) -> RLSetup:
   """:func:`build` for a run directory's config, Hugging Face start included (``jaxrl-llm eval``)."""
   hf_model_config, hf_tokenizer = _hf_model(config)
-  return build(config, run_dir, model_config=hf_model_config, tokenizer=hf_tokenizer, **kwargs)
+  return build(staged_config(config, run_dir), run_dir, model_config=hf_model_config,
+               tokenizer=hf_tokenizer, **kwargs)
 
 
 def resume(run_dir: str, **kwargs) -> dict[str, Any]:
