@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -114,10 +115,16 @@ def preference_rows(config: Config, kind: str) -> dict[str, list]:
   elif dc.task == "sorted_digits":
     name = (f"n{dc.train_size}-{dc.validation_size}-{dc.test_size}_s{dc.dataset_seed}")
     root = os.path.join(data_dir, "sorted_digits_jsonl", name)
-    if not os.path.exists(os.path.join(root, kind, "train.jsonl")):
-      pref.write_synthetic_preference_jsonl(root, seed=dc.dataset_seed, train_size=dc.train_size,
+    if not os.path.exists(root):
+      # Written aside and renamed whole, so an interrupted write is never read back.
+      tmp = f"{root}.tmp-{os.getpid()}"
+      pref.write_synthetic_preference_jsonl(tmp, seed=dc.dataset_seed, train_size=dc.train_size,
                                             validation_size=dc.validation_size,
                                             test_size=dc.test_size)
+      try:
+        os.replace(tmp, root)
+      except OSError:  # Another process finished first: same seed, same files.
+        shutil.rmtree(tmp, ignore_errors=True)
     jsonl_dir = os.path.join(root, kind)
   else:
     raise ConfigError(f"config field 'data.task': no preference data for task {dc.task!r}; use "
@@ -130,17 +137,7 @@ def _policy_start(config: Config, run_dir: str, setup: PreferenceSetup, devices)
   """Initial policy params: SFT warm start, another run's policy, or a fresh init."""
   ic = config.init
   if ic.sft_steps:
-    from jaxrl_llm.train.rl_loop import sft_warm_start_config
-
-    sft_dir = os.path.join(run_dir, "sft")
-    os.makedirs(sft_dir, exist_ok=True)
-    sft_config = sft_warm_start_config(config)
-    sft_config = dataclasses.replace(sft_config, data=dataclasses.replace(
-        sft_config.data, preference_kind=""))
-    if not os.path.exists(os.path.join(sft_dir, "config.json")):
-      save_json(sft_config, os.path.join(sft_dir, "config.json"))
-    return sft_loop.train(sft_config, sft_dir, resume=True, devices=devices,
-                          final_eval=False)["state"].params
+    return sft_loop.warm_start(config, run_dir, devices=devices)
   if ic.policy_run:
     from jaxrl_llm.train.artifacts import load_run
 

@@ -182,19 +182,6 @@ def _validate(config: Config, mesh) -> None:
                       "batch shards")
 
 
-def sft_warm_start_config(config: Config) -> Config:
-  """The SFT run that warm-starts ``config``'s policy (``init.sft_*``; same model, data, seed)."""
-  ic = config.init
-  return dataclasses.replace(
-      config, experiment=f"{config.experiment}-sft",
-      algorithm=AlgorithmConfig(name="sft"),
-      optimizer=dataclasses.replace(config.optimizer, learning_rate=ic.sft_learning_rate,
-                                    warmup_steps=ic.sft_warmup_steps),
-      train=dataclasses.replace(config.train, steps=ic.sft_steps, batch_size=ic.sft_batch_size,
-                                grad_accum_steps=1, eval_every=0,
-                                checkpoint_every=max(ic.sft_steps // 2, 1), keep_checkpoints=1))
-
-
 def reward_model_stage_config(config: Config, run_dir: str) -> Config:
   """The reward-model run of an RLHF pipeline (``init.reward_model_steps``): trained in
   ``RUN_DIR/reward_model`` on the task's preference pairs, from the warm-started policy."""
@@ -225,12 +212,7 @@ def run_stages(config: Config, run_dir: str, *, devices=None) -> Config:
   """
   ic = config.init
   if ic.sft_steps:
-    sft_dir = os.path.join(run_dir, "sft")
-    os.makedirs(sft_dir, exist_ok=True)
-    sft_config = sft_warm_start_config(config)
-    if not os.path.exists(os.path.join(sft_dir, "config.json")):
-      save_json(sft_config, os.path.join(sft_dir, "config.json"))
-    sft_loop.train(sft_config, sft_dir, resume=True, devices=devices, final_eval=False)
+    sft_loop.warm_start(config, run_dir, devices=devices)
   if not ic.reward_model_steps:
     return config
   from jaxrl_llm.train import preference_loop
@@ -655,9 +637,7 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
   """Policy params at RL step 0: the SFT warm start, a Hugging Face checkpoint, or a fresh init."""
   ic = config.init
   if ic.sft_steps:  # run_stages trained it; this restores the finished run.
-    out = sft_loop.train(sft_warm_start_config(config), os.path.join(run_dir, "sft"), resume=True,
-                         devices=devices, final_eval=False)
-    return out["state"].params
+    return sft_loop.warm_start(config, run_dir, devices=devices)
   if ic.policy_run:
     from jaxrl_llm.train.artifacts import load_run
 

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import sft
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
-from jaxrl_llm.config import Config, ConfigError, load_json, save_json
+from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, load_json, save_json
 from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load_rows,
                             load_tokenizer, save_tokenizer)
 from jaxrl_llm.models import Decoder, init_params
@@ -259,6 +259,34 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
   if "test/exact_match" in result:
     progress.message(f"held-out test exact match: {result['test/exact_match']:.4f} "
                      f"({result['test/examples']} examples)")
+
+
+def warm_start_config(config: Config) -> Config:
+  """The SFT run that warm-starts ``config``'s policy (``init.sft_*``; same model, data, seed).
+
+  Preference data (``data.preference_kind``) is swapped for the task's demonstrations.
+  """
+  ic = config.init
+  return dataclasses.replace(
+      config, experiment=f"{config.experiment}-sft",
+      algorithm=AlgorithmConfig(name="sft"),
+      data=dataclasses.replace(config.data, preference_kind=""),
+      optimizer=dataclasses.replace(config.optimizer, learning_rate=ic.sft_learning_rate,
+                                    warmup_steps=ic.sft_warmup_steps),
+      train=dataclasses.replace(config.train, steps=ic.sft_steps, batch_size=ic.sft_batch_size,
+                                grad_accum_steps=1, eval_every=0,
+                                checkpoint_every=max(ic.sft_steps // 2, 1), keep_checkpoints=1))
+
+
+def warm_start(config: Config, run_dir: str, *, devices=None):
+  """Runs (or restores, when finished) the SFT warm start of ``config`` in ``RUN_DIR/sft``;
+  returns its final policy params. Used by the RL and preference loops (``init.sft_steps``)."""
+  sft_dir = os.path.join(run_dir, "sft")
+  os.makedirs(sft_dir, exist_ok=True)
+  sft_config = warm_start_config(config)
+  if not os.path.exists(os.path.join(sft_dir, "config.json")):
+    save_json(sft_config, os.path.join(sft_dir, "config.json"))
+  return train(sft_config, sft_dir, resume=True, devices=devices, final_eval=False)["state"].params
 
 
 def resume(run_dir: str, **kwargs) -> dict[str, Any]:
