@@ -12,7 +12,9 @@ from jaxrl_llm.config import MeshConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
 from jaxrl_llm.models import Decoder, init_params, lm_head_weight, tiny
 from jaxrl_llm.parallel import make_mesh
-from jaxrl_llm.rollout import Sampler, SamplingConfig, pad_prompts, truncate_logits
+from jaxrl_llm.rollout import (Sampler, SamplingConfig, pad_prompts, sample_tokens,
+                               truncate_logits)
+from jaxrl_llm.rollout.sampler import _vocab_blocks, inverse_cdf
 
 CONFIG = tiny("gemma2")  # Soft-capping, sliding window, tied embeddings: the hardest case.
 STOP = 7
@@ -50,6 +52,35 @@ def test_greedy_equals_argmax_of_full_forward(sampler, params):
     np.testing.assert_array_equal(np.argmax(np.asarray(logits[:, -1]), -1), tokens[:, t])
   top1 = gen(sampler, params, SamplingConfig(top_k=1, temperature=0.7), stop=())
   np.testing.assert_array_equal(top1.tokens, r.tokens)
+
+
+@pytest.mark.parametrize("vocab", [300, 256])  # Not a multiple of the 128-wide block, and one.
+def test_blocked_argmax_and_inverse_cdf_are_exact(vocab):
+  rng = np.random.default_rng(0)
+  n = 64
+  z = rng.normal(size=(n, vocab)).astype(np.float32) * 3
+  z[0, [5, 200 % vocab, vocab - 1]] = 50.0  # Ties: the first index wins, as in np.argmax.
+  z[1, vocab - 1] = 60.0  # The maximum in the padded last block.
+  z[2, :] = 1.0  # All equal.
+  keys = jax.random.split(jax.random.PRNGKey(3), n)
+  tok, lp, _ = jax.jit(lambda z: sample_tokens(z, keys, 0, SamplingConfig(greedy=True)))(z)
+  np.testing.assert_array_equal(tok, np.argmax(z, -1))
+  lse = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1)
+  np.testing.assert_allclose(lp, z[np.arange(n), np.argmax(z, -1)] - lse, atol=1e-5)
+  # The two-level inverse CDF equals a full-length search of the cumulative sum.
+  p = np.exp(z - z.max(-1, keepdims=True)).astype(np.float64)
+  p[3, 40:] = 0.0  # Trailing zero mass (truncated tokens) must never be drawn ...
+  p[4, :] = 0.0
+  p[4, 17] = 1.0  # ... nor anything but the one token with mass.
+  u = rng.uniform(size=n).astype(np.float32)
+  u[3] = np.nextafter(np.float32(1), np.float32(0))
+  got = np.asarray(jax.jit(inverse_cdf)(_vocab_blocks(jnp.asarray(p.T, jnp.float32), 0.0),
+                                        jnp.asarray(u)))
+  c = np.cumsum(p, -1)
+  want = np.array([np.searchsorted(c[i], u[i] * c[i, -1], side="right") for i in range(n)])
+  assert np.mean(got == want) > 0.95  # float32 block sums vs a float64 prefix: boundary ties.
+  assert np.all(np.abs(got - want) <= 1) and np.all(p[np.arange(n), got] > 0)
+  assert got[3] < 40 and got[4] == 17
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])

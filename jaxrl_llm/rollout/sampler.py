@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_llm.config.schema import ModelConfig
-from jaxrl_llm.models.decoder import decode_step, prefill
+from jaxrl_llm.models.decoder import decode_step, lm_head, prefill
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,17 +111,101 @@ def truncate_logits(z: jax.Array, sampling: SamplingConfig) -> jax.Array:
   return z
 
 
-def _inverse_cdf(key: jax.Array, z: jax.Array) -> jax.Array:
-  """One exact categorical draw from logits ``z [V]`` with a single uniform number.
+_BLOCK = 128  # Vocabulary block of the two-level argmax / inverse-CDF draw below.
 
-  ``u ~ U(0, 1)·Σp`` and the token is the first index whose cumulative probability exceeds ``u``;
-  zero-probability (truncated) tokens can never be chosen. One random number per row instead of
-  ``V`` Gumbel draws keeps sampling cheap on CPU.
+# Decoding works on vocabulary-major logits ``[V, N]`` (one column per row): XLA:CPU runs the
+# small-batch LM-head matmul ~30% faster producing that layout, and every step below is a
+# reduction over the leading axis. Two-level (128-wide block, then inside one block) argmax and
+# inverse CDF replace a V-long variadic argmax and a V-long prefix sum per row, each an order of
+# magnitude slower on CPU at V = 32k.
+
+
+def _vocab_blocks(x: jax.Array, fill: float) -> jax.Array:
+  """``[V, N]`` -> ``[ceil(V / _BLOCK), _BLOCK, N]``, the tail padded with ``fill``."""
+  v, n = x.shape
+  nb = -(-v // _BLOCK)
+  if nb * _BLOCK != v:
+    x = jnp.pad(x, ((0, nb * _BLOCK - v), (0, 0)), constant_values=fill)
+  return x.reshape(nb, _BLOCK, n)
+
+
+def _take_block(xb: jax.Array, b: jax.Array) -> jax.Array:
+  """Column ``i`` of the result is block ``b[i]`` of column ``i`` of ``xb [NB, BS, N]``: ``[BS, N]``."""
+  return jnp.take_along_axis(xb, b[None, None, :], axis=0)[0]
+
+
+def _last_positive(x: jax.Array) -> jax.Array:
+  """``int32[N]``: the last index along axis 0 of ``x [M, N]`` with ``x > 0`` (0 if none)."""
+  idx = jnp.arange(x.shape[0], dtype=jnp.int32)[:, None]
+  return jnp.max(jnp.where(x > 0, idx, 0), axis=0)
+
+
+def inverse_cdf(pb: jax.Array, u: jax.Array, bsum: jax.Array | None = None) -> jax.Array:
+  """One exact categorical draw per column from blocked unnormalised probabilities.
+
+  Args:
+    pb: float32 ``[NB, BS, N]`` -- ``p [V, N]`` (≥ 0, vocabulary-major) split into ``NB`` blocks of
+      ``BS`` tokens (:func:`_vocab_blocks`, zero padding); zero entries are never chosen.
+    u: float32 ``[N]`` uniform numbers in ``[0, 1)``, one per column.
+    bsum: optional float32 ``[NB, N]`` block sums of ``pb`` (recomputed when absent).
+  Returns:
+    int32 ``[N]``: the first token index whose cumulative mass exceeds ``u · Σp``.
+
+  One uniform per row instead of ``V`` Gumbel numbers; the cumulative sum is taken in two levels
+  (over block sums, then inside the one block the target falls in), which is exact. Rounding can
+  never pick a zero-mass token: block and index are capped at the last one with positive mass.
   """
-  p = jnp.exp(z - jnp.max(z))
-  c = jnp.cumsum(p)
-  u = jax.random.uniform(key, (), jnp.float32) * c[-1]
-  return jnp.minimum(jnp.searchsorted(c, u, side="right"), z.shape[0] - 1)
+  chex.assert_rank(pb, 3)
+  chex.assert_shape(u, (pb.shape[2],))
+  bsum = jnp.sum(pb, axis=1) if bsum is None else bsum  # [NB, N]
+  cb = jnp.cumsum(bsum, axis=0)
+  target = u * cb[-1]
+  b = jnp.minimum(jnp.sum(cb <= target[None, :], axis=0), _last_positive(bsum))
+  cols = jnp.arange(pb.shape[2])
+  rest = target - (cb[b, cols] - bsum[b, cols])  # Mass still to cover inside block b.
+  blk = _take_block(pb, b)
+  j = jnp.minimum(jnp.sum(jnp.cumsum(blk, axis=0) <= rest[None, :], axis=0),
+                  _last_positive(blk))
+  return (b * pb.shape[1] + j).astype(jnp.int32)
+
+
+def _draw(z: jax.Array, u: jax.Array):
+  """(token int32 ``[N]`` drawn by :func:`inverse_cdf`, log-normaliser float32 ``[N]``) of
+  vocabulary-major logits ``z [V, N]``: one pass for block maxima, one fused exp + block-sum pass."""
+  zb = _vocab_blocks(z, -jnp.inf)
+  m = jnp.max(jnp.max(zb, axis=1), axis=0)
+  pb = jnp.exp(zb - m[None, None, :])
+  bsum = jnp.sum(pb, axis=1)
+  return inverse_cdf(pb, u, bsum), m + jnp.log(jnp.sum(bsum, axis=0))
+
+
+def sample_vocab_major(logits: jax.Array, row_keys: jax.Array, step, sampling: SamplingConfig):
+  """:func:`sample_tokens` on vocabulary-major logits float32 ``[V, N]`` (the decode layout)."""
+  chex.assert_rank(logits, 2)
+  chex.assert_shape(row_keys, (logits.shape[1], None))
+  z = logits.astype(jnp.float32) / sampling.temperature
+  cols = jnp.arange(z.shape[1])
+  pick = lambda x, tok: x[tok, cols]
+  if sampling.greedy:
+    # The first index of the maximum (``jnp.argmax``'s answer): the first block holding it, then
+    # the first maximum inside that block; the block maxima also give the log-normaliser's shift.
+    zb = _vocab_blocks(z, -jnp.inf)
+    bmax = jnp.max(zb, axis=1)  # [NB, N]
+    b = jnp.argmax(bmax, axis=0)
+    tok = (b * _BLOCK + jnp.argmax(_take_block(zb, b), axis=0)).astype(jnp.int32)
+    m = jnp.max(bmax, axis=0)
+    picked = pick(z, tok) - (m + jnp.log(jnp.sum(jnp.exp(z - m), axis=0)))
+    return tok, picked, picked
+  keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
+  u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
+  if not sampling.truncates:
+    tok, lse = _draw(z, u)
+    picked = pick(z, tok) - lse
+    return tok, picked, picked
+  zt = truncate_logits(z.T, sampling).T
+  tok, lse_t = _draw(zt, u)
+  lse = jax.nn.logsumexp(z, axis=0)
+  return tok, pick(z, tok) - lse, pick(zt, tok) - lse_t
 
 
 def sample_tokens(logits: jax.Array, row_keys: jax.Array, step, sampling: SamplingConfig):
@@ -132,21 +217,8 @@ def sample_tokens(logits: jax.Array, row_keys: jax.Array, step, sampling: Sampli
   Returns:
     (tokens int32 ``[N]``, logp float32 ``[N]`` (full), logp_truncated float32 ``[N]``).
   """
-  z = logits.astype(jnp.float32) / sampling.temperature
-  lse = jax.nn.logsumexp(z, axis=-1)
-  pick = lambda x, tok: jnp.take_along_axis(x, tok[:, None], axis=-1)[:, 0]
-  if sampling.greedy:
-    tok = jnp.argmax(z, axis=-1).astype(jnp.int32)
-    picked = pick(z, tok) - lse
-    return tok, picked, picked
-  keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
-  if not sampling.truncates:
-    tok = jax.vmap(_inverse_cdf)(keys, z).astype(jnp.int32)
-    picked = pick(z, tok) - lse
-    return tok, picked, picked
-  zt = truncate_logits(z, sampling)
-  tok = jax.vmap(_inverse_cdf)(keys, zt).astype(jnp.int32)
-  return tok, pick(z, tok) - lse, pick(zt, tok) - jax.nn.logsumexp(zt, axis=-1)
+  chex.assert_rank(logits, 2)
+  return sample_vocab_major(logits.T, row_keys, step, sampling)
 
 
 def _generate(params, prompts, prompt_mask, rng, *, config: ModelConfig,
@@ -155,34 +227,41 @@ def _generate(params, prompts, prompt_mask, rng, *, config: ModelConfig,
   b, p = prompts.shape
   g, t_max = num_samples, max_new_tokens
   n = b * g
-  logits, cache = prefill(params, config, prompts, prompt_mask, max_len=p + t_max)
-  last = logits[:, -1]  # Left padding: the last column is every row's last prompt token.
+  # Left padding: the last column is every row's last prompt token, whose logits start sampling.
+  hidden, cache = prefill(params, config, prompts, prompt_mask, max_len=p + t_max,
+                          return_hidden=True)
   fan = lambda x: jnp.repeat(x, g, axis=0)
   cache = {"layers": jax.tree.map(fan, cache["layers"]), "mask": fan(cache["mask"]),
            "index": cache["index"]}
-  last = fan(last)
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
   stops = jnp.asarray(stop_ids, jnp.int32) if stop_ids else jnp.zeros((0,), jnp.int32)
+  is_stop_token = lambda tok: jnp.any(tok[:, None] == stops[None, :], axis=-1)
+  head = lambda h: lm_head(params, config, h, vocab_major=True)  # [V, rows]
+
+  # Token 0 comes from the prefill; each loop iteration feeds the previous token and samples the
+  # next, so no logits ride in the loop state and no decode step is wasted after the last token.
+  first = jnp.repeat(head(hidden[:, -1]), g, axis=1)  # [V, B·G]: the prompt's head, fanned out.
+  tok, logp, logp_t = sample_vocab_major(first, row_keys, 0, sampling)
+  out = jnp.full((n, t_max), pad_id, jnp.int32).at[:, 0].set(tok)
+  lp = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(logp)
+  lpt = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(logp_t)
 
   def cond(state):
     step, _, _, _, done, _, _ = state
     return (step < t_max) & ~jnp.all(done)
 
   def body(state):
-    step, out, lp, lpt, done, cache, last = state
-    tok, logp, logp_t = sample_tokens(last, row_keys, step, sampling)
+    step, out, lp, lpt, done, cache, prev = state
+    hidden, cache = decode_step(params, config, prev, cache, ~done, return_hidden=True)
+    tok, logp, logp_t = sample_vocab_major(head(hidden), row_keys, step, sampling)
     tok = jnp.where(done, pad_id, tok)
-    out = out.at[:, step].set(tok)
-    lp = lp.at[:, step].set(jnp.where(done, 0.0, logp))
-    lpt = lpt.at[:, step].set(jnp.where(done, 0.0, logp_t))
-    active = ~done
-    new_done = done | jnp.any(tok[:, None] == stops[None, :], axis=-1)
-    last, cache = decode_step(params, config, tok, cache, active)
-    return step + 1, out, lp, lpt, new_done, cache, last
+    out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], step, axis=1)
+    lp = jax.lax.dynamic_update_slice_in_dim(lp, jnp.where(done, 0.0, logp)[:, None], step, axis=1)
+    lpt = jax.lax.dynamic_update_slice_in_dim(lpt, jnp.where(done, 0.0, logp_t)[:, None], step,
+                                              axis=1)
+    return step + 1, out, lp, lpt, done | is_stop_token(tok), cache, tok
 
-  init = (jnp.zeros((), jnp.int32), jnp.full((n, t_max), pad_id, jnp.int32),
-          jnp.zeros((n, t_max), jnp.float32), jnp.zeros((n, t_max), jnp.float32),
-          jnp.zeros((n,), bool), cache, last)
+  init = (jnp.ones((), jnp.int32), out, lp, lpt, is_stop_token(tok), cache, tok)
   _, out, lp, lpt, _, _, _ = jax.lax.while_loop(cond, body, init)
   is_stop = jnp.any(out[:, :, None] == stops[None, None, :], axis=-1)
   first_stop = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1), t_max)
