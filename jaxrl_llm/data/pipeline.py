@@ -197,7 +197,48 @@ def pick_bucket(length: int, buckets: Sequence[int]) -> int:
   raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
 
 
-class SFTBatcher:
+class EpochOrder:
+  """Deterministic, resumable example order for the batchers: epoch ``e`` is a permutation that is a
+  pure function of ``(data_key, e)``, and batch positions run on across epoch boundaries.
+
+  Subclasses set ``batch_size``, ``shuffle``, ``_data_key``, ``_perms = {}`` and define
+  ``num_examples``.
+  """
+
+  batch_size: int
+  shuffle: bool
+  _data_key: jax.Array
+  _perms: dict[int, np.ndarray]
+
+  @property
+  def num_examples(self) -> int:
+    raise NotImplementedError
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    """``int64[N]`` example order of ``epoch`` (the last three are kept)."""
+    if epoch not in self._perms:
+      n = self.num_examples
+      if self.shuffle:
+        seed = rng_lib.numpy_seed(rng_lib.step_key(self._data_key, epoch))
+        perm = np.random.default_rng(seed).permutation(n)
+      else:
+        perm = np.arange(n)
+      if len(self._perms) > 2:
+        self._perms.pop(min(self._perms))
+      self._perms[epoch] = perm
+    return self._perms[epoch]
+
+  def indices(self, position: int) -> np.ndarray:
+    """``int64[B]`` example indices of the batch starting at ``position`` (wraps across epochs)."""
+    n = self.num_examples
+    out = np.empty(self.batch_size, np.int64)
+    for j in range(self.batch_size):
+      epoch, offset = divmod(position + j, n)
+      out[j] = self.permutation(epoch)[offset]
+    return out
+
+
+class SFTBatcher(EpochOrder):
   """Deterministic, resumable SFT batches: ``batch(position) -> (arrays, next_position)``.
 
   Arrays (numpy, host side):
@@ -220,27 +261,9 @@ class SFTBatcher:
     self.seqs = [np.concatenate([p, a]) for p, a in zip(split.prompts, split.answers)]
     self.prompt_lens = np.asarray([len(p) for p in split.prompts])
 
-  def permutation(self, epoch: int) -> np.ndarray:
-    """Example order of ``epoch``: a pure function of the data key and the epoch number."""
-    if epoch not in self._perms:
-      n = len(self.seqs)
-      if self.shuffle:
-        seed = rng_lib.numpy_seed(rng_lib.step_key(self._data_key, epoch))
-        perm = np.random.default_rng(seed).permutation(n)
-      else:
-        perm = np.arange(n)
-      if len(self._perms) > 2:
-        self._perms.pop(min(self._perms))
-      self._perms[epoch] = perm
-    return self._perms[epoch]
-
-  def indices(self, position: int) -> np.ndarray:
-    n = len(self.seqs)
-    out = np.empty(self.batch_size, np.int64)
-    for j in range(self.batch_size):
-      epoch, offset = divmod(position + j, n)
-      out[j] = self.permutation(epoch)[offset]
-    return out
+  @property
+  def num_examples(self) -> int:
+    return len(self.seqs)
 
   def batch(self, position: int) -> tuple[dict[str, np.ndarray], int]:
     idx = self.indices(position)

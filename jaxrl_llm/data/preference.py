@@ -41,8 +41,7 @@ import numpy as np
 
 import tensorflow_datasets as tfds
 
-from jaxrl_llm import rng as rng_lib
-from jaxrl_llm.data.pipeline import BadRowError, DataStats, pick_bucket
+from jaxrl_llm.data.pipeline import BadRowError, DataStats, EpochOrder, pick_bucket
 
 KINDS = ("pairs", "rankings", "ratings")
 SPLITS = ("train", "validation", "test")
@@ -542,7 +541,7 @@ def _seq_len(split: EncodedPreferenceSplit, i: int) -> int:
   return len(split.prompts[i]) + max(len(a) for a in split.responses[i])
 
 
-class PreferenceBatcher:
+class PreferenceBatcher(EpochOrder):
   """Deterministic, resumable preference batches: ``batch(position) -> (arrays, next_position)``.
 
   ``position`` counts examples consumed; epoch ``e`` visits the split in an order that is a pure
@@ -587,28 +586,9 @@ class PreferenceBatcher:
     self._data_key = data_key
     self._perms: dict[int, np.ndarray] = {}
 
-  def permutation(self, epoch: int) -> np.ndarray:
-    """``int64[N]`` example order of ``epoch``: a pure function of the data key and epoch."""
-    if epoch not in self._perms:
-      n = len(self.split)
-      if self.shuffle:
-        seed = rng_lib.numpy_seed(rng_lib.step_key(self._data_key, epoch))
-        perm = np.random.default_rng(seed).permutation(n)
-      else:
-        perm = np.arange(n)
-      if len(self._perms) > 2:
-        self._perms.pop(min(self._perms))
-      self._perms[epoch] = perm
-    return self._perms[epoch]
-
-  def indices(self, position: int) -> np.ndarray:
-    """``int64[B]`` split indices of the batch starting at ``position`` (wraps across epochs)."""
-    n = len(self.split)
-    out = np.empty(self.batch_size, np.int64)
-    for j in range(self.batch_size):
-      epoch, offset = divmod(position + j, n)
-      out[j] = self.permutation(epoch)[offset]
-    return out
+  @property
+  def num_examples(self) -> int:
+    return len(self.split)
 
   def batch(self, position: int) -> tuple[dict[str, np.ndarray], int]:
     """The batch at ``position`` and the next position (``position + batch_size``)."""
