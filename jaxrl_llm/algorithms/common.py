@@ -92,3 +92,42 @@ def guarded_apply(state: TrainState, grads, tx: optax.GradientTransformation, fi
   return state.replace(step=state.step + 1, params=keep(new_params, state.params),
                        opt_state=keep(new_opt_state, state.opt_state),
                        skipped_steps=state.skipped_steps + (1 - finite.astype(jnp.int32)), **extra)
+
+
+def accumulate_and_apply(state: TrainState, tx: optax.GradientTransformation, grad_fn,
+                         batch: dict, weights, metric_names, schedule):
+  """One optimizer step from gradients summed over the leading micro-batch axis ``A`` of ``batch``.
+
+  Args:
+    grad_fn: ``(params, micro_batch, micro_weights) -> ((loss, sums), grads)``, where ``loss`` is a
+      float32 scalar and ``sums`` a dict (keys ``metric_names``) of float32 scalars, both already
+      weighted so that adding them over micro-batches gives the whole batch's values.
+    batch / weights: pytrees whose leaves carry the axis ``A`` first.
+    schedule: the learning-rate schedule (for the ``train/learning_rate`` metric).
+  Returns:
+    (new state, loss, sums, step metrics ``train/grad_norm``, ``train/learning_rate``,
+    ``train/skipped``, ``train/skipped_total``). A non-finite loss or gradient skips the step
+    (:func:`guarded_apply`).
+  """
+
+  def micro_step(carry, xs):
+    grads_acc, loss_acc, sums_acc = carry
+    micro, w = xs
+    (loss, sums), grads = grad_fn(state.params, micro, w)
+    return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss,
+            jax.tree.map(jnp.add, sums_acc, sums)), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+  scalar = jnp.zeros((), jnp.float32)
+  init = (zeros, scalar, {name: scalar for name in metric_names})
+  (grads, loss, sums), _ = jax.lax.scan(micro_step, init, (batch, weights))
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+  finite = jnp.isfinite(loss) & tree_all_finite(grads)
+  new_state = guarded_apply(state, grads, tx, finite)
+  step_metrics = {
+      "train/grad_norm": optax.tree_utils.tree_norm(grads),
+      "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+      "train/skipped": 1.0 - finite.astype(jnp.float32),
+      "train/skipped_total": new_state.skipped_steps.astype(jnp.float32),
+  }
+  return new_state, loss, sums, step_metrics

@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_llm import ops
-from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite
+from jaxrl_llm.algorithms.common import TrainState, accumulate_and_apply
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
 from jaxrl_llm.models.decoder import lm_head_weight
@@ -387,28 +387,11 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     chex.assert_equal_shape([batch["tokens"], batch["attention_mask"], batch["response_mask"]])
     weights, counted, dropped = pair_weights(batch, config)
 
-    def micro_step(carry, xs):
-      grads_acc, loss_acc, sums_acc = carry
-      micro, w = xs
-      (loss, sums), grads = grad_fn(state.params, apply_fn, model_config, micro, w, config)
-      grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-      sums_acc = jax.tree.map(jnp.add, sums_acc, sums)
-      return (grads_acc, loss_acc + loss, sums_acc), None
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    scalar = jnp.zeros((), jnp.float32)
-    init = (zeros, scalar, {name: scalar for name in METRIC_KEYS})
-    (grads, loss, sums), _ = jax.lax.scan(micro_step, init, (batch, weights))
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    finite = jnp.isfinite(loss) & tree_all_finite(grads)
-    new_state = guarded_apply(state, grads, tx, finite)
+    micro_grads = lambda params, micro, w: grad_fn(params, apply_fn, model_config, micro, w, config)
+    new_state, loss, sums, step_metrics = accumulate_and_apply(
+        state, tx, micro_grads, batch, weights, METRIC_KEYS, schedule)
     metrics = _metrics(loss, sums, counted, dropped, "train/loss")
-    metrics.update({
-        "train/grad_norm": optax.tree_utils.tree_norm(grads),
-        "train/learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
-        "train/skipped": 1.0 - finite.astype(jnp.float32),
-        "train/skipped_total": new_state.skipped_steps.astype(jnp.float32),
-    })
+    metrics.update(step_metrics)
     return new_state, metrics
 
   return update

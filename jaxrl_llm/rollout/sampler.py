@@ -130,7 +130,7 @@ def _vocab_blocks(x: jax.Array, fill: float) -> jax.Array:
 
 
 def _take_block(xb: jax.Array, b: jax.Array) -> jax.Array:
-  """Column ``i`` of the result is block ``b[i]`` of column ``i`` of ``xb [NB, BS, N]``: ``[BS, N]``."""
+  """``[BS, N]``: column ``i`` holds block ``b[i]`` of column ``i`` of ``xb [NB, BS, N]``."""
   return jnp.take_along_axis(xb, b[None, None, :], axis=0)[0]
 
 
