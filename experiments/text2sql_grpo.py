@@ -1,4 +1,4 @@
-"""Text2SQL by execution: SFT warm start, then GRPO on synthetic SQLite databases (CPU, minutes).
+"""Text2SQL by execution: SFT warm start, then GRPO on synthetic SQLite databases (CPU, ~1 hour).
 
 The task (:mod:`jaxrl_llm.envs.text2sql`): five small generated databases (company, shop, school,
 library, zoo) and templated questions from look-ups to joins and GROUP BY; the prompt shows the
@@ -26,7 +26,7 @@ def config() -> Config:
                         max_seq_len=384, tie_embeddings=True),
       data=DataConfig(task="text2sql", train_size=1000, validation_size=100, test_size=100,
                       length_buckets=(160, 256)),
-      init=InitConfig(sft_steps=200, sft_learning_rate=1e-3, sft_warmup_steps=30,
+      init=InitConfig(sft_steps=600, sft_learning_rate=1e-3, sft_warmup_steps=30,
                       sft_batch_size=32),
       optimizer=OptimizerConfig(learning_rate=2e-4, warmup_steps=10, end_learning_rate_ratio=1.0,
                                 weight_decay=0.0, max_grad_norm=1.0),
@@ -35,7 +35,7 @@ def config() -> Config:
                             temperature=1.0),
       reward=RewardConfig(functions=("text2sql_execution", "sql_format"), weights=(1.0, 0.0),
                           accuracy="text2sql_execution", timeout_s=120.0),
-      train=TrainConfig(steps=100, checkpoint_every=50, keep_checkpoints=2, eval_every=50,
+      train=TrainConfig(steps=150, checkpoint_every=20, keep_checkpoints=2, eval_every=20,
                         eval_examples=100, eval_batch_size=64, test_examples=0),
       mesh=MeshConfig(data=-1),
       logging=LoggingConfig(log_every=5),
