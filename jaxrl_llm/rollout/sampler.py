@@ -182,7 +182,7 @@ def _draw(z: jax.Array, u: jax.Array):
 def sample_vocab_major(logits: jax.Array, row_keys: jax.Array, step, sampling: SamplingConfig):
   """:func:`sample_tokens` on vocabulary-major logits float32 ``[V, N]`` (the decode layout)."""
   chex.assert_rank(logits, 2)
-  chex.assert_shape(row_keys, (logits.shape[1], None))
+  chex.assert_axis_dimension(row_keys, 0, logits.shape[1])  # Raw [N, 2] or typed [N] keys.
   z = logits.astype(jnp.float32) / sampling.temperature
   cols = jnp.arange(z.shape[1])
   pick = lambda x, tok: x[tok, cols]
