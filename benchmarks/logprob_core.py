@@ -13,6 +13,11 @@ reported. On GPU it is the device's peak bytes in use.
   python benchmarks/logprob_core.py                       # the full table (slow on CPU)
   python benchmarks/logprob_core.py --n 1024 --impls chunked naive
   python benchmarks/logprob_core.py --one chunked 4096 fwdbwd   # a single measurement (JSON)
+  python benchmarks/logprob_core.py --impls matmul naive chunked pallas_gpu   # on a GPU
+
+Impls: ``naive`` (full logits), ``chunked``, ``pallas`` / ``pallas_gpu`` / ``pallas_tpu`` (the
+Pallas families; skipped on CPU, where they only run in interpret mode) and ``matmul`` (the bare
+``h·W`` and its backward matmuls, for the "half the matmul throughput" target).
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ def _fn(impl, mode, block_v=None):
 
   from jaxrl_llm.kernels import BlockSizes, fused_linear_logprobs
 
+  if impl == "matmul":  # The bare h·W (and, for fwdbwd, its two backward matmuls): the roofline.
+    def matmul_fwdbwd(h, w, y):
+      logits, vjp = jax.vjp(lambda h, w: h @ w, h, w)
+      return vjp(jnp.ones_like(logits))
+
+    return jax.jit(lambda h, w, y: h @ w) if mode == "fwd" else jax.jit(matmul_fwdbwd)
   kernel_impl = "reference" if impl == "naive" else impl
   blocks = None
   if block_v:
@@ -161,7 +172,7 @@ def main():
     base = _subprocess(["--baseline", str(n)])
     for mode in args.modes:
       for impl in args.impls:
-        if f"{impl}:{n}" in args.skip or (impl == "pallas" and backend == "cpu"):
+        if f"{impl}:{n}" in args.skip or (impl.startswith("pallas") and backend == "cpu"):
           continue  # Pallas on CPU only runs in interpret mode: correctness, not speed.
         extra = ["--block-v", str(args.block_v)] if args.block_v else []
         r = _subprocess(["--one", impl, str(n), mode, "--repeats", str(args.repeats)] + extra)

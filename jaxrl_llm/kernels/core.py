@@ -7,10 +7,15 @@ exact transform the sampler applies. ``[N, V]`` logits are never materialised: t
 tiled (:mod:`jaxrl_llm.kernels.tiles`) and the backward recomputes tile logits.
 
 Paths (``impl=``):
-  ``"chunked"``   plain ``jnp``, ``lax.scan`` over vocabulary tiles. Default on every backend.
-  ``"pallas"``    Pallas kernels (:mod:`jaxrl_llm.kernels.pallas_kernels`); ``interpret=True`` on
-                  CPU. Verified in interpret mode only so far, hence not yet the GPU/TPU default.
-  ``"reference"`` naive full logits, for tests and benchmarks.
+  ``"chunked"``    plain ``jnp``, ``lax.scan`` over vocabulary tiles. Default on every backend.
+  ``"pallas"``     the Pallas family for the backend: ``"pallas_tpu"`` on TPU, ``"pallas_gpu"``
+                   elsewhere (``interpret=True`` on CPU).
+  ``"pallas_gpu"`` loop-in-kernel family, Triton layout (:mod:`jaxrl_llm.kernels.pallas_kernels`).
+  ``"pallas_tpu"`` grid-pipelined family, Mosaic layout (:mod:`jaxrl_llm.kernels.pallas_tpu`).
+  ``"reference"``  naive full logits, for tests and benchmarks.
+Both Pallas families are numerically verified in interpret mode and lowered for their platform
+(CUDA/Triton, TPU/Mosaic) by the tests on a CPU-only machine, but neither has yet been compiled and
+timed on its hardware, so neither is a default yet.
 
 Sharding: pass ``mesh=`` (axes ``data``, ``fsdp``, ``tensor``) to run under ``shard_map`` with rows
 split over ``data``×``fsdp`` and the vocabulary of ``W`` split over ``tensor``. Each device computes
@@ -30,11 +35,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_llm.kernels import chunked, pallas_kernels, reference, tiles
+from jaxrl_llm.kernels import chunked, pallas_kernels, pallas_tpu, reference, tiles
 from jaxrl_llm.kernels.blocks import BlockSizes
 
-IMPLS = ("pallas", "chunked", "reference")
-# Backend -> default path. The Pallas kernels become the GPU/TPU default once verified on hardware.
+IMPLS = ("pallas", "pallas_gpu", "pallas_tpu", "chunked", "reference")
+_PALLAS = {"pallas_gpu": pallas_kernels, "pallas_tpu": pallas_tpu}
+# Backend -> default path. The Pallas kernels become the GPU/TPU default once compiled and timed
+# on that hardware (benchmarks/logprob_core.py); until then the chunked path is the safe default.
 DEFAULT_IMPL = {"cpu": "chunked", "gpu": "chunked", "tpu": "chunked"}
 ROW_AXES = ("data", "fsdp")
 VOCAB_AXIS = "tensor"
@@ -73,17 +80,17 @@ class _Static:
 
 def _local_forward(st: _Static, h, w, y, hq, wq) -> tiles.Stats:
   kw = dict(temperature=st.temperature, softcap=st.softcap, block_v=st.block_v)
-  if st.impl == "pallas":
-    return pallas_kernels.linear_forward(h, w, y, hq, wq, block_n=st.block_n,
-                                         interpret=st.interpret, **kw)
+  if st.impl in _PALLAS:
+    return _PALLAS[st.impl].linear_forward(h, w, y, hq, wq, block_n=st.block_n,
+                                           interpret=st.interpret, **kw)
   return chunked.linear_forward(h, w, y, hq, wq, **kw)
 
 
 def _local_backward(st: _Static, h, w, y, hq, wq, fin, cot):
   kw = dict(temperature=st.temperature, softcap=st.softcap, block_v=st.block_v)
-  if st.impl == "pallas":
-    return pallas_kernels.linear_backward(h, w, y, hq, wq, fin, cot, block_n=st.block_n,
-                                          interpret=st.interpret, **kw)
+  if st.impl in _PALLAS:
+    return _PALLAS[st.impl].linear_backward(h, w, y, hq, wq, fin, cot, block_n=st.block_n,
+                                            interpret=st.interpret, **kw)
   return chunked.linear_backward(h, w, y, hq, wq, fin, cot, **kw)
 
 
@@ -169,6 +176,8 @@ def _resolve(impl, block_sizes, interpret, temperature, lead):
   impl = impl or default_impl(backend)
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+  if impl == "pallas":
+    impl = "pallas_tpu" if backend == "tpu" else "pallas_gpu"
   blocks = block_sizes or BlockSizes.default(backend)
   if not isinstance(blocks, BlockSizes):
     raise TypeError(f"block_sizes must be a BlockSizes, got {type(blocks).__name__}")
@@ -194,7 +203,7 @@ def fused_linear_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
     valid: optional bool ``[...]``; invalid rows give 0 outputs and no gradient.
     h_ref, w_ref: optional reference policy ``[..., D_ref]``, ``[D_ref, V]``: adds
       ``KL(π‖π_ref) = Σ_v π(v)(log π(v) − log π_ref(v))``. The reference gets no gradient.
-    impl: ``"chunked"``, ``"pallas"`` or ``"reference"`` (default: :data:`DEFAULT_IMPL`).
+    impl: one of :data:`IMPLS` (default: :data:`DEFAULT_IMPL` for the backend).
     block_sizes: :class:`BlockSizes` (default: per backend).
     interpret: run Pallas in interpret mode (default: on CPU).
     mesh: shard rows over ``data``×``fsdp`` and the vocabulary over ``tensor`` with ``shard_map``.
@@ -244,9 +253,9 @@ def _fused_logits(st: _Static, logits, y, valid, ref_logits):
 
 def _logits_local_forward(st, logits, y, ref_logits):
   kw = dict(temperature=st.temperature, softcap=st.softcap, block_v=st.block_v)
-  if st.impl == "pallas":
-    return pallas_kernels.logits_forward(logits, y, ref_logits, block_n=st.block_n,
-                                         interpret=st.interpret, **kw)
+  if st.impl in _PALLAS:
+    return _PALLAS[st.impl].logits_forward(logits, y, ref_logits, block_n=st.block_n,
+                                           interpret=st.interpret, **kw)
   return chunked.logits_forward(logits, y, ref_logits, **kw)
 
 
@@ -263,9 +272,9 @@ def _fused_logits_bwd(st, res, g):
     g_kl = jnp.zeros_like(g_kl)
   cot = tiles.Cotangents(g_logp, g_ent, g_lse, g_kl)
   kw = dict(temperature=st.temperature, softcap=st.softcap, block_v=st.block_v)
-  if st.impl == "pallas":
-    dl = pallas_kernels.logits_backward(logits, y, ref_logits, fin, cot, block_n=st.block_n,
-                                        interpret=st.interpret, **kw)
+  if st.impl in _PALLAS:
+    dl = _PALLAS[st.impl].logits_backward(logits, y, ref_logits, fin, cot, block_n=st.block_n,
+                                          interpret=st.interpret, **kw)
   else:
     dl = chunked.logits_backward(logits, y, ref_logits, fin, cot, **kw)
   ref_grad = None if ref_logits is None else jnp.zeros_like(ref_logits)

@@ -1,17 +1,28 @@
-"""Pallas kernels of the fused log-prob core (forward statistics, ``dh``, ``dW``, logits-level).
+"""Pallas kernels of the fused log-prob core, "loop" family (GPU / Triton layout; CPU interpret).
 
 Layout: the forward and ``dh`` kernels run one program per block of ``block_n`` rows and loop over
 vocabulary tiles *inside* the kernel (``fori_loop``), so the grid stays small -- that is also what
 keeps ``interpret=True`` affordable on CPU. The ``dW`` kernel runs one program per vocabulary tile
-and loops over row blocks inside, so no two programs write the same output block (safe on GPUs,
-whose programs run concurrently). All arithmetic is the shared tile maths of
-:mod:`jaxrl_llm.kernels.tiles`, so the kernels and the chunked path agree by construction and a test
-checks they agree numerically.
+and loops over row blocks inside, so no two programs write the same output block (GPU programs run
+concurrently, so a kernel may not rely on revisiting an output block in grid order). All
+arithmetic is the shared tile maths of :mod:`jaxrl_llm.kernels.tiles`, so the kernels and the
+chunked path agree by construction and a test checks they agree numerically.
 
-Status: verified in interpret mode on CPU only. The forward and ``dh`` kernels take the whole
-``W`` as one block; on GPU (Triton) that is a pointer into global memory, but on TPU Mosaic places
-blocks in VMEM, which bounds the vocabulary it can handle there until a manual-DMA variant exists.
-Triton also needs power-of-two block shapes (``D`` included).
+Triton constraints, met by construction (``tests/test_kernels.py`` lowers these kernels for CUDA
+through ``jax.export`` on a CPU-only machine, which runs the whole Pallas→Triton lowering):
+  * every array a kernel touches has power-of-two dimensions: vocabulary tiles are the largest
+    power of two ≤ ``block_v``; the contraction over ``D`` runs in chunks of ``dk`` (the largest
+    power of two ≤ 128 dividing ``D``; ``D`` is zero-padded to a multiple of 16 first when it is
+    not one, which is exact); ``dh``/``dW`` are read-modified-written chunk by chunk;
+  * per-row statistics are written row by row into a transposed ``[K, N]`` layout (Triton's
+    lowering has no general ``stack``).
+The weight is never copied: tile ``i`` of the forward/``dh`` loop is the shifted tile of
+:func:`jaxrl_llm.kernels.tiles.tile_geometry`; the ``dW`` kernel reads ``W`` through a
+``(D, block_v)`` block whose last one may reach past ``V`` (those columns are masked and the
+output is cut back to ``V``).
+
+Status: numerically verified in interpret mode and lowerable for CUDA (Triton) from CPU; not yet
+run or timed on a GPU, so the dispatcher does not pick it by default (see ``core.DEFAULT_IMPL``).
 """
 
 from __future__ import annotations
@@ -21,13 +32,32 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from jaxrl_llm.kernels import tiles
 
-_BWD_WIDTH = 9  # tiles.pack_backward layout.
+_BWD_ROWS = 16  # tiles.pack_backward_t layout: 9 rows used, padded to a power of two.
 
 
-def _pad_rows(x, n_pad, value=0):
+def _triton_params():
+  return pl_triton.CompilerParams(num_warps=4, num_stages=2)
+
+
+def pow2_floor(x: int) -> int:
+  """The largest power of two ``<= x`` (``x >= 1``)."""
+  return 1 << (int(x).bit_length() - 1)
+
+
+def d_chunk(d: int) -> int:
+  """Contraction chunk over ``D``: the largest power of two ``<= 128`` that divides ``d``."""
+  c = 128
+  while d % c:
+    c //= 2
+  return c
+
+
+def pad_rows(x, n_pad, value=0):
+  """Pads axis 0 of ``x`` to ``n_pad`` with ``value`` (no copy when already that long)."""
   n = x.shape[0]
   if n == n_pad:
     return x
@@ -35,84 +65,129 @@ def _pad_rows(x, n_pad, value=0):
   return jnp.pad(x, pad, constant_values=value)
 
 
-def _geometry(n, vocab, block_n, block_v):
-  """(tile width, row block, padded row count)."""
-  return min(block_v, vocab), block_n, -(-n // block_n) * block_n
+def _pad_d(h, w, hq, wq):
+  """Zero-pads the contraction dimension to a multiple of 16 (Triton's minimum dot size)."""
+  d = h.shape[1]
+  d_pad = -(-d // 16) * 16
+  if d_pad == d:
+    return h, w, hq, wq
+  pad_h = lambda x: None if x is None else jnp.pad(x, ((0, 0), (0, d_pad - x.shape[1])))
+  pad_w = lambda x: None if x is None else pad_rows(x, d_pad)
+  return pad_h(h), pad_w(w), pad_h(hq), pad_w(wq)
 
 
-def _row_spec(bn, width):
-  return pl.BlockSpec((bn, width), lambda i: (i, 0))
+def _row_block(bn):
+  return pl.BlockSpec((bn,), lambda i: (i,))
+
+
+def _t_block(k, bn):
+  """Block ``(k, bn)`` of a transposed ``[k, N]`` per-row array."""
+  return pl.BlockSpec((k, bn), lambda i: (0, i))
 
 
 def _whole(shape):
   return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
 
 
-def _linear_fwd_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
+def _tile_raw(h_ref, rows, w_ref, w_cols, *, bn, bv):
+  """``h[rows] @ w[:, w_cols]`` as float32 ``[bn, bv]``, contracting ``D`` in power-of-two chunks."""
+  d = h_ref.shape[1]
+  dk = d_chunk(d)
+
+  def body(c, acc):
+    k = pl.ds(pl.multiple_of(c * dk, dk), dk)
+    return acc + jnp.dot(h_ref[rows, k], w_ref[k, w_cols], preferred_element_type=jnp.float32)
+
+  return jax.lax.fori_loop(0, d // dk, body, jnp.zeros((bn, bv), jnp.float32))
+
+
+def _write_rows(ref, values, cols=slice(None)):
+  for k, v in enumerate(values):
+    ref[k, cols] = v
+
+
+def _read_backward(ref, cols=slice(None)) -> tuple[tiles.Final, tiles.Cotangents]:
+  return tiles.unpack_backward_rows([ref[k, cols] for k in range(8)])
+
+
+def _linear_fwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
   if with_ref:
     h_ref, w_ref, y_ref, hq_ref, wq_ref, out_ref = refs
   else:
     h_ref, w_ref, y_ref, out_ref = refs
-  h = h_ref[...]
-  y = y_ref[...][:, 0]
-  hq = hq_ref[...] if with_ref else None
+  y = y_ref[...]
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
+  all_rows = slice(None)
 
   def body(i, stats):
     start, fresh, cols = tiles.tile_geometry(i, bv, vocab)
-    z = tz(jnp.dot(h, w_ref[:, pl.ds(start, bv)], preferred_element_type=jnp.float32))
-    zq = tz(jnp.dot(hq, wq_ref[:, pl.ds(start, bv)], preferred_element_type=jnp.float32)
-            ) if with_ref else None
+    tile = pl.ds(start, bv)
+    z = tz(_tile_raw(h_ref, all_rows, w_ref, tile, bn=bn, bv=bv))
+    zq = tz(_tile_raw(hq_ref, all_rows, wq_ref, tile, bn=bn, bv=bv)) if with_ref else None
     return tiles.update(stats, z, zq, fresh, cols, y)
 
-  stats = jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, tiles.init_stats(h.shape[0]))
-  out_ref[...] = tiles.pack(stats)
+  stats = jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, tiles.init_stats(bn))
+  _write_rows(out_ref, tuple(stats) + (jnp.zeros_like(stats.m),))
 
 
 def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n, block_v,
                    interpret) -> tiles.Stats:
   """Pallas version of :func:`jaxrl_llm.kernels.chunked.linear_forward`."""
-  n, d = h.shape
+  n = h.shape[0]
   vocab = w.shape[1]
-  bv, bn, n_pad = _geometry(n, vocab, block_n, block_v)
+  bn, bv = block_n, pow2_floor(min(block_v, vocab))
+  n_pad = -(-n // bn) * bn
   with_ref = h_ref is not None
-  args = [_pad_rows(h, n_pad), w, _pad_rows(targets.astype(jnp.int32)[:, None], n_pad, -1)]
-  specs = [_row_spec(bn, d), _whole(w.shape), _row_spec(bn, 1)]
+  h, w, h_ref, w_ref = _pad_d(h, w, h_ref, w_ref)
+  args = [pad_rows(h, n_pad), w, pad_rows(targets.astype(jnp.int32), n_pad, -1)]
+  specs = [pl.BlockSpec((bn, h.shape[1]), lambda i: (i, 0)), _whole(w.shape), _row_block(bn)]
   if with_ref:
-    args += [_pad_rows(h_ref, n_pad), w_ref]
-    specs += [_row_spec(bn, h_ref.shape[1]), _whole(w_ref.shape)]
-  kernel = functools.partial(_linear_fwd_kernel, with_ref=with_ref, vocab=vocab, bv=bv,
+    args += [pad_rows(h_ref, n_pad), w_ref]
+    specs += [pl.BlockSpec((bn, h_ref.shape[1]), lambda i: (i, 0)), _whole(w_ref.shape)]
+  kernel = functools.partial(_linear_fwd_kernel, with_ref=with_ref, vocab=vocab, bn=bn, bv=bv,
                              temperature=temperature, softcap=softcap)
   packed = pl.pallas_call(
-      kernel, grid=(n_pad // bn,), in_specs=specs, out_specs=_row_spec(bn, tiles.NUM_STATS),
-      out_shape=jax.ShapeDtypeStruct((n_pad, tiles.NUM_STATS), jnp.float32),
-      interpret=interpret)(*args)
-  return tiles.unpack(packed[:n])
+      kernel, grid=(n_pad // bn,), in_specs=specs, out_specs=_t_block(tiles.NUM_STATS, bn),
+      out_shape=jax.ShapeDtypeStruct((tiles.NUM_STATS, n_pad), jnp.float32),
+      interpret=interpret, compiler_params=_triton_params())(*args)
+  return tiles.unpack_t(packed[:, :n])
 
 
-def _linear_dh_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
+def _linear_dh_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
   if with_ref:
     h_ref, w_ref, y_ref, b_ref, hq_ref, wq_ref, dh_ref = refs
   else:
     h_ref, w_ref, y_ref, b_ref, dh_ref = refs
-  h = h_ref[...]
-  y = y_ref[...][:, 0]
-  fin, cot = tiles.unpack_backward(b_ref[...])
-  hq = hq_ref[...] if with_ref else None
+  y = y_ref[...]
+  fin, cot = _read_backward(b_ref)
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
+  d = h_ref.shape[1]
+  dk = d_chunk(d)
+  all_rows = slice(None)
 
-  def body(i, dh):
+  def zero(c, carry):
+    dh_ref[:, pl.ds(pl.multiple_of(c * dk, dk), dk)] = jnp.zeros((bn, dk), jnp.float32)
+    return carry
+
+  jax.lax.fori_loop(0, d // dk, zero, 0)
+
+  def body(i, carry):
     start, fresh, cols = tiles.tile_geometry(i, bv, vocab)
-    w_tile = w_ref[:, pl.ds(start, bv)]
-    raw = jnp.dot(h, w_tile, preferred_element_type=jnp.float32)
-    zq = tz(jnp.dot(hq, wq_ref[:, pl.ds(start, bv)], preferred_element_type=jnp.float32)
-            ) if with_ref else None
+    tile = pl.ds(start, bv)
+    raw = _tile_raw(h_ref, all_rows, w_ref, tile, bn=bn, bv=bv)
+    zq = tz(_tile_raw(hq_ref, all_rows, wq_ref, tile, bn=bn, bv=bv)) if with_ref else None
     dz = tiles.tile_dz(tz(raw), zq, fresh, cols, y, fin, cot)
     draw = tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
-    return dh + jnp.dot(draw, w_tile.astype(jnp.float32).T)
 
-  dh_ref[...] = jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body,
-                                  jnp.zeros(h.shape, jnp.float32))
+    def acc(c, carry):
+      k = pl.ds(pl.multiple_of(c * dk, dk), dk)
+      w_chunk = w_ref[k, tile].astype(jnp.float32)
+      dh_ref[:, k] = dh_ref[:, k] + jnp.dot(draw, w_chunk.T)
+      return carry
+
+    return jax.lax.fori_loop(0, d // dk, acc, carry)
+
+  jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, 0)
 
 
 def _linear_dw_kernel(*refs, with_ref, vocab, bv, bn, n_rows, temperature, softcap):
@@ -123,25 +198,38 @@ def _linear_dw_kernel(*refs, with_ref, vocab, bv, bn, n_rows, temperature, softc
   j = pl.program_id(0)
   cols = j * bv + jnp.arange(bv, dtype=jnp.int32)
   fresh = cols < vocab  # The last tile may reach past V: those columns are masked.
-  w_tile = w_ref[...]
-  wq_tile = wq_ref[...] if with_ref else None
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
+  d = h_ref.shape[1]
+  dk = d_chunk(d)
+  all_cols = slice(None)
 
-  def body(r, dw):
-    rows = pl.ds(r * bn, bn)
-    h = h_ref[rows, :]
-    y = y_ref[rows, :][:, 0]
-    fin, cot = tiles.unpack_backward(b_ref[rows, :])
-    raw = jnp.where(fresh[None, :], jnp.dot(h, w_tile, preferred_element_type=jnp.float32), 0.0)
+  def zero(c, carry):
+    dw_ref[pl.ds(pl.multiple_of(c * dk, dk), dk), :] = jnp.zeros((dk, bv), jnp.float32)
+    return carry
+
+  jax.lax.fori_loop(0, d // dk, zero, 0)
+
+  def body(r, carry):
+    rows = pl.ds(pl.multiple_of(r * bn, bn), bn)
+    y = y_ref[rows]
+    fin, cot = _read_backward(b_ref, rows)
+    raw = jnp.where(fresh[None, :], _tile_raw(h_ref, rows, w_ref, all_cols, bn=bn, bv=bv), 0.0)
     zq = None
     if with_ref:
-      zq = tz(jnp.where(fresh[None, :], jnp.dot(hq_ref[rows, :], wq_tile,
-                                                preferred_element_type=jnp.float32), 0.0))
+      zq = tz(jnp.where(fresh[None, :],
+                        _tile_raw(hq_ref, rows, wq_ref, all_cols, bn=bn, bv=bv), 0.0))
     dz = tiles.tile_dz(tz(raw), zq, fresh, cols, y, fin, cot)
     draw = tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
-    return dw + jnp.dot(h.astype(jnp.float32).T, draw)
 
-  dw_ref[...] = jax.lax.fori_loop(0, n_rows // bn, body, jnp.zeros(w_tile.shape, jnp.float32))
+    def acc(c, carry):
+      k = pl.ds(pl.multiple_of(c * dk, dk), dk)
+      h_chunk = h_ref[rows, k].astype(jnp.float32)
+      dw_ref[k, :] = dw_ref[k, :] + jnp.dot(h_chunk.T, draw)
+      return carry
+
+    return jax.lax.fori_loop(0, d // dk, acc, carry)
+
+  jax.lax.fori_loop(0, n_rows // bn, body, 0)
 
 
 def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softcap, block_n,
@@ -149,45 +237,51 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
   """Pallas version of :func:`jaxrl_llm.kernels.chunked.linear_backward` (float32 dh, dw)."""
   n, d = h.shape
   vocab = w.shape[1]
-  bv, bn, n_pad = _geometry(n, vocab, block_n, block_v)
+  bn, bv = block_n, pow2_floor(min(block_v, vocab))
+  n_pad = -(-n // bn) * bn
   with_ref = h_ref is not None
-  hp = _pad_rows(h, n_pad)
-  yp = _pad_rows(targets.astype(jnp.int32)[:, None], n_pad, -1)
-  bp = _pad_rows(tiles.pack_backward(fin, cot), n_pad)  # Padded rows: zero cotangents.
-  common = dict(with_ref=with_ref, vocab=vocab, bv=bv, temperature=temperature, softcap=softcap)
+  h, w, h_ref, w_ref = _pad_d(h, w, h_ref, w_ref)
+  d_pad = h.shape[1]
+  hp = pad_rows(h, n_pad)
+  yp = pad_rows(targets.astype(jnp.int32), n_pad, -1)
+  bp = pad_rows(tiles.pack_backward(fin, cot, width=_BWD_ROWS), n_pad).T  # [16, n_pad]
+  common = dict(with_ref=with_ref, vocab=vocab, bv=bv, bn=bn, temperature=temperature,
+                softcap=softcap)
 
   args = [hp, w, yp, bp]
-  specs = [_row_spec(bn, d), _whole(w.shape), _row_spec(bn, 1), _row_spec(bn, _BWD_WIDTH)]
+  specs = [pl.BlockSpec((bn, d_pad), lambda i: (i, 0)), _whole(w.shape), _row_block(bn),
+           _t_block(_BWD_ROWS, bn)]
   if with_ref:
-    args += [_pad_rows(h_ref, n_pad), w_ref]
-    specs += [_row_spec(bn, h_ref.shape[1]), _whole(w_ref.shape)]
+    args += [pad_rows(h_ref, n_pad), w_ref]
+    specs += [pl.BlockSpec((bn, h_ref.shape[1]), lambda i: (i, 0)), _whole(w_ref.shape)]
   dh = pl.pallas_call(
       functools.partial(_linear_dh_kernel, **common), grid=(n_pad // bn,), in_specs=specs,
-      out_specs=_row_spec(bn, d), out_shape=jax.ShapeDtypeStruct((n_pad, d), jnp.float32),
-      interpret=interpret)(*args)[:n]
+      out_specs=pl.BlockSpec((bn, d_pad), lambda i: (i, 0)),
+      out_shape=jax.ShapeDtypeStruct((n_pad, d_pad), jnp.float32),
+      interpret=interpret, compiler_params=_triton_params())(*args)[:n, :d]
 
   n_tiles = tiles.num_tiles(vocab, bv)
   col_spec = lambda rows: pl.BlockSpec((rows, bv), lambda j: (0, j))
   args = [hp, w, yp, bp]
-  specs = [_whole(hp.shape), col_spec(d), _whole(yp.shape), _whole(bp.shape)]
+  specs = [_whole(hp.shape), col_spec(d_pad), _whole(yp.shape), _whole(bp.shape)]
   if with_ref:
-    hq = _pad_rows(h_ref, n_pad)
+    hq = pad_rows(h_ref, n_pad)
     args += [hq, w_ref]
     specs += [_whole(hq.shape), col_spec(w_ref.shape[0])]
   dw = pl.pallas_call(
-      functools.partial(_linear_dw_kernel, bn=bn, n_rows=n_pad, **common), grid=(n_tiles,),
-      in_specs=specs, out_specs=col_spec(d),
-      out_shape=jax.ShapeDtypeStruct((d, n_tiles * bv), jnp.float32),
-      interpret=interpret)(*args)[:, :vocab]
+      functools.partial(_linear_dw_kernel, n_rows=n_pad, **common), grid=(n_tiles,),
+      in_specs=specs, out_specs=col_spec(d_pad),
+      out_shape=jax.ShapeDtypeStruct((d_pad, n_tiles * bv), jnp.float32),
+      interpret=interpret, compiler_params=_triton_params())(*args)[:d, :vocab]
   return dh, dw
 
 
-def _logits_fwd_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
+def _logits_fwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
   if with_ref:
     l_ref, y_ref, q_ref, out_ref = refs
   else:
     l_ref, y_ref, out_ref = refs
-  y = y_ref[...][:, 0]
+  y = y_ref[...]
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
 
   def body(i, stats):
@@ -196,67 +290,76 @@ def _logits_fwd_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
     zq = tz(q_ref[:, pl.ds(start, bv)]) if with_ref else None
     return tiles.update(stats, z, zq, fresh, cols, y)
 
-  stats = jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, tiles.init_stats(y.shape[0]))
-  out_ref[...] = tiles.pack(stats)
+  stats = jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, tiles.init_stats(bn))
+  _write_rows(out_ref, tuple(stats) + (jnp.zeros_like(stats.m),))
 
 
-def _logits_bwd_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
+def _logits_bwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
   if with_ref:
     l_ref, y_ref, b_ref, q_ref, dl_ref = refs
   else:
     l_ref, y_ref, b_ref, dl_ref = refs
-  y = y_ref[...][:, 0]
-  fin, cot = tiles.unpack_backward(b_ref[...])
+  y = y_ref[...]
+  fin, cot = _read_backward(b_ref)
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
-  dl_ref[...] = jnp.zeros(dl_ref.shape, dl_ref.dtype)
 
   def body(i, carry):
     start, fresh, cols = tiles.tile_geometry(i, bv, vocab)
-    raw = l_ref[:, pl.ds(start, bv)]
-    zq = tz(q_ref[:, pl.ds(start, bv)]) if with_ref else None
+    tile = pl.ds(start, bv)
+    raw = l_ref[:, tile]
+    zq = tz(q_ref[:, tile]) if with_ref else None
     dz = tiles.tile_dz(tz(raw), zq, fresh, cols, y, fin, cot)
     draw = tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
-    dl_ref[:, pl.ds(start, bv)] = dl_ref[:, pl.ds(start, bv)] + draw
+    # The shifted last tile overlaps the previous one; its non-fresh columns must keep what the
+    # previous tile wrote (draw is 0 there, but the output is not zero-initialised).
+    dl_ref[:, tile] = jnp.where(fresh[None, :], draw, dl_ref[:, tile])
     return carry
 
   jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, 0)
+
+
+def _logits_specs(bn, vocab, with_ref, *extra):
+  specs = [pl.BlockSpec((bn, vocab), lambda i: (i, 0)), _row_block(bn), *extra]
+  if with_ref:
+    specs.append(pl.BlockSpec((bn, vocab), lambda i: (i, 0)))
+  return specs
 
 
 def logits_forward(logits, targets, ref_logits, *, temperature, softcap, block_n, block_v,
                    interpret) -> tiles.Stats:
   """Pallas row-wise fused log-softmax statistics from precomputed logits ``[N, V]``."""
   n, vocab = logits.shape
-  bv, bn, n_pad = _geometry(n, vocab, block_n, block_v)
+  bn, bv = block_n, pow2_floor(min(block_v, vocab))
+  n_pad = -(-n // bn) * bn
   with_ref = ref_logits is not None
-  args = [_pad_rows(logits, n_pad), _pad_rows(targets.astype(jnp.int32)[:, None], n_pad, -1)]
-  specs = [_row_spec(bn, vocab), _row_spec(bn, 1)]
+  args = [pad_rows(logits, n_pad), pad_rows(targets.astype(jnp.int32), n_pad, -1)]
   if with_ref:
-    args.append(_pad_rows(ref_logits, n_pad))
-    specs.append(_row_spec(bn, vocab))
+    args.append(pad_rows(ref_logits, n_pad))
   packed = pl.pallas_call(
-      functools.partial(_logits_fwd_kernel, with_ref=with_ref, vocab=vocab, bv=bv,
+      functools.partial(_logits_fwd_kernel, with_ref=with_ref, vocab=vocab, bn=bn, bv=bv,
                         temperature=temperature, softcap=softcap),
-      grid=(n_pad // bn,), in_specs=specs, out_specs=_row_spec(bn, tiles.NUM_STATS),
-      out_shape=jax.ShapeDtypeStruct((n_pad, tiles.NUM_STATS), jnp.float32),
-      interpret=interpret)(*args)
-  return tiles.unpack(packed[:n])
+      grid=(n_pad // bn,), in_specs=_logits_specs(bn, vocab, with_ref),
+      out_specs=_t_block(tiles.NUM_STATS, bn),
+      out_shape=jax.ShapeDtypeStruct((tiles.NUM_STATS, n_pad), jnp.float32),
+      interpret=interpret, compiler_params=_triton_params())(*args)
+  return tiles.unpack_t(packed[:, :n])
 
 
 def logits_backward(logits, targets, ref_logits, fin, cot, *, temperature, softcap, block_n,
                     block_v, interpret):
   """Pallas gradient of the logits-level outputs w.r.t. ``logits`` (float32 ``[N, V]``)."""
   n, vocab = logits.shape
-  bv, bn, n_pad = _geometry(n, vocab, block_n, block_v)
+  bn, bv = block_n, pow2_floor(min(block_v, vocab))
+  n_pad = -(-n // bn) * bn
   with_ref = ref_logits is not None
-  args = [_pad_rows(logits, n_pad), _pad_rows(targets.astype(jnp.int32)[:, None], n_pad, -1),
-          _pad_rows(tiles.pack_backward(fin, cot), n_pad)]
-  specs = [_row_spec(bn, vocab), _row_spec(bn, 1), _row_spec(bn, _BWD_WIDTH)]
+  args = [pad_rows(logits, n_pad), pad_rows(targets.astype(jnp.int32), n_pad, -1),
+          pad_rows(tiles.pack_backward(fin, cot, width=_BWD_ROWS), n_pad).T]
   if with_ref:
-    args.append(_pad_rows(ref_logits, n_pad))
-    specs.append(_row_spec(bn, vocab))
+    args.append(pad_rows(ref_logits, n_pad))
   return pl.pallas_call(
-      functools.partial(_logits_bwd_kernel, with_ref=with_ref, vocab=vocab, bv=bv,
+      functools.partial(_logits_bwd_kernel, with_ref=with_ref, vocab=vocab, bn=bn, bv=bv,
                         temperature=temperature, softcap=softcap),
-      grid=(n_pad // bn,), in_specs=specs, out_specs=_row_spec(bn, vocab),
+      grid=(n_pad // bn,), in_specs=_logits_specs(bn, vocab, with_ref, _t_block(_BWD_ROWS, bn)),
+      out_specs=pl.BlockSpec((bn, vocab), lambda i: (i, 0)),
       out_shape=jax.ShapeDtypeStruct((n_pad, vocab), jnp.float32),
-      interpret=interpret)(*args)[:n]
+      interpret=interpret, compiler_params=_triton_params())(*args)[:n]

@@ -136,6 +136,11 @@ def unpack(packed: jax.Array) -> Stats:
   return Stats(*(packed[:, i] for i in range(7)))
 
 
+def unpack_t(packed_t: jax.Array) -> Stats:
+  """Inverse of the transposed ``[NUM_STATS, n]`` kernel output layout."""
+  return Stats(*(packed_t[i] for i in range(7)))
+
+
 class Cotangents(NamedTuple):
   """Per-row cotangents of (logp, entropy, lse, kl), float32 ``[n]``."""
 
@@ -168,14 +173,18 @@ def dz_to_draw(dz, raw, *, temperature: float, softcap: float | None):
   return d
 
 
-def pack_backward(fin: Final, cot: Cotangents) -> jax.Array:
-  """``[n, 9]`` float32: lse, entropy, kl, lse_q and the four cotangents (kernel input layout)."""
-  return jnp.stack([fin.lse, fin.entropy, fin.kl, fin.lse_q, cot.logp, cot.entropy, cot.lse,
-                    cot.kl, jnp.zeros_like(fin.lse)], axis=-1)
+def pack_backward(fin: Final, cot: Cotangents, width: int = 9) -> jax.Array:
+  """``[n, width]`` float32: lse, entropy, kl, lse_q, the four cotangents, then zero columns."""
+  cols = [fin.lse, fin.entropy, fin.kl, fin.lse_q, cot.logp, cot.entropy, cot.lse, cot.kl]
+  return jnp.stack(cols + [jnp.zeros_like(fin.lse)] * (width - len(cols)), axis=-1)
 
 
-def unpack_backward(packed: jax.Array) -> tuple[Final, Cotangents]:
-  c = [packed[:, i] for i in range(8)]
+def unpack_backward_rows(c) -> tuple[Final, Cotangents]:
+  """(Final, Cotangents) from the eight per-row arrays in :func:`pack_backward`'s order."""
   fin = Final(logp=jnp.zeros_like(c[0]), entropy=c[1], lse=c[0], kl=c[2], lse_q=c[3],
               max_logp=jnp.zeros_like(c[0]))
   return fin, Cotangents(logp=c[4], entropy=c[5], lse=c[6], kl=c[7])
+
+
+def unpack_backward(packed: jax.Array) -> tuple[Final, Cotangents]:
+  return unpack_backward_rows([packed[:, i] for i in range(8)])
