@@ -6,7 +6,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
 import dataclasses  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -15,6 +18,16 @@ from jaxrl_llm.config import (Config, DataConfig, LoggingConfig, MeshConfig,  # 
                               ModelConfig, OptimizerConfig, TrainConfig)
 
 assert jax.device_count() == 8, "tests need 8 fake CPU devices; was jax imported before conftest?"
+
+# A persistent compilation cache for this test session only (a fresh directory each run, so no
+# stale entry can outlive a code change): the many end-to-end runs rebuild their jitted closures,
+# but most of what they compile (sampler, evaluation, the model's forward) is the same HLO, which
+# is then loaded instead of recompiled. Keyed by the HLO and compile options; results are the same.
+_CACHE_DIR = tempfile.mkdtemp(prefix="jaxrl-llm-test-xla-cache-")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="session")

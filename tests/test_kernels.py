@@ -257,3 +257,21 @@ def test_pallas_tpu_checks_mosaic_block_rules():
   with pytest.raises(ValueError, match="block_n a multiple of 128"):
     fused_linear_logprobs(h, w, y, impl="pallas_tpu", interpret=False,
                           block_sizes=BlockSizes(block_n=64, block_v=256))
+
+
+def test_pallas_tpu_fits_block_v_to_vmem():
+  from jaxrl_llm.kernels import pallas_tpu
+
+  budget = 0.75 * pallas_tpu.vmem_capacity()
+  chosen = {}
+  for d in (896, 4096, 8192):
+    est = lambda bn, bv, d=d: pallas_tpu.vmem_estimate(block_n=bn, block_v=bv, d=d, itemsize=2,
+                                                       with_ref=True)
+    bn, bv, n_pad, n_tiles = pallas_tpu._geometry(4096, 151936, 256, 2048, False, est)
+    assert (bn, n_pad, n_tiles) == (256, 4096, -(-151936 // bv))
+    assert est(bn, bv) <= budget or bv == 128
+    assert bv == 2048 or est(bn, 2 * bv) > budget  # Halved only as far as needed.
+    chosen[d] = bv
+  assert chosen[896] >= chosen[4096] >= chosen[8192] and chosen[8192] < 2048
+  # Interpret mode keeps the requested tile (no VMEM there).
+  assert pallas_tpu._geometry(4096, 151936, 256, 2048, True, est)[1] == 2048

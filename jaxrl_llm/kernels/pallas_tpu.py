@@ -20,8 +20,9 @@ masked out of every statistic and the weight tile is zeroed there before it is c
 whatever the pipeline put in the out-of-range part of the block cannot leak in.
 
 Mosaic block rules the wrappers check when not interpreting: ``block_v`` a multiple of 128 (or
-the whole vocabulary) and ``block_n`` a multiple of 128 (or all rows). The VMEM budget asked of
-the compiler is estimated from the block sizes (:func:`vmem_estimate`).
+the whole vocabulary) and ``block_n`` a multiple of 128 (or all rows). ``block_v`` is halved when
+one grid step would not fit 3/4 of the chip's VMEM (:func:`vmem_estimate`, :func:`vmem_capacity`),
+and that budget is what the compiler is allowed.
 
 Status: numerically verified in interpret mode on CPU and lowered for TPU through ``jax.export``
 (``tests/test_kernels.py``); not yet compiled or timed on a TPU, so the dispatcher does not pick it
@@ -53,15 +54,30 @@ def vmem_estimate(*, block_n: int, block_v: int, d: int, itemsize: int, with_ref
   return 2 * inputs + temps + 2 * out
 
 
-def _params(semantics, estimate, interpret):
+def vmem_capacity() -> int:
+  """VMEM bytes per TensorCore of the local TPU; 64 MiB (v5p / v7) when lowering from elsewhere."""
+  if jax.default_backend() == "tpu":
+    try:
+      return int(pltpu.get_tpu_info().vmem_capacity_bytes)
+    except Exception:  # noqa: BLE001 -- an unknown chip falls back to the conservative figure.
+      pass
+  return 64 * _MIB
+
+
+def _params(semantics, interpret):
   if interpret:
     return None
-  limit = int(min(max(2 * estimate, 32 * _MIB), 96 * _MIB))
-  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
+  return pltpu.CompilerParams(dimension_semantics=semantics,
+                              vmem_limit_bytes=int(0.75 * vmem_capacity()))
 
 
-def _geometry(n, vocab, block_n, block_v, interpret):
-  """(row block, tile width, padded rows, number of tiles), checking Mosaic's block rules."""
+def _geometry(n, vocab, block_n, block_v, interpret, estimate):
+  """(row block, tile width, padded rows, number of tiles), checking Mosaic's block rules.
+
+  When compiling for a TPU, a lane-aligned ``block_v`` is halved until one grid step's blocks and
+  temporaries (``estimate(block_n, block_v)`` bytes) fit 3/4 of the chip's VMEM (16 MiB on v4,
+  64 MiB on v5p, 128 MiB on v5e/v6e) or it reaches 128.
+  """
   bv = min(block_v, vocab)
   n_pad = -(-n // block_n) * block_n
   bn = min(block_n, n_pad)
@@ -70,6 +86,9 @@ def _geometry(n, vocab, block_n, block_v, interpret):
       raise ValueError(f"TPU Pallas kernels need block_v a multiple of 128, got {block_v}")
     if bn % 128 and bn != n_pad:
       raise ValueError(f"TPU Pallas kernels need block_n a multiple of 128, got {block_n}")
+    budget = 0.75 * vmem_capacity()
+    while estimate(bn, bv) > budget and bv % 256 == 0:
+      bv //= 2
   return bn, bv, n_pad, tiles.num_tiles(vocab, bv)
 
 
@@ -134,11 +153,12 @@ def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n
   n, d = h.shape
   vocab = w.shape[1]
   with_ref = h_ref is not None
-  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret)
+  est = lambda bn, bv: vmem_estimate(block_n=bn, block_v=bv, d=d, itemsize=w.dtype.itemsize,
+                                     with_ref=with_ref)
+  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret, est)
   args = [pad_rows(h, n_pad), w, pad_rows(targets.astype(jnp.int32), n_pad, -1)[None, :]]
   if with_ref:
     args += [pad_rows(h_ref, n_pad), w_ref]
-  est = vmem_estimate(block_n=bn, block_v=bv, d=d, itemsize=w.dtype.itemsize, with_ref=with_ref)
   packed = pl.pallas_call(
       functools.partial(_linear_fwd_kernel, with_ref=with_ref, vocab=vocab, bn=bn, bv=bv,
                         temperature=temperature, softcap=softcap),
@@ -146,7 +166,7 @@ def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n
       in_specs=_specs_rows_tiles(bn, bv, d, h_ref.shape[1] if with_ref else 0, with_ref),
       out_specs=pl.BlockSpec((tiles.NUM_STATS, bn), lambda i, j: (0, i)),
       out_shape=jax.ShapeDtypeStruct((tiles.NUM_STATS, n_pad), jnp.float32),
-      compiler_params=_params(("parallel", "arbitrary"), est, interpret),
+      compiler_params=_params(("parallel", "arbitrary"), interpret),
       interpret=interpret)(*args)
   return tiles.unpack_t(packed[:, :n])
 
@@ -203,14 +223,15 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
   n, d = h.shape
   vocab = w.shape[1]
   with_ref = h_ref is not None
-  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret)
+  est = lambda bn, bv: vmem_estimate(block_n=bn, block_v=bv, d=d, itemsize=w.dtype.itemsize,
+                                     with_ref=with_ref)
+  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret, est)
   d_ref = h_ref.shape[1] if with_ref else 0
   args = [pad_rows(h, n_pad), w, pad_rows(targets.astype(jnp.int32), n_pad, -1)[None, :],
           pad_rows(tiles.pack_backward(fin, cot, width=_BWD_ROWS), n_pad).T]
   if with_ref:
     args += [pad_rows(h_ref, n_pad), w_ref]
   common = dict(with_ref=with_ref, vocab=vocab, bv=bv, temperature=temperature, softcap=softcap)
-  est = vmem_estimate(block_n=bn, block_v=bv, d=d, itemsize=w.dtype.itemsize, with_ref=with_ref)
 
   b_spec = pl.BlockSpec((_BWD_ROWS, bn), lambda i, j: (0, i))
   dh = pl.pallas_call(
@@ -218,7 +239,7 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
       in_specs=_specs_rows_tiles(bn, bv, d, d_ref, with_ref, b_spec),
       out_specs=pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
       out_shape=jax.ShapeDtypeStruct((n_pad, d), jnp.float32),
-      compiler_params=_params(("parallel", "arbitrary"), est, interpret),
+      compiler_params=_params(("parallel", "arbitrary"), interpret),
       interpret=interpret)(*args)[:n]
 
   # Same blocks on the transposed grid (j tiles, i rows): swap the index-map arguments.
@@ -228,7 +249,7 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
       in_specs=[swap(s) for s in _specs_rows_tiles(bn, bv, d, d_ref, with_ref, b_spec)],
       out_specs=pl.BlockSpec((d, bv), lambda j, i: (0, j)),
       out_shape=jax.ShapeDtypeStruct((d, vocab), jnp.float32),
-      compiler_params=_params(("parallel", "arbitrary"), est, interpret),
+      compiler_params=_params(("parallel", "arbitrary"), interpret),
       interpret=interpret)(*args)
   return dh, dw
 
@@ -260,6 +281,11 @@ def _logits_bwd_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
   dl_ref[...] = tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
 
 
+def _logits_estimate(bn, bv):
+  """VMEM bytes of a logits-level step: up to three double-buffered tiles plus temporaries."""
+  return 2 * 3 * bn * bv * 4 + 8 * bn * bv * 4
+
+
 def _logits_specs(bn, bv, with_ref, *extra):
   tile = pl.BlockSpec((bn, bv), lambda i, j: (i, j))
   return [tile, pl.BlockSpec((1, bn), lambda i, j: (0, i)), *extra] + ([tile] if with_ref else [])
@@ -270,18 +296,17 @@ def logits_forward(logits, targets, ref_logits, *, temperature, softcap, block_n
   """Grid-pipelined row-wise fused log-softmax statistics from logits ``[N, V]``."""
   n, vocab = logits.shape
   with_ref = ref_logits is not None
-  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret)
+  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret, _logits_estimate)
   args = [pad_rows(logits, n_pad), pad_rows(targets.astype(jnp.int32), n_pad, -1)[None, :]]
   if with_ref:
     args.append(pad_rows(ref_logits, n_pad))
-  est = 2 * (2 if with_ref else 1) * bn * bv * logits.dtype.itemsize + 8 * bn * bv * 4
   packed = pl.pallas_call(
       functools.partial(_logits_fwd_kernel, with_ref=with_ref, vocab=vocab, bn=bn, bv=bv,
                         temperature=temperature, softcap=softcap),
       grid=(n_pad // bn, n_tiles), in_specs=_logits_specs(bn, bv, with_ref),
       out_specs=pl.BlockSpec((tiles.NUM_STATS, bn), lambda i, j: (0, i)),
       out_shape=jax.ShapeDtypeStruct((tiles.NUM_STATS, n_pad), jnp.float32),
-      compiler_params=_params(("parallel", "arbitrary"), est, interpret),
+      compiler_params=_params(("parallel", "arbitrary"), interpret),
       interpret=interpret)(*args)
   return tiles.unpack_t(packed[:, :n])
 
@@ -291,12 +316,11 @@ def logits_backward(logits, targets, ref_logits, fin, cot, *, temperature, softc
   """Grid-pipelined gradient of the logits-level outputs (float32 ``[N, V]``)."""
   n, vocab = logits.shape
   with_ref = ref_logits is not None
-  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret)
+  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret, _logits_estimate)
   args = [pad_rows(logits, n_pad), pad_rows(targets.astype(jnp.int32), n_pad, -1)[None, :],
           pad_rows(tiles.pack_backward(fin, cot, width=_BWD_ROWS), n_pad).T]
   if with_ref:
     args.append(pad_rows(ref_logits, n_pad))
-  est = 2 * (3 if with_ref else 2) * bn * bv * 4 + 8 * bn * bv * 4
   return pl.pallas_call(
       functools.partial(_logits_bwd_kernel, with_ref=with_ref, vocab=vocab, bv=bv,
                         temperature=temperature, softcap=softcap),
@@ -304,5 +328,5 @@ def logits_backward(logits, targets, ref_logits, fin, cot, *, temperature, softc
       in_specs=_logits_specs(bn, bv, with_ref, pl.BlockSpec((_BWD_ROWS, bn), lambda i, j: (0, i))),
       out_specs=pl.BlockSpec((bn, bv), lambda i, j: (i, j)),
       out_shape=jax.ShapeDtypeStruct((n_pad, vocab), jnp.float32),
-      compiler_params=_params(("parallel", "parallel"), est, interpret),
+      compiler_params=_params(("parallel", "parallel"), interpret),
       interpret=interpret)(*args)[:n]
