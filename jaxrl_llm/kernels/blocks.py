@@ -35,8 +35,9 @@ class BlockSizes:
 _DEFAULTS = {
     # CPU: 512-column tiles measured fastest and smallest for D = 896 (benchmarks/logprob_core.py).
     "cpu": BlockSizes(block_n=128, block_v=512),
-    # GPU (Triton): power-of-two tiles that fit shared memory with D up to a few thousand.
+    # GPU (Triton): power-of-two tiles; D is contracted in chunks of at most 128, so any D fits.
     "gpu": BlockSizes(block_n=64, block_v=512),
-    # TPU (Mosaic): lane-aligned vocabulary tiles (multiples of 128) and sublane-aligned rows.
+    # TPU (Mosaic): lane-aligned tiles (multiples of 128); block_v is halved at compile time when
+    # a grid step would not fit the chip's VMEM (kernels/pallas_tpu.py).
     "tpu": BlockSizes(block_n=256, block_v=2048),
 }

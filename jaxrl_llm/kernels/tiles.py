@@ -126,18 +126,8 @@ def finalize(stats: Stats, with_ref: bool) -> Final:
                lse_q=lse_q, max_logp=stats.m - lse)
 
 
-def pack(stats: Stats) -> jax.Array:
-  """``[n, NUM_STATS]`` float32 (kernel output layout)."""
-  cols = list(stats) + [jnp.zeros_like(stats.m)]
-  return jnp.stack(cols, axis=-1)
-
-
-def unpack(packed: jax.Array) -> Stats:
-  return Stats(*(packed[:, i] for i in range(7)))
-
-
 def unpack_t(packed_t: jax.Array) -> Stats:
-  """Inverse of the transposed ``[NUM_STATS, n]`` kernel output layout."""
+  """Stats from the kernels' transposed ``[NUM_STATS, n]`` output (rows in :class:`Stats` order)."""
   return Stats(*(packed_t[i] for i in range(7)))
 
 
