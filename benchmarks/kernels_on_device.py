@@ -23,7 +23,6 @@ import time
 
 def _case(n, d, v, dtype, scale, seed=0):
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   ks = jax.random.split(jax.random.PRNGKey(seed), 5)
