@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -83,3 +84,24 @@ def test_cli_rejects_bad_key_before_compiling(capsys, tmp_path, monkeypatch):
   assert not (tmp_path / "config.json").exists()
   assert main(["run", "no-such-experiment"]) == 2
   assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_cli_compilation_cache_setting(tmp_path):
+  import jax
+
+  from jaxrl_llm.cli import enable_compilation_cache
+
+  before = jax.config.jax_compilation_cache_dir
+  min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+  assert enable_compilation_cache({"JAXRL_LLM_COMPILATION_CACHE": "off"}) is None
+  # A cache configured already (here: the test session's own) is kept.
+  assert enable_compilation_cache({"JAXRL_LLM_COMPILATION_CACHE": str(tmp_path)}) == before
+  assert jax.config.jax_compilation_cache_dir == before
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    target = str(tmp_path / "xla")
+    assert enable_compilation_cache({"JAXRL_LLM_COMPILATION_CACHE": target}) == target
+    assert jax.config.jax_compilation_cache_dir == target and os.path.isdir(target)
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
