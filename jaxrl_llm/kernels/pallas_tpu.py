@@ -183,38 +183,29 @@ def _tile_draw(h, w, y, b_ref, hq_ref, wq_ref, fresh, cols, *, with_ref, tempera
   return tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
 
 
-def _linear_dh_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
+def _linear_grad_kernel(*refs, wrt, with_ref, vocab, bv, temperature, softcap):
+  """``dh`` (``wrt="h"``, grid (rows, tiles)) or ``dW`` (``wrt="w"``, grid (tiles, rows)).
+
+  The output block is resident along the second grid axis and accumulates over it.
+  """
   if with_ref:
-    h_ref, w_ref, y_ref, b_ref, hq_ref, wq_ref, dh_ref = refs
+    h_ref, w_ref, y_ref, b_ref, hq_ref, wq_ref, out_ref = refs
   else:
-    (h_ref, w_ref, y_ref, b_ref, dh_ref), hq_ref, wq_ref = refs, None, None
+    (h_ref, w_ref, y_ref, b_ref, out_ref), hq_ref, wq_ref = refs, None, None
 
   @pl.when(pl.program_id(1) == 0)
   def _():
-    dh_ref[...] = jnp.zeros(dh_ref.shape, dh_ref.dtype)
+    out_ref[...] = jnp.zeros(out_ref.shape, out_ref.dtype)
 
-  cols, fresh = _tile_cols(pl.program_id(1), bv, vocab)
-  w = _masked_w(w_ref, fresh)
-  draw = _tile_draw(h_ref[...], w, y_ref[0, :], b_ref, hq_ref, wq_ref, fresh, cols,
-                    with_ref=with_ref, temperature=temperature, softcap=softcap)
-  dh_ref[...] += jax.lax.dot_general(draw, w.astype(jnp.float32), (((1,), (1,)), ((), ())))
-
-
-def _linear_dw_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
-  if with_ref:
-    h_ref, w_ref, y_ref, b_ref, hq_ref, wq_ref, dw_ref = refs
-  else:
-    (h_ref, w_ref, y_ref, b_ref, dw_ref), hq_ref, wq_ref = refs, None, None
-
-  @pl.when(pl.program_id(1) == 0)
-  def _():
-    dw_ref[...] = jnp.zeros(dw_ref.shape, dw_ref.dtype)
-
-  cols, fresh = _tile_cols(pl.program_id(0), bv, vocab)
+  cols, fresh = _tile_cols(pl.program_id(1 if wrt == "h" else 0), bv, vocab)
   h = h_ref[...]
-  draw = _tile_draw(h, _masked_w(w_ref, fresh), y_ref[0, :], b_ref, hq_ref, wq_ref, fresh, cols,
-                    with_ref=with_ref, temperature=temperature, softcap=softcap)
-  dw_ref[...] += jnp.dot(h.astype(jnp.float32).T, draw)
+  w = _masked_w(w_ref, fresh)
+  draw = _tile_draw(h, w, y_ref[0, :], b_ref, hq_ref, wq_ref, fresh, cols, with_ref=with_ref,
+                    temperature=temperature, softcap=softcap)
+  if wrt == "h":
+    out_ref[...] += jax.lax.dot_general(draw, w.astype(jnp.float32), (((1,), (1,)), ((), ())))
+  else:
+    out_ref[...] += jnp.dot(h.astype(jnp.float32).T, draw)
 
 
 def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softcap, block_n,
@@ -235,7 +226,7 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
 
   b_spec = pl.BlockSpec((_BWD_ROWS, bn), lambda i, j: (0, i))
   dh = pl.pallas_call(
-      functools.partial(_linear_dh_kernel, **common), grid=(n_pad // bn, n_tiles),
+      functools.partial(_linear_grad_kernel, wrt="h", **common), grid=(n_pad // bn, n_tiles),
       in_specs=_specs_rows_tiles(bn, bv, d, d_ref, with_ref, b_spec),
       out_specs=pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
       out_shape=jax.ShapeDtypeStruct((n_pad, d), jnp.float32),
@@ -245,7 +236,7 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
   # Same blocks on the transposed grid (j tiles, i rows): swap the index-map arguments.
   swap = lambda spec: pl.BlockSpec(spec.block_shape, lambda j, i, f=spec.index_map: f(i, j))
   dw = pl.pallas_call(
-      functools.partial(_linear_dw_kernel, **common), grid=(n_tiles, n_pad // bn),
+      functools.partial(_linear_grad_kernel, wrt="w", **common), grid=(n_tiles, n_pad // bn),
       in_specs=[swap(s) for s in _specs_rows_tiles(bn, bv, d, d_ref, with_ref, b_spec)],
       out_specs=pl.BlockSpec((d, bv), lambda j, i: (0, j)),
       out_shape=jax.ShapeDtypeStruct((d, vocab), jnp.float32),
