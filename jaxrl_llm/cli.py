@@ -101,7 +101,11 @@ def enable_compilation_cache(env=None) -> str | None:
   current = jax.config.jax_compilation_cache_dir
   if current:
     return current
-  os.makedirs(path, exist_ok=True)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:  # A read-only home must not stop a run: it just compiles every time.
+    print(f"jaxrl-llm: compilation cache disabled ({path}: {e.strerror})", file=sys.stderr)
+    return None
   jax.config.update("jax_compilation_cache_dir", path)
   # Only programs that took a while to compile are worth a file each.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

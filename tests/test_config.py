@@ -102,6 +102,11 @@ def test_cli_compilation_cache_setting(tmp_path):
     target = str(tmp_path / "xla")
     assert enable_compilation_cache({"JAXRL_LLM_COMPILATION_CACHE": target}) == target
     assert jax.config.jax_compilation_cache_dir == target and os.path.isdir(target)
+    jax.config.update("jax_compilation_cache_dir", None)
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # A path under a regular file cannot be created.
+    assert enable_compilation_cache({"JAXRL_LLM_COMPILATION_CACHE": str(blocker / "x")}) is None
+    assert not jax.config.jax_compilation_cache_dir
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
