@@ -275,3 +275,21 @@ def test_pallas_tpu_fits_block_v_to_vmem():
   assert chosen[896] >= chosen[4096] >= chosen[8192] and chosen[8192] < 2048
   # Interpret mode keeps the requested tile (no VMEM there).
   assert pallas_tpu._geometry(4096, 151936, 256, 2048, True, est)[1] == 2048
+
+
+def test_pallas_gpu_vocab_splits_combine_exactly():
+  from jaxrl_llm.kernels.pallas_kernels import vocab_splits
+
+  assert vocab_splits(64, 297) == (4, 75)  # N = 4096, block_n 64, Qwen's V in 512-tiles.
+  assert vocab_splits(256, 297) == (1, 297)  # Enough row blocks: no split.
+  assert vocab_splits(1, 20) == (2, 10)  # At least 8 tiles per range.
+  for rows, n_tiles in [(1, 79), (3, 17), (2, 64), (5, 1000)]:
+    splits, per = vocab_splits(rows, n_tiles)
+    assert (splits - 1) * per < n_tiles <= splits * per  # No empty range, every tile covered.
+  # 79 tiles in 9 ranges of 9 (the last range runs 2 steps past the vocabulary).
+  h, w, hq, wq, y = make_inputs(40, 16, 5000, scale=8.0, seed=4)
+  kw = dict(hq=hq, wq=wq, temperature=0.6, softcap=20.0, valid=jnp.arange(40) % 5 != 0,
+            blocks=BlockSizes(block_n=32, block_v=64))
+  assert vocab_splits(2, 79) == (9, 9)
+  assert_close(run("pallas_gpu", h, w, y, **kw), run("chunked", h, w, y, **kw), rtol=1e-4,
+               atol=1e-5)

@@ -110,7 +110,21 @@ def _read_backward(ref, cols=slice(None)) -> tuple[tiles.Final, tiles.Cotangents
   return tiles.unpack_backward_rows([ref[k, cols] for k in range(8)])
 
 
-def _linear_fwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
+def vocab_splits(row_blocks: int, n_tiles: int, target_programs: int = 256) -> tuple[int, int]:
+  """(splits, tiles per split) for the forward grid ``(row blocks, splits)``.
+
+  With few row blocks (N = 4096 at ``block_n`` = 64 is 64 programs, half an H100's 132 SMs) the
+  vocabulary is split into ranges of whole tiles, each program keeps partial statistics of its
+  range, and :func:`tiles.combine` merges them exactly afterwards (as for a ``tensor``-sharded
+  head). Splits are made only while each keeps at least 8 tiles, and never leave a range empty.
+  """
+  want = max(1, -(-target_programs // row_blocks))
+  splits = max(1, min(want, n_tiles // 8))
+  per_split = -(-n_tiles // splits)
+  return -(-n_tiles // per_split), per_split
+
+
+def _linear_fwd_kernel(*refs, with_ref, vocab, bn, bv, per_split, temperature, softcap):
   if with_ref:
     h_ref, w_ref, y_ref, hq_ref, wq_ref, out_ref = refs
   else:
@@ -118,15 +132,17 @@ def _linear_fwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
   y = y_ref[...]
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
   all_rows = slice(None)
+  first = pl.program_id(1) * per_split
 
-  def body(i, stats):
-    start, fresh, cols = tiles.tile_geometry(i, bv, vocab)
+  def body(t, stats):
+    # Past the last tile (only in the last range): no fresh column, the statistics are unchanged.
+    start, fresh, cols = tiles.tile_geometry(first + t, bv, vocab)
     tile = pl.ds(start, bv)
     z = tz(_tile_raw(h_ref, all_rows, w_ref, tile, bn=bn, bv=bv))
     zq = tz(_tile_raw(hq_ref, all_rows, wq_ref, tile, bn=bn, bv=bv)) if with_ref else None
     return tiles.update(stats, z, zq, fresh, cols, y)
 
-  stats = jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, tiles.init_stats(bn))
+  stats = jax.lax.fori_loop(0, per_split, body, tiles.init_stats(bn))
   _write_rows(out_ref, tuple(stats) + (jnp.zeros_like(stats.m),))
 
 
@@ -137,20 +153,25 @@ def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n
   vocab = w.shape[1]
   bn, bv = block_n, pow2_floor(min(block_v, vocab))
   n_pad = -(-n // bn) * bn
+  splits, per_split = vocab_splits(n_pad // bn, tiles.num_tiles(vocab, bv))
   with_ref = h_ref is not None
   h, w, h_ref, w_ref = _pad_d(h, w, h_ref, w_ref)
+  rows = lambda width: pl.BlockSpec((bn, width), lambda i, s: (i, 0))
+  whole = lambda shape: pl.BlockSpec(shape, lambda i, s: (0, 0))
   args = [pad_rows(h, n_pad), w, pad_rows(targets.astype(jnp.int32), n_pad, -1)]
-  specs = [pl.BlockSpec((bn, h.shape[1]), lambda i: (i, 0)), _whole(w.shape), _row_block(bn)]
+  specs = [rows(h.shape[1]), whole(w.shape), pl.BlockSpec((bn,), lambda i, s: (i,))]
   if with_ref:
     args += [pad_rows(h_ref, n_pad), w_ref]
-    specs += [pl.BlockSpec((bn, h_ref.shape[1]), lambda i: (i, 0)), _whole(w_ref.shape)]
+    specs += [rows(h_ref.shape[1]), whole(w_ref.shape)]
   kernel = functools.partial(_linear_fwd_kernel, with_ref=with_ref, vocab=vocab, bn=bn, bv=bv,
-                             temperature=temperature, softcap=softcap)
+                             per_split=per_split, temperature=temperature, softcap=softcap)
   packed = pl.pallas_call(
-      kernel, grid=(n_pad // bn,), in_specs=specs, out_specs=_t_block(tiles.NUM_STATS, bn),
-      out_shape=jax.ShapeDtypeStruct((tiles.NUM_STATS, n_pad), jnp.float32),
+      kernel, grid=(n_pad // bn, splits), in_specs=specs,
+      out_specs=pl.BlockSpec((None, tiles.NUM_STATS, bn), lambda i, s: (s, 0, i)),
+      out_shape=jax.ShapeDtypeStruct((splits, tiles.NUM_STATS, n_pad), jnp.float32),
       interpret=interpret, compiler_params=_triton_params())(*args)
-  return tiles.unpack_t(packed[:, :n])
+  parts = tiles.Stats(*(packed[:, k, :n] for k in range(7)))
+  return tiles.combine(parts, axis=0) if splits > 1 else tiles.Stats(*(x[0] for x in parts))
 
 
 def _linear_dh_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):

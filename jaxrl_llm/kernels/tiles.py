@@ -101,17 +101,27 @@ def update(stats: Stats, z, zq, fresh, cols, targets) -> Stats:
   return Stats(m_new, s, pz, zy, mq, sq, pd)
 
 
-def combine(stats: Stats, axis_name) -> Stats:
-  """Exact combination of partial statistics of disjoint vocabulary shards over ``axis_name``."""
-  m = jax.lax.pmax(stats.m, axis_name)
-  scale = jnp.exp(stats.m - m)
-  shift = jnp.where(stats.s > 0, stats.m - m, 0.0)
-  mq = jax.lax.pmax(stats.mq, axis_name)
-  return Stats(m=m, s=jax.lax.psum(stats.s * scale, axis_name),
-               pz=jax.lax.psum((stats.pz + shift * stats.s) * scale, axis_name),
-               zy=jax.lax.psum(stats.zy, axis_name),
-               mq=mq, sq=jax.lax.psum(stats.sq * jnp.exp(stats.mq - mq), axis_name),
-               pd=jax.lax.psum(stats.pd * scale, axis_name))
+def combine(stats: Stats, axis_name=None, *, axis: int | None = None) -> Stats:
+  """Exact combination of partial statistics of disjoint vocabulary ranges.
+
+  Over the devices of mesh axis ``axis_name`` (``pmax``/``psum``), or over array axis ``axis`` of
+  stacked partial statistics (``[S, n]`` each). Every part must have seen at least one column.
+  """
+  if axis is None:
+    vmax = lambda x: jax.lax.pmax(x, axis_name)
+    vsum = lambda x: jax.lax.psum(x, axis_name)
+    expand = lambda x: x
+  else:
+    vmax = lambda x: jnp.max(x, axis=axis)
+    vsum = lambda x: jnp.sum(x, axis=axis)
+    expand = lambda x: jnp.expand_dims(x, axis)
+  m = vmax(stats.m)
+  scale = jnp.exp(stats.m - expand(m))
+  shift = jnp.where(stats.s > 0, stats.m - expand(m), 0.0)
+  mq = vmax(stats.mq)
+  return Stats(m=m, s=vsum(stats.s * scale), pz=vsum((stats.pz + shift * stats.s) * scale),
+               zy=vsum(stats.zy), mq=mq, sq=vsum(stats.sq * jnp.exp(stats.mq - expand(mq))),
+               pd=vsum(stats.pd * scale))
 
 
 def finalize(stats: Stats, with_ref: bool) -> Final:
