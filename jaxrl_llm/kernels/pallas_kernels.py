@@ -2,7 +2,9 @@
 
 Layout: the forward and ``dh`` kernels run one program per block of ``block_n`` rows and loop over
 vocabulary tiles *inside* the kernel (``fori_loop``), so the grid stays small -- that is also what
-keeps ``interpret=True`` affordable on CPU. The ``dW`` kernel runs one program per vocabulary tile
+keeps ``interpret=True`` affordable on CPU. When there are too few row blocks to fill a GPU, the
+forward also splits the vocabulary into ranges over a second grid axis (:func:`vocab_splits`) and
+merges the partial statistics exactly afterwards. The ``dW`` kernel runs one program per vocabulary tile
 and loops over row blocks inside, so no two programs write the same output block (GPU programs run
 concurrently, so a kernel may not rely on revisiting an output block in grid order). All
 arithmetic is the shared tile maths of :mod:`jaxrl_llm.kernels.tiles`, so the kernels and the
