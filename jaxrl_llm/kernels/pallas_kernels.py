@@ -2,9 +2,9 @@
 
 Layout: the forward and ``dh`` kernels run one program per block of ``block_n`` rows and loop over
 vocabulary tiles *inside* the kernel (``fori_loop``), so the grid stays small -- that is also what
-keeps ``interpret=True`` affordable on CPU. When there are too few row blocks to fill a GPU, the
-forward also splits the vocabulary into ranges over a second grid axis (:func:`vocab_splits`) and
-merges the partial statistics exactly afterwards. The ``dW`` kernel runs one program per vocabulary tile
+keeps ``interpret=True`` affordable on CPU. When there are too few row blocks to fill a GPU, both
+also split the vocabulary into ranges over a second grid axis (:func:`vocab_splits`) and merge the
+partial results exactly afterwards. The ``dW`` kernel runs one program per vocabulary tile
 and loops over row blocks inside, so no two programs write the same output block (GPU programs run
 concurrently, so a kernel may not rely on revisiting an output block in grid order). All
 arithmetic is the shared tile maths of :mod:`jaxrl_llm.kernels.tiles`, so the kernels and the
@@ -113,17 +113,27 @@ def _read_backward(ref, cols=slice(None)) -> tuple[tiles.Final, tiles.Cotangents
 
 
 def vocab_splits(row_blocks: int, n_tiles: int, target_programs: int = 256) -> tuple[int, int]:
-  """(splits, tiles per split) for the forward grid ``(row blocks, splits)``.
+  """(splits, tiles per split) for the forward and ``dh`` grids ``(row blocks, splits)``.
 
   With few row blocks (N = 4096 at ``block_n`` = 64 is 64 programs, half an H100's 132 SMs) the
-  vocabulary is split into ranges of whole tiles, each program keeps partial statistics of its
-  range, and :func:`tiles.combine` merges them exactly afterwards (as for a ``tensor``-sharded
-  head). Splits are made only while each keeps at least 8 tiles, and never leave a range empty.
+  vocabulary is split into ranges of whole tiles, each program keeps partial statistics (or a
+  partial ``dh``) of its range, and :func:`tiles.combine` merges them exactly afterwards (as for a
+  ``tensor``-sharded head; partial ``dh`` are summed). Splits are made only while each keeps at least 8 tiles, and never leave a range empty.
   """
   want = max(1, -(-target_programs // row_blocks))
   splits = max(1, min(want, n_tiles // 8))
   per_split = -(-n_tiles // splits)
   return -(-n_tiles // per_split), per_split
+
+
+def _split_specs(bn, h, w, h_ref, w_ref, *extra):
+  """in_specs on the ``(row blocks, vocabulary ranges)`` grid: h, W, y, extra..., [h_ref, W_ref]."""
+  rows = lambda width: pl.BlockSpec((bn, width), lambda i, s: (i, 0))
+  whole = lambda shape: pl.BlockSpec(shape, lambda i, s: (0, 0))
+  specs = [rows(h.shape[1]), whole(w.shape), pl.BlockSpec((bn,), lambda i, s: (i,)), *extra]
+  if h_ref is not None:
+    specs += [rows(h_ref.shape[1]), whole(w_ref.shape)]
+  return specs
 
 
 def _linear_fwd_kernel(*refs, with_ref, vocab, bn, bv, per_split, temperature, softcap):
@@ -158,13 +168,10 @@ def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n
   splits, per_split = vocab_splits(n_pad // bn, tiles.num_tiles(vocab, bv))
   with_ref = h_ref is not None
   h, w, h_ref, w_ref = _pad_d(h, w, h_ref, w_ref)
-  rows = lambda width: pl.BlockSpec((bn, width), lambda i, s: (i, 0))
-  whole = lambda shape: pl.BlockSpec(shape, lambda i, s: (0, 0))
   args = [pad_rows(h, n_pad), w, pad_rows(targets.astype(jnp.int32), n_pad, -1)]
-  specs = [rows(h.shape[1]), whole(w.shape), pl.BlockSpec((bn,), lambda i, s: (i,))]
   if with_ref:
     args += [pad_rows(h_ref, n_pad), w_ref]
-    specs += [rows(h_ref.shape[1]), whole(w_ref.shape)]
+  specs = _split_specs(bn, h, w, h_ref, w_ref)
   kernel = functools.partial(_linear_fwd_kernel, with_ref=with_ref, vocab=vocab, bn=bn, bv=bv,
                              per_split=per_split, temperature=temperature, softcap=softcap)
   packed = pl.pallas_call(
@@ -176,7 +183,7 @@ def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n
   return tiles.combine(parts, axis=0) if splits > 1 else tiles.Stats(*(x[0] for x in parts))
 
 
-def _linear_dh_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
+def _linear_dh_kernel(*refs, with_ref, vocab, bn, bv, per_split, temperature, softcap):
   if with_ref:
     h_ref, w_ref, y_ref, b_ref, hq_ref, wq_ref, dh_ref = refs
   else:
@@ -193,9 +200,10 @@ def _linear_dh_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
     return carry
 
   jax.lax.fori_loop(0, d // dk, zero, 0)
+  first = pl.program_id(1) * per_split
 
-  def body(i, carry):
-    start, fresh, cols = tiles.tile_geometry(i, bv, vocab)
+  def body(t, carry):
+    start, fresh, cols = tiles.tile_geometry(first + t, bv, vocab)  # draw = 0 past the end.
     tile = pl.ds(start, bv)
     raw = _tile_raw(h_ref, all_rows, w_ref, tile, bn=bn, bv=bv)
     zq = tz(_tile_raw(hq_ref, all_rows, wq_ref, tile, bn=bn, bv=bv)) if with_ref else None
@@ -210,7 +218,7 @@ def _linear_dh_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
 
     return jax.lax.fori_loop(0, d // dk, acc, carry)
 
-  jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, 0)
+  jax.lax.fori_loop(0, per_split, body, 0)
 
 
 def _linear_dw_kernel(*refs, with_ref, vocab, bv, bn, n_rows, temperature, softcap):
@@ -271,19 +279,18 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
   common = dict(with_ref=with_ref, vocab=vocab, bv=bv, bn=bn, temperature=temperature,
                 softcap=softcap)
 
-  args = [hp, w, yp, bp]
-  specs = [pl.BlockSpec((bn, d_pad), lambda i: (i, 0)), _whole(w.shape), _row_block(bn),
-           _t_block(_BWD_ROWS, bn)]
-  if with_ref:
-    args += [pad_rows(h_ref, n_pad), w_ref]
-    specs += [pl.BlockSpec((bn, h_ref.shape[1]), lambda i: (i, 0)), _whole(w_ref.shape)]
-  dh = pl.pallas_call(
-      functools.partial(_linear_dh_kernel, **common), grid=(n_pad // bn,), in_specs=specs,
-      out_specs=pl.BlockSpec((bn, d_pad), lambda i: (i, 0)),
-      out_shape=jax.ShapeDtypeStruct((n_pad, d_pad), jnp.float32),
-      interpret=interpret, compiler_params=_triton_params())(*args)[:n, :d]
-
   n_tiles = tiles.num_tiles(vocab, bv)
+  splits, per_split = vocab_splits(n_pad // bn, n_tiles)
+  args = [hp, w, yp, bp] + ([pad_rows(h_ref, n_pad), w_ref] if with_ref else [])
+  specs = _split_specs(bn, h, w, h_ref, w_ref, pl.BlockSpec((_BWD_ROWS, bn), lambda i, s: (0, i)))
+  dh_parts = pl.pallas_call(  # Partial dh of each vocabulary range, summed below.
+      functools.partial(_linear_dh_kernel, per_split=per_split, **common),
+      grid=(n_pad // bn, splits), in_specs=specs,
+      out_specs=pl.BlockSpec((None, bn, d_pad), lambda i, s: (s, i, 0)),
+      out_shape=jax.ShapeDtypeStruct((splits, n_pad, d_pad), jnp.float32),
+      interpret=interpret, compiler_params=_triton_params())(*args)
+  dh = jnp.sum(dh_parts, axis=0)[:n, :d]
+
   col_spec = lambda rows: pl.BlockSpec((rows, bv), lambda j: (0, j))
   args = [hp, w, yp, bp]
   specs = [_whole(hp.shape), col_spec(d_pad), _whole(yp.shape), _whole(bp.shape)]
