@@ -18,10 +18,10 @@ through ``jax.export`` on a CPU-only machine, which runs the whole Pallas→Trit
     not one, which is exact); ``dh``/``dW`` are read-modified-written chunk by chunk;
   * per-row statistics are written row by row into a transposed ``[K, N]`` layout (Triton's
     lowering has no general ``stack``).
-The weight is never copied: tile ``i`` of the forward/``dh`` loop is the shifted tile of
-:func:`jaxrl_llm.kernels.tiles.tile_geometry`; the ``dW`` kernel reads ``W`` through a
-``(D, block_v)`` block whose last one may reach past ``V`` (those columns are masked and the
-output is cut back to ``V``).
+Nothing is read or written out of bounds (Triton does not mask a block that reaches past its
+array, so a partial last block would read, or write, the next row): every vocabulary tile is the
+shifted tile of :func:`jaxrl_llm.kernels.tiles.tile_geometry`, rows are padded to ``block_n``, and
+the weight is never copied.
 
 Status: numerically verified in interpret mode and lowerable for CUDA (Triton) from CPU; not yet
 run or timed on a GPU, so the dispatcher does not pick it by default (see ``core.DEFAULT_IMPL``).
@@ -226,13 +226,14 @@ def _linear_dw_kernel(*refs, with_ref, vocab, bv, bn, n_rows, temperature, softc
     h_ref, w_ref, y_ref, b_ref, hq_ref, wq_ref, dw_ref = refs
   else:
     h_ref, w_ref, y_ref, b_ref, dw_ref = refs
-  j = pl.program_id(0)
-  cols = j * bv + jnp.arange(bv, dtype=jnp.int32)
-  fresh = cols < vocab  # The last tile may reach past V: those columns are masked.
+  # The shifted tile of tiles.tile_geometry: never reads past V (Triton does not mask a block
+  # that reaches past the array). Its overlapped columns get zero here; the caller keeps only
+  # the fresh ones.
+  start, fresh, cols = tiles.tile_geometry(pl.program_id(0), bv, vocab)
+  tile = pl.ds(start, bv)
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
   d = h_ref.shape[1]
   dk = d_chunk(d)
-  all_cols = slice(None)
 
   def zero(c, carry):
     dw_ref[pl.ds(pl.multiple_of(c * dk, dk), dk), :] = jnp.zeros((dk, bv), jnp.float32)
@@ -244,11 +245,8 @@ def _linear_dw_kernel(*refs, with_ref, vocab, bv, bn, n_rows, temperature, softc
     rows = pl.ds(pl.multiple_of(r * bn, bn), bn)
     y = y_ref[rows]
     fin, cot = _read_backward(b_ref, rows)
-    raw = jnp.where(fresh[None, :], _tile_raw(h_ref, rows, w_ref, all_cols, bn=bn, bv=bv), 0.0)
-    zq = None
-    if with_ref:
-      zq = tz(jnp.where(fresh[None, :],
-                        _tile_raw(hq_ref, rows, wq_ref, all_cols, bn=bn, bv=bv), 0.0))
+    raw = _tile_raw(h_ref, rows, w_ref, tile, bn=bn, bv=bv)
+    zq = tz(_tile_raw(hq_ref, rows, wq_ref, tile, bn=bn, bv=bv)) if with_ref else None
     dz = tiles.tile_dz(tz(raw), zq, fresh, cols, y, fin, cot)
     draw = tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
 
@@ -291,18 +289,17 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
       interpret=interpret, compiler_params=_triton_params())(*args)
   dh = jnp.sum(dh_parts, axis=0)[:n, :d]
 
-  col_spec = lambda rows: pl.BlockSpec((rows, bv), lambda j: (0, j))
-  args = [hp, w, yp, bp]
-  specs = [_whole(hp.shape), col_spec(d_pad), _whole(yp.shape), _whole(bp.shape)]
-  if with_ref:
-    hq = pad_rows(h_ref, n_pad)
-    args += [hq, w_ref]
-    specs += [_whole(hq.shape), col_spec(w_ref.shape[0])]
-  dw = pl.pallas_call(
+  args = [hp, w, yp, bp] + ([pad_rows(h_ref, n_pad), w_ref] if with_ref else [])
+  dw_tiles = pl.pallas_call(
       functools.partial(_linear_dw_kernel, n_rows=n_pad, **common), grid=(n_tiles,),
-      in_specs=specs, out_specs=col_spec(d_pad),
+      in_specs=[_whole(a.shape) for a in args],
+      out_specs=pl.BlockSpec((d_pad, bv), lambda j: (0, j)),
       out_shape=jax.ShapeDtypeStruct((d_pad, n_tiles * bv), jnp.float32),
-      interpret=interpret, compiler_params=_triton_params())(*args)[:d, :vocab]
+      interpret=interpret, compiler_params=_triton_params())(*args)
+  # Tile j holds columns [j·bv, (j+1)·bv) except the shifted last one, [V − bv, V), whose fresh
+  # columns are its last V − (n_tiles − 1)·bv.
+  head = (n_tiles - 1) * bv
+  dw = jnp.concatenate([dw_tiles[:d, :head], dw_tiles[:d, n_tiles * bv - (vocab - head):]], axis=1)
   return dh, dw
 
 
