@@ -20,8 +20,8 @@ through ``jax.export`` on a CPU-only machine, which runs the whole Pallas→Trit
     lowering has no general ``stack``).
 Nothing is read or written out of bounds (Triton does not mask a block that reaches past its
 array, so a partial last block would read, or write, the next row): every vocabulary tile is the
-shifted tile of :func:`jaxrl_llm.kernels.tiles.tile_geometry`, rows are padded to ``block_n``, and
-the weight is never copied.
+shifted tile of :func:`jaxrl_llm.kernels.tiles.tile_geometry` and rows are padded to ``block_n``;
+the weight is not copied (except to pad a ``D`` that is not a multiple of 16).
 
 Status: numerically verified in interpret mode and lowerable for CUDA (Triton) from CPU; not yet
 run or timed on a GPU, so the dispatcher does not pick it by default (see ``core.DEFAULT_IMPL``).
@@ -38,7 +38,7 @@ from jax.experimental.pallas import triton as pl_triton
 
 from jaxrl_llm.kernels import tiles
 
-_BWD_ROWS = 16  # tiles.pack_backward_t layout: 9 rows used, padded to a power of two.
+_BWD_ROWS = 16  # tiles.pack_backward(width=16), transposed: 8 rows used, padded to a power of 2.
 
 
 def _triton_params():

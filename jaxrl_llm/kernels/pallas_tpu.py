@@ -41,7 +41,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jaxrl_llm.kernels import tiles
 from jaxrl_llm.kernels.pallas_kernels import pad_rows
 
-_BWD_ROWS = 16  # tiles.pack_backward layout, transposed: 9 rows used, padded to 16 sublanes.
+_BWD_ROWS = 16  # tiles.pack_backward(width=16), transposed: 8 rows used, padded to 16 sublanes.
 _MIB = 1 << 20
 
 
