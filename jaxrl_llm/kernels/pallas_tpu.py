@@ -147,18 +147,27 @@ def _specs_rows_tiles(bn, bv, d, d_ref, with_ref, *extra):
   return specs
 
 
+def _prepare(h, w, targets, h_ref, w_ref, block_n, block_v, interpret):
+  """Geometry and padded operands shared by the forward and backward.
+
+  Returns ``((bn, bv, n_pad, n_tiles), [h, W, y as [1, n_pad]], [h_ref, W_ref] or [])``.
+  """
+  d, with_ref = h.shape[1], h_ref is not None
+  est = lambda bn, bv: vmem_estimate(block_n=bn, block_v=bv, d=d, itemsize=w.dtype.itemsize,
+                                     with_ref=with_ref)
+  geometry = _geometry(h.shape[0], w.shape[1], block_n, block_v, interpret, est)
+  n_pad = geometry[2]
+  base = [pad_rows(h, n_pad), w, pad_rows(targets.astype(jnp.int32), n_pad, -1)[None, :]]
+  return geometry, base, [pad_rows(h_ref, n_pad), w_ref] if with_ref else []
+
+
 def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n, block_v,
                    interpret) -> tiles.Stats:
   """Grid-pipelined version of :func:`jaxrl_llm.kernels.chunked.linear_forward`."""
-  n, d = h.shape
-  vocab = w.shape[1]
-  with_ref = h_ref is not None
-  est = lambda bn, bv: vmem_estimate(block_n=bn, block_v=bv, d=d, itemsize=w.dtype.itemsize,
-                                     with_ref=with_ref)
-  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret, est)
-  args = [pad_rows(h, n_pad), w, pad_rows(targets.astype(jnp.int32), n_pad, -1)[None, :]]
-  if with_ref:
-    args += [pad_rows(h_ref, n_pad), w_ref]
+  (n, d), vocab, with_ref = h.shape, w.shape[1], h_ref is not None
+  (bn, bv, n_pad, n_tiles), base, ref = _prepare(h, w, targets, h_ref, w_ref, block_n, block_v,
+                                                 interpret)
+  args = base + ref
   packed = pl.pallas_call(
       functools.partial(_linear_fwd_kernel, with_ref=with_ref, vocab=vocab, bn=bn, bv=bv,
                         temperature=temperature, softcap=softcap),
@@ -212,16 +221,11 @@ def linear_backward(h, w, targets, h_ref, w_ref, fin, cot, *, temperature, softc
                     block_v, interpret):
   """Grid-pipelined version of :func:`jaxrl_llm.kernels.chunked.linear_backward`."""
   n, d = h.shape
-  vocab = w.shape[1]
-  with_ref = h_ref is not None
-  est = lambda bn, bv: vmem_estimate(block_n=bn, block_v=bv, d=d, itemsize=w.dtype.itemsize,
-                                     with_ref=with_ref)
-  bn, bv, n_pad, n_tiles = _geometry(n, vocab, block_n, block_v, interpret, est)
+  vocab, with_ref = w.shape[1], h_ref is not None
+  (bn, bv, n_pad, n_tiles), base, ref = _prepare(h, w, targets, h_ref, w_ref, block_n, block_v,
+                                                 interpret)
   d_ref = h_ref.shape[1] if with_ref else 0
-  args = [pad_rows(h, n_pad), w, pad_rows(targets.astype(jnp.int32), n_pad, -1)[None, :],
-          pad_rows(tiles.pack_backward(fin, cot, width=_BWD_ROWS), n_pad).T]
-  if with_ref:
-    args += [pad_rows(h_ref, n_pad), w_ref]
+  args = base + [pad_rows(tiles.pack_backward(fin, cot, width=_BWD_ROWS), n_pad).T] + ref
   common = dict(with_ref=with_ref, vocab=vocab, bv=bv, temperature=temperature, softcap=softcap)
 
   b_spec = pl.BlockSpec((_BWD_ROWS, bn), lambda i, j: (0, i))
