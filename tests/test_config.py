@@ -52,6 +52,9 @@ def test_unknown_key_names_itself_and_suggests():
     ("data.on_bad_row=ignore", "data.on_bad_row"),
     ("data.train_size=100000", "data.train_size"),
     ("mesh.fsdp=0", "mesh.fsdp"),
+    ("model.logprob_impl=cuda", "model.logprob_impl"),
+    ("model.logprob_block_n=12", "model.logprob_block_n"),
+    ("model.logprob_block_v=-1", "model.logprob_block_v"),
 ])
 def test_invalid_values_name_the_field(override, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

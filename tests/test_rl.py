@@ -411,3 +411,30 @@ def test_truncated_sampling_with_rollout_correction(data_dir, tmp_path):
     assert row["train/ratio_first_max_dev"] == 0.0
     # The gap metric compares full-distribution log-probs, unaffected by the truncation.
     assert row["train/sampler_gap_abs_max"] < 1e-5
+
+
+def test_model_config_picks_the_log_prob_kernel():
+  """``model.logprob_impl`` / block sizes reach the trainer's log-probs; every path agrees."""
+  from jaxrl_llm.kernels import BlockSizes
+  from jaxrl_llm.models import logprob_kwargs
+
+  assert logprob_kwargs(MODEL) == dict(softcap=None, block_sizes=None, impl=None)
+  kw = logprob_kwargs(dataclasses.replace(MODEL, logprob_impl="pallas", logprob_block_v=64,
+                                          final_softcap=30.0))
+  default = BlockSizes.default(jax.default_backend())
+  assert kw == dict(softcap=30.0, impl="pallas",
+                    block_sizes=BlockSizes(block_n=default.block_n, block_v=64))
+  model = Decoder(MODEL)
+  params, _ = init_params(MODEL, jax.random.PRNGKey(0), ONE_DEVICE)
+  config = pg.config_from(AlgorithmConfig(**pg.PRESETS["grpo"]), temperature=0.7,
+                          max_new_tokens=T)
+  batch = _fixed_batch(config, params, model.apply)
+  outs = {}
+  for impl in ("reference", "chunked", "pallas_gpu", "pallas_tpu"):
+    cfg = dataclasses.replace(MODEL, logprob_impl=impl, logprob_block_n=8, logprob_block_v=16)
+    outs[impl] = pg.response_logprobs(model.apply, params, cfg, batch["tokens"],
+                                      batch["attention_mask"], batch["mask"], temperature=0.7)
+  for impl in ("chunked", "pallas_gpu", "pallas_tpu"):
+    np.testing.assert_allclose(outs[impl].logp, outs["reference"].logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[impl].entropy, outs["reference"].entropy, rtol=1e-5,
+                               atol=1e-5)

@@ -71,7 +71,7 @@ from jaxrl_llm import ops
 from jaxrl_llm.algorithms.common import TrainState, accumulate_and_apply
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
-from jaxrl_llm.models.decoder import lm_head_weight
+from jaxrl_llm.models.decoder import lm_head_weight, logprob_kwargs
 
 VARIANTS = ("dpo", "cdpo", "rdpo", "ipo", "hinge")
 _KIND = {"dpo": "sigmoid", "cdpo": "sigmoid", "rdpo": "robust", "ipo": "ipo", "hinge": "hinge"}
@@ -142,7 +142,7 @@ def sequence_logprobs(apply_fn: Callable, params, model_config: ModelConfig, tok
   hidden = apply_fn({"params": params}, tokens, attention_mask, deterministic=True,
                     return_hidden=True)
   out = fused_linear_logprobs(hidden[:, :-1], lm_head_weight(params, model_config), tokens[:, 1:],
-                              softcap=model_config.final_softcap or None, valid=mask)
+                              valid=mask, **logprob_kwargs(model_config))
   total = jnp.sum(jnp.where(mask, out.logp, 0.0), axis=-1)
   return total, jnp.sum(mask.astype(jnp.float32), axis=-1)
 

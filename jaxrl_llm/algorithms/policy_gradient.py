@@ -42,7 +42,7 @@ from jaxrl_llm import ops
 from jaxrl_llm.algorithms.common import guarded_apply, tree_all_finite
 from jaxrl_llm.config.schema import AlgorithmConfig, ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
-from jaxrl_llm.models.decoder import lm_head_weight
+from jaxrl_llm.models.decoder import lm_head_weight, logprob_kwargs
 
 sg = jax.lax.stop_gradient
 
@@ -161,7 +161,7 @@ def response_logprobs(apply_fn: Callable, params, model_config: ModelConfig, tok
                     return_hidden=True)
   return fused_linear_logprobs(hidden[:, p - 1:length - 1], lm_head_weight(params, model_config),
                                tokens[:, p:], temperature=temperature,
-                               softcap=model_config.final_softcap or None, valid=response_mask)
+                               valid=response_mask, **logprob_kwargs(model_config))
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ from jaxrl_llm.algorithms.common import (TrainState, guarded_apply, train_state_
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
 from jaxrl_llm.models import heads
-from jaxrl_llm.models.decoder import Decoder, lm_head_weight
+from jaxrl_llm.models.decoder import Decoder, lm_head_weight, logprob_kwargs
 from jaxrl_llm.parallel import replicated
 
 sg = jax.lax.stop_gradient
@@ -251,7 +251,7 @@ def shared_logprobs_and_values(policy_apply: Callable, params: dict, model_confi
                         return_hidden=True)[:, lo:hi]
   out = fused_linear_logprobs(hidden, lm_head_weight(policy, model_config), tokens[:, lo + 1:],
                               temperature=temperature,
-                              softcap=model_config.final_softcap or None, valid=response_mask)
+                              valid=response_mask, **logprob_kwargs(model_config))
   value_hidden = jnp.where(value_grad_to_trunk, hidden, sg(hidden))
   values = _head(value_hidden, params["value_head"])
   return out, jnp.where(response_mask.astype(bool), values, 0.0)

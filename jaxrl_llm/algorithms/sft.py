@@ -29,7 +29,7 @@ from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
-from jaxrl_llm.models.decoder import lm_head_weight
+from jaxrl_llm.models.decoder import lm_head_weight, logprob_kwargs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,7 +56,7 @@ def loss_fn(params, apply_fn: Callable, model_config: ModelConfig, micro: dict,
   targets = micro["tokens"][:, 1:]
   mask = micro["loss_mask"]
   out = fused_linear_logprobs(hidden[:, :-1], lm_head_weight(params, model_config), targets,
-                              softcap=model_config.final_softcap or None, valid=mask[:, 1:])
+                              valid=mask[:, 1:], **logprob_kwargs(model_config))
   nll = jnp.pad(-out.logp, ((0, 0), (1, 0)))  # Aligned with tokens: position 0 predicts nothing.
   loss = ops.masked_sum(nll * weights, mask)
   hit = jnp.pad((out.logp == out.max_logp).astype(jnp.float32), ((0, 0), (1, 0)))

@@ -83,6 +83,12 @@ class ModelConfig:
   sliding_window: int = 0  # Keys within this many positions (0: off).
   layer_types: tuple[str, ...] = ()  # Per layer "full" / "sliding"; (): all sliding iff a window.
   post_norms: bool = False  # Gemma 2: norms after attention and MLP too.
+  # The fused log-prob kernel behind every trainer log-prob (jaxrl_llm.kernels): "auto" is the
+  # backend's default path; block sizes 0 are the backend's defaults (kernels.BlockSizes).
+  logprob_impl: Literal["auto", "chunked", "pallas", "pallas_gpu", "pallas_tpu",
+                        "reference"] = "auto"
+  logprob_block_n: int = 0
+  logprob_block_v: int = 0
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -91,7 +97,9 @@ class ModelConfig:
     _positive("model", self, "vocab_multiple", "d_model", "n_layers", "n_heads", "n_kv_heads",
               "d_ff", "max_seq_len", "rope_theta", "norm_eps")
     _positive("model", self, "head_dim", "sliding_window", "attn_softcap", "final_softcap",
-              "query_scale", allow_zero=True)
+              "query_scale", "logprob_block_n", "logprob_block_v", allow_zero=True)
+    if self.logprob_block_n % 8:
+      _fail("model.logprob_block_n", f"must be a multiple of 8 (or 0), got {self.logprob_block_n}")
     if self.n_heads % self.n_kv_heads:
       _fail("model.n_kv_heads", f"must divide n_heads={self.n_heads}, got {self.n_kv_heads}")
     if self.head_dim == 0 and self.d_model % self.n_heads:

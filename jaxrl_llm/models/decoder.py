@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.config.schema import ModelConfig
+from jaxrl_llm.kernels import BlockSizes
 
 _NEG = -1e30  # Finite "minus infinity": fully masked rows give a uniform softmax, never NaN.
 
@@ -315,6 +316,19 @@ def lm_head_weight(params, config: ModelConfig) -> jax.Array:
   if config.tie_embeddings:
     return params["embedding"].T
   return params["lm_head"]
+
+
+def logprob_kwargs(config: ModelConfig) -> dict:
+  """The keyword arguments of :func:`jaxrl_llm.kernels.fused_linear_logprobs` that the model
+  config fixes: the final soft-capping and the kernel path and block sizes
+  (``model.logprob_impl`` / ``logprob_block_n`` / ``logprob_block_v``)."""
+  blocks = None
+  if config.logprob_block_n or config.logprob_block_v:
+    default = BlockSizes.default(jax.default_backend())
+    blocks = BlockSizes(block_n=config.logprob_block_n or default.block_n,
+                        block_v=config.logprob_block_v or default.block_v)
+  return dict(softcap=config.final_softcap or None, block_sizes=blocks,
+              impl=None if config.logprob_impl == "auto" else config.logprob_impl)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
