@@ -103,13 +103,6 @@ def _tile_raw(h_ref, rows, w_ref, w_cols, *, bn, bv):
   return jax.lax.fori_loop(0, d // dk, body, jnp.zeros((bn, bv), jnp.float32))
 
 
-def _write_rows(ref, values, cols=slice(None)):
-  for k, v in enumerate(values):
-    ref[k, cols] = v
-
-
-def _read_backward(ref, cols=slice(None)) -> tuple[tiles.Final, tiles.Cotangents]:
-  return tiles.unpack_backward_rows([ref[k, cols] for k in range(8)])
 
 
 def vocab_splits(row_blocks: int, n_tiles: int, target_programs: int = 256) -> tuple[int, int]:
@@ -155,7 +148,7 @@ def _linear_fwd_kernel(*refs, with_ref, vocab, bn, bv, per_split, temperature, s
     return tiles.update(stats, z, zq, fresh, cols, y)
 
   stats = jax.lax.fori_loop(0, per_split, body, tiles.init_stats(bn))
-  _write_rows(out_ref, tuple(stats) + (jnp.zeros_like(stats.m),))
+  tiles.write_rows(out_ref, tuple(stats) + (jnp.zeros_like(stats.m),))
 
 
 def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n, block_v,
@@ -189,7 +182,7 @@ def _linear_dh_kernel(*refs, with_ref, vocab, bn, bv, per_split, temperature, so
   else:
     h_ref, w_ref, y_ref, b_ref, dh_ref = refs
   y = y_ref[...]
-  fin, cot = _read_backward(b_ref)
+  fin, cot = tiles.read_backward_rows(b_ref)
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
   d = h_ref.shape[1]
   dk = d_chunk(d)
@@ -244,7 +237,7 @@ def _linear_dw_kernel(*refs, with_ref, vocab, bv, bn, n_rows, temperature, softc
   def body(r, carry):
     rows = pl.ds(pl.multiple_of(r * bn, bn), bn)
     y = y_ref[rows]
-    fin, cot = _read_backward(b_ref, rows)
+    fin, cot = tiles.read_backward_rows(b_ref, rows)
     raw = _tile_raw(h_ref, rows, w_ref, tile, bn=bn, bv=bv)
     zq = tz(_tile_raw(hq_ref, rows, wq_ref, tile, bn=bn, bv=bv)) if with_ref else None
     dz = tiles.tile_dz(tz(raw), zq, fresh, cols, y, fin, cot)
@@ -318,7 +311,7 @@ def _logits_fwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
     return tiles.update(stats, z, zq, fresh, cols, y)
 
   stats = jax.lax.fori_loop(0, tiles.num_tiles(vocab, bv), body, tiles.init_stats(bn))
-  _write_rows(out_ref, tuple(stats) + (jnp.zeros_like(stats.m),))
+  tiles.write_rows(out_ref, tuple(stats) + (jnp.zeros_like(stats.m),))
 
 
 def _logits_bwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
@@ -327,7 +320,7 @@ def _logits_bwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
   else:
     l_ref, y_ref, b_ref, dl_ref = refs
   y = y_ref[...]
-  fin, cot = _read_backward(b_ref)
+  fin, cot = tiles.read_backward_rows(b_ref)
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
 
   def body(i, carry):

@@ -106,20 +106,13 @@ def _read_stats(ref) -> tiles.Stats:
   return tiles.Stats(*(ref[k, :] for k in range(7)))
 
 
-def _write_rows(ref, values):
-  for k, v in enumerate(values):
-    ref[k, :] = v
-
-
-def _read_backward(ref):
-  return tiles.unpack_backward_rows([ref[k, :] for k in range(8)])
 
 
 def _init_stats(out_ref, bn):
   @pl.when(pl.program_id(1) == 0)
   def _():
     init = tiles.init_stats(bn)
-    _write_rows(out_ref, tuple(init) + (jnp.zeros_like(init.m),))
+    tiles.write_rows(out_ref, tuple(init) + (jnp.zeros_like(init.m),))
 
 
 def _linear_fwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
@@ -134,7 +127,7 @@ def _linear_fwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
   zq = tz(jnp.dot(hq_ref[...], wq_ref[...], preferred_element_type=jnp.float32)
           ) if with_ref else None
   stats = tiles.update(_read_stats(out_ref), z, zq, fresh, cols, y_ref[0, :])
-  _write_rows(out_ref, stats)
+  tiles.write_rows(out_ref, stats)
 
 
 def _specs_rows_tiles(bn, bv, d, d_ref, with_ref, *extra):
@@ -187,7 +180,7 @@ def _tile_draw(h, w, y, b_ref, hq_ref, wq_ref, fresh, cols, *, with_ref, tempera
   zq = None
   if with_ref:
     zq = tz(jnp.dot(hq_ref[...], _masked_w(wq_ref, fresh), preferred_element_type=jnp.float32))
-  fin, cot = _read_backward(b_ref)
+  fin, cot = tiles.read_backward_rows(b_ref)
   dz = tiles.tile_dz(tz(raw), zq, fresh, cols, y, fin, cot)
   return tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
 
@@ -259,7 +252,7 @@ def _logits_fwd_kernel(*refs, with_ref, vocab, bn, bv, temperature, softcap):
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
   zq = tz(q_ref[...]) if with_ref else None
   stats = tiles.update(_read_stats(out_ref), tz(l_ref[...]), zq, fresh, cols, y_ref[0, :])
-  _write_rows(out_ref, stats)
+  tiles.write_rows(out_ref, stats)
 
 
 def _logits_bwd_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
@@ -271,7 +264,7 @@ def _logits_bwd_kernel(*refs, with_ref, vocab, bv, temperature, softcap):
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
   raw = jnp.where(fresh[None, :], l_ref[...].astype(jnp.float32), 0.0)
   zq = tz(q_ref[...]) if with_ref else None
-  fin, cot = _read_backward(b_ref)
+  fin, cot = tiles.read_backward_rows(b_ref)
   dz = tiles.tile_dz(tz(raw), zq, fresh, cols, y_ref[0, :], fin, cot)
   dl_ref[...] = tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
 

@@ -188,3 +188,14 @@ def unpack_backward_rows(c) -> tuple[Final, Cotangents]:
 
 def unpack_backward(packed: jax.Array) -> tuple[Final, Cotangents]:
   return unpack_backward_rows([packed[:, i] for i in range(8)])
+
+
+def write_rows(ref, values, cols=slice(None)) -> None:
+  """Kernel helper: ``ref[k, cols] = values[k]`` for each per-row array (transposed layout)."""
+  for k, v in enumerate(values):
+    ref[k, cols] = v
+
+
+def read_backward_rows(ref, cols=slice(None)) -> tuple[Final, Cotangents]:
+  """Kernel helper: (Final, Cotangents) from a transposed :func:`pack_backward` ref."""
+  return unpack_backward_rows([ref[k, cols] for k in range(8)])
