@@ -90,11 +90,14 @@ def test_no_code_block_syntax_error_and_malformed_completions(reward):
   assert diag[2].status == "error" and diag[2].total == 4
 
 
-def test_exiting_before_the_tests_fails(reward):
+def test_exiting_before_the_tests_earns_nothing(reward):
+  """Leaving early never passes a test: the judge still calls the function (sys.exit) or meets a
+  closed channel (os._exit). ``add`` returning 0 is right for one test in four."""
   rows = [fence("import sys\ndef add(a, b): return 0\nsys.exit(0)"),
           fence("import os\ndef add(a, b): return 0\nos._exit(0)"),
-          fence("def add(a, b): return 0\nexit()")]
-  np.testing.assert_allclose(score(reward, rows, [ADD_TESTS] * 3), [0.0, 0.0, 0.0])
+          fence("def add(a, b): return 0\nexit()"),
+          fence("import os\nos._exit(0)\ndef add(a, b): return a + b")]
+  np.testing.assert_allclose(score(reward, rows, [ADD_TESTS] * 4), [0.25, 0.0, 0.25, 0.0])
 
 
 def test_malformed_tests_column_raises(reward):

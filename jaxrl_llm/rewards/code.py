@@ -6,8 +6,8 @@ fenced block of any language; else the whole completion.
 Each row's ``tests`` column is a JSON string, or the already-parsed dict, of one of these forms:
 
 * function-call tests -- ``{"asserts": ["assert add(1, 2) == 3", ...], "setup": "import math"}``:
-  each string is one test (any statements, usually one ``assert``), run after the solution in the
-  same namespace; ``setup`` (optional) runs before the solution (imports, helpers).
+  each string is one test (any statements, usually one ``assert``); ``setup`` (optional) runs
+  before the solution and before the tests (imports, helpers).
 * a test program -- ``{"test_code": "def check(candidate): ...", "entry_point": "add",
   "setup": ""}``: one test; ``check(<entry_point>)`` is appended when ``entry_point`` is given
   (HumanEval style).
@@ -16,14 +16,22 @@ Each row's ``tests`` column is a JSON string, or the already-parsed dict, of one
   case with ``input`` on stdin; a case passes if it exits normally (or with ``sys.exit(0)``) and its
   stdout equals ``output`` line by line after stripping each line and the whole text.
 
-Scoring (verl ``prime_code`` semantics): the whole suite runs first in one process (``limits``,
-default 5 s); if it passes the reward is 1. Otherwise ``mode="all"`` gives 0, and
-``mode="fraction"`` runs the first ``max_individual_tests`` (10) tests individually
-(``test_limits``, default 10 s each) and returns passed / run. Two refinements: stdin/stdout cases
-already run one by one inside the suite process, so only cases the suite never reached (it crashed
-or timed out) are rerun; and if every individually run test passes although the suite failed (a
-later test, or an interaction between tests), the score is capped at ``(n - 1) / n`` so that only a
-passing suite earns 1. Compile errors, runtime errors, time-outs and exceeded limits fail the test.
+Who decides (the policy is an adversary of this reward): the solution never shares a process
+with a test, an expected value or a channel that reports success. Function-call tests and test
+programs run in a trusted judge process; every name a test takes from the solution is a proxy to
+the sandboxed solution process, whose return values come back as plain data rebuilt by built-in
+code (:func:`~jaxrl_llm.rewards.sandbox.run_judged`), so comparisons and truth values are never
+the solution's. stdin/stdout programs report their output and this process compares it. A test
+that hands the solution something other than plain data (a lambda, an instance of a test-defined
+class) fails; such tests need a different harness.
+
+Scoring (verl ``prime_code`` semantics): the whole suite runs first (``limits``, default 5 s); if
+every test passes the reward is 1. Otherwise ``mode="all"`` gives 0, and ``mode="fraction"``
+returns passed / run over the first ``max_individual_tests`` (10) tests. Each test has its own
+verdict inside the suite run; only tests the suite never reached (it crashed or timed out first)
+run again alone (``test_limits``, default 10 s each). If every counted test passes although the
+suite did not, the score is capped at ``(n - 1) / n`` so that only a passing suite earns 1.
+Compile errors, runtime errors, time-outs and exceeded limits fail the test.
 
 A malformed completion never raises (reward 0); a malformed ``tests`` value raises ValueError naming
 the column and the row. See :mod:`jaxrl_llm.rewards.sandbox` for what the sandbox does and does not
@@ -39,7 +47,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxrl_llm.rewards.sandbox import SandboxJob, SandboxLimits, SandboxPool, SandboxResult
+from jaxrl_llm.rewards.sandbox import (JudgedJob, JudgedResult, SandboxJob, SandboxLimits,
+                                       SandboxPool, SandboxResult, solution_names)
 
 _FENCE = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)```", re.DOTALL)
 _PYTHON_TAGS = ("python", "py", "python3")
@@ -71,8 +80,10 @@ class CodeTests:
   Attributes:
     kind: "asserts" (function-call tests) or "io" (stdin/stdout cases).
     asserts: the test snippets (kind "asserts").
-    setup: code run before the solution (kind "asserts").
+    setup: code run before the solution and before the tests (kind "asserts").
     inputs, outputs: the cases (kind "io").
+    names, modules: what the tests take from the solution, and the standard-library modules the
+      judge imports for them (:func:`~jaxrl_llm.rewards.sandbox.solution_names`).
   """
 
   kind: str
@@ -80,6 +91,8 @@ class CodeTests:
   setup: str = ""
   inputs: tuple[str, ...] = ()
   outputs: tuple[str, ...] = ()
+  names: tuple[str, ...] = ()
+  modules: tuple[str, ...] = ()
 
   @property
   def num_tests(self) -> int:
@@ -109,12 +122,20 @@ def parse_tests(value: Any, row: int = 0, column: str = "tests") -> CodeTests:
     return v
 
   setup = text("setup", "")
+
+  def judged(asserts: tuple[str, ...], entry: str | None = None) -> CodeTests:
+    try:
+      names, modules = solution_names(asserts, setup, entry)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+      raise ValueError(f"{where}: a test or the setup does not parse as Python: {e}") from None
+    return CodeTests(kind="asserts", asserts=asserts, setup=setup, names=names, modules=modules)
+
   if "asserts" in value:
     asserts = value["asserts"]
     if (not isinstance(asserts, (list, tuple)) or not asserts or
         not all(isinstance(a, str) and a.strip() for a in asserts)):
       raise ValueError(f"{where}: 'asserts' must be a non-empty list of non-empty strings")
-    return CodeTests(kind="asserts", asserts=tuple(asserts), setup=setup)
+    return judged(tuple(asserts))
   if "test_code" in value:
     code = text("test_code")
     entry = value.get("entry_point")
@@ -124,7 +145,7 @@ def parse_tests(value: Any, row: int = 0, column: str = "tests") -> CodeTests:
       code = f"{code}\n\ncheck({entry})\n"
     if not code.strip():
       raise ValueError(f"{where}: 'test_code' is empty")
-    return CodeTests(kind="asserts", asserts=(code,), setup=setup)
+    return judged((code,), entry)
   if "io" in value:
     cases = value["io"]
     if not isinstance(cases, (list, tuple)) or not cases:
@@ -184,17 +205,24 @@ def _case_passes(result: SandboxResult, i: int, expected: str) -> bool:
   return i < len(cases) and cases[i].ok and outputs_match(cases[i].stdout, expected)
 
 
-def _suite_job(code: str, t: CodeTests) -> SandboxJob:
+def _job(code: str, t: CodeTests, tests: Sequence[int] | None = None,
+         limits: SandboxLimits | None = None) -> SandboxJob | JudgedJob:
+  """The run of ``tests`` (indices; None = the whole suite) of one row."""
+  idx = range(t.num_tests) if tests is None else tests
   if t.kind == "asserts":
-    return SandboxJob(code=code, setup=t.setup, tests="\n\n".join(t.asserts))
-  return SandboxJob(code=code, cases=t.inputs)
+    return JudgedJob(code=code, tests=tuple(t.asserts[j] for j in idx), setup=t.setup,
+                     names=t.names, modules=t.modules, limits=limits)
+  return SandboxJob(code=code, cases=tuple(t.inputs[j] for j in idx), limits=limits)
 
 
-def _suite_passed(result: SandboxResult, t: CodeTests) -> bool:
-  if t.kind == "asserts":
-    return result.ok
-  return result.status == "ok" and all(_case_passes(result, i, out)
-                                       for i, out in enumerate(t.outputs))
+def _verdicts(result: SandboxResult | JudgedResult, t: CodeTests,
+              tests: Sequence[int]) -> list[bool | None]:
+  """Per test of a run: passed, failed, or None (the run ended before it)."""
+  if isinstance(result, JudgedResult):
+    return list(result.verdicts)
+  cases = result.cases or []
+  return [_case_passes(result, k, t.outputs[j]) if k < len(cases) else None
+          for k, j in enumerate(tests)]
 
 
 class CodeReward:
@@ -242,48 +270,39 @@ class CodeReward:
     parsed = [parse_tests(t, row) for row, t in enumerate(tests)]
     extracted = [extract_code(c) if isinstance(c, str) else ("", False) for c in completions]
     rows = [i for i, (code, _) in enumerate(extracted) if code.strip()]
-    suite = dict(zip(rows, self.pool.run_many(_suite_job(extracted[i][0], parsed[i])
-                                              for i in rows)))
-    # Phase 2: individual tests of failed suites (fraction mode), all rows at once.
-    individual: list[tuple[int, int, SandboxJob]] = []
+    suite = dict(zip(rows, self.pool.run_many(_job(extracted[i][0], parsed[i]) for i in rows)))
+    verdicts = {i: _verdicts(suite[i], parsed[i], range(parsed[i].num_tests)) for i in rows}
+    suite_passed = {i: all(x is True for x in v) for i, v in verdicts.items()}
+    # Phase 2 (fraction mode): each of the first ``max_individual_tests`` tests that the suite run
+    # never reached (it timed out or crashed first) runs alone; all rows at once.
+    individual: list[tuple[int, int]] = []
     for i in rows:
-      t, result = parsed[i], suite[i]
-      if self.mode == "all" or _suite_passed(result, t) or result.syntax_error:
+      v, t = verdicts[i], parsed[i]
+      if self.mode == "all" or suite_passed[i] or suite[i].syntax_error:
         continue
-      code = extracted[i][0]
-      for j in range(min(t.num_tests, self.max_individual_tests)):
-        if t.kind == "asserts":
-          individual.append((i, j, SandboxJob(code=code, setup=t.setup, tests=t.asserts[j],
-                                              limits=self.test_limits)))
-        elif j >= len(result.cases or []):  # the suite never reached this case: rerun it alone.
-          individual.append((i, j, SandboxJob(code=code, cases=(t.inputs[j],),
-                                              limits=self.test_limits)))
-    rerun = dict(((i, j), r) for (i, j, _), r in
-                 zip(individual, self.pool.run_many(job for _, _, job in individual)))
+      individual += [(i, j) for j in range(min(t.num_tests, self.max_individual_tests))
+                     if v[j] is None]
+    reruns = self.pool.run_many(_job(extracted[i][0], parsed[i], (j,), self.test_limits)
+                                for i, j in individual)
+    for (i, j), r in zip(individual, reruns):
+      verdicts[i][j] = _verdicts(r, parsed[i], (j,))[0] is True
     scores = []
     for i, (code, formatted) in enumerate(extracted):
       t = parsed[i]
       if i not in suite:
         scores.append(CodeScore(0.0, 0, 0, False, "skipped", formatted))
         continue
-      result = suite[i]
-      if _suite_passed(result, t):
+      result, v = suite[i], verdicts[i]
+      if suite_passed[i]:
         scores.append(CodeScore(1.0, t.num_tests, t.num_tests, True, result.status, formatted))
         continue
       if self.mode == "all" or result.syntax_error:
         scores.append(CodeScore(0.0, 0, t.num_tests, False, result.status, formatted))
         continue
       k = min(t.num_tests, self.max_individual_tests)
-      passed = 0
-      for j in range(k):
-        if (i, j) in rerun:
-          r = rerun[(i, j)]
-          passed += r.ok if t.kind == "asserts" else (r.status == "ok" and
-                                                      _case_passes(r, 0, t.outputs[j]))
-        else:
-          passed += _case_passes(result, j, t.outputs[j])
+      passed = sum(v[j] is True for j in range(k))
       score = passed / k
-      if passed == k:
+      if passed == k:  # every counted test passed, but not the whole suite in one run.
         score = (t.num_tests - 1) / t.num_tests
       scores.append(CodeScore(float(score), int(passed), k, False, result.status, formatted))
     return scores

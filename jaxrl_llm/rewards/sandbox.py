@@ -6,6 +6,13 @@ which is unsafe with threads) in a new session, so the whole process group can b
 job (code, stdin, limits) reaches the child over a pipe; a small bootstrap applies the limits and
 isolation below, then ``exec``\\ s the code as ``__main__``.
 
+Verdicts never come from the process that runs untrusted code. Tests run in a second, trusted
+*judge* process that sees the solution's values only as plain data rebuilt by built-in code
+(:func:`run_judged`, :mod:`jaxrl_llm.rewards.plain`); stdin/stdout programs report their output and
+the parent compares it with expectations the program never saw. Every descriptor a child inherits
+is one-directional: the job pipe (read), its stdout/stderr files and status pipe (write), and in a
+judged run the request (read) / reply (write) pipes to the judge.
+
 Layers, in the order the bootstrap applies them (each reports whether it took effect:
 :attr:`SandboxResult.layers`):
 
@@ -27,8 +34,12 @@ Layers, in the order the bootstrap applies them (each reports whether it took ef
    ``EPERM``.
 5. ``audit``: a ``sys.addaudithook`` hook that refuses socket events, ``subprocess.Popen``,
    ``os.system``, ``os.fork``/``forkpty``/``posix_spawn``/``exec*``, ``os.kill`` of others,
-   everything ``ctypes``, and ``open``/rename/remove/mkdir/... with a path outside the work
-   directory for writing. It gives clean Python errors and covers systems where 2-4 are missing.
+   everything ``ctypes``, ``open``/rename/remove/mkdir/... with a path outside the work
+   directory for writing, and introspection: ``sys._getframe`` / ``_current_frames``, reading a
+   traceback's, generator's or coroutine's frame, ``sys.settrace`` / ``setprofile`` and the ``gc``
+   object walks (the error is also a ``ValueError``, so library code that tolerates missing
+   frames, e.g. ``collections.namedtuple``, still works). It gives clean Python errors and covers
+   systems where 2-4 are missing.
 6. The parent: a clean environment (``PATH``, ``HOME``/``TMPDIR`` = the work dir, a UTF-8 locale;
    nothing inherited, so secrets in the parent's environment are invisible), a fresh temporary
    directory as cwd (deleted afterwards), a wall-clock limit (the process group is SIGKILLed on
@@ -49,9 +60,10 @@ What is NOT guaranteed:
   interpreter may live under a private home such as ``/root/.pyenv``). Files readable by that uid
   stay readable (read-only); the only way out is the child's own stdout/stderr, so do not log raw
   sandbox output where that matters.
-* Pass/fail reporting is in-process: a result record carries a per-run random nonce that the code
-  never sees directly, which defeats ``sys.exit(0)`` / ``os._exit(0)`` before the tests run, but
-  code that deliberately walks the harness's frames could find the nonce and forge a pass.
+* What a program reports about itself (``SandboxResult.completed``, a case's stdout) is whatever
+  it chooses to report; it is evidence only when compared with something it never saw.
+* Judged runs accept plain data only: a test that passes the solution a function or an object of
+  its own class fails (:mod:`jaxrl_llm.rewards.plain` lists the types that cross).
 * Only the standard library is importable by default (``-S`` skips ``site``, hence no
   site-packages; the bootstrap restores ``exit``/``quit``, which ``site`` normally defines).
   ``site_packages=True`` runs without ``-S``.
@@ -62,12 +74,15 @@ What is NOT guaranteed:
 
 from __future__ import annotations
 
+import ast
+import builtins
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
 import os
-import secrets
+import pathlib
 import select
 import shutil
 import signal
@@ -76,6 +91,8 @@ import sys
 import tempfile
 import time
 from typing import Iterable, Sequence
+
+from jaxrl_llm.rewards import plain
 
 STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed")
 
@@ -132,17 +149,18 @@ class SandboxJob:
   Attributes:
     code: Python source, run as ``__main__``.
     setup: Python source run first in the same namespace (imports, helpers; script mode only).
-    tests: Python source run afterwards in the same namespace (e.g. assert statements).
-      :attr:`SandboxResult.completed` is True only if both ran to their end without exiting.
     stdin: text on the program's standard input (script mode).
     cases: if given, "cases mode": ``code`` runs once per entry, each time in a fresh namespace
       with that entry as stdin, and its stdout is captured per case (:attr:`SandboxResult.cases`);
-      ``tests`` and ``stdin`` are ignored.
+      ``stdin`` is ignored.
     limits: per-job limits; None = the runner's default.
+
+  There is deliberately no way to run tests in the program's own process: code that shares a
+  process with its tests can reach their expected values and the reporting channel. Tests run in
+  a separate judge process (:func:`run_judged`), or the parent compares outputs (cases mode).
   """
 
   code: str
-  tests: str = ""
   setup: str = ""
   stdin: str = ""
   cases: tuple[str, ...] | None = None
@@ -176,8 +194,9 @@ class SandboxResult:
     stdout: the first ``output_bytes`` bytes of stdout (script mode).
     stderr: the last ``output_bytes`` bytes of stderr.
     wall_s: wall-clock seconds of the run, cpu_s: CPU seconds used (user + system).
-    completed: the code (and ``tests``) ran to their end without ``sys.exit``/``os._exit``.
-    syntax_error: the code (or setup/tests) did not compile; nothing ran.
+    completed: the program *says* it ran to its end without ``sys.exit``/``os._exit`` (a claim
+      of untrusted code: never a verdict).
+    syntax_error: the code (or setup) did not compile; nothing ran.
     cases: per-case results in cases mode (fewer than requested if the run ended early), else None.
     layers: the isolation layers that took effect (see the module docstring).
   """
@@ -195,14 +214,14 @@ class SandboxResult:
 
   @property
   def ok(self) -> bool:
-    """True for a run that exited with code 0 and completed its code and tests."""
+    """True for a run that exited with code 0 and (by its own account) ran to its end."""
     return self.status == "ok" and self.completed
 
 
-# The bootstrap the child runs with ``-c``. It reads the job from stdin, applies the limits and
-# isolation, then runs the code. Kept free of the nonce in any global the code can see by name.
-_BOOTSTRAP = r'''
-import builtins, io, json, os, sys, traceback
+# The bootstrap the child runs with ``-c`` (after the codec of ``plain.py``). It reads the job from
+# stdin, applies the limits and isolation, then runs the code (script / cases / serve) or the
+# trusted tests (judge).
+_BOOTSTRAP_BODY = r'''
 
 def _setup(job):
   import resource
@@ -222,6 +241,10 @@ def _setup(job):
   ok &= setlim(resource.RLIMIT_NPROC, lim["max_processes"])
   if ok:
     layers.append("rlimits")
+  if job["mode"] == "judge":
+    # Trusted code that handles plain data only: the limits bound it; the namespaces and seccomp
+    # (about a third of a child's start-up) protect nothing here.
+    return layers
   try:
     import ctypes
   except Exception:
@@ -331,11 +354,21 @@ def _seccomp(ctypes, libc):
     return False
   return libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
 
+class _Denied(PermissionError, ValueError):
+  """Raised by the audit hook; also a ValueError, so that library code that treats a missing
+  frame as "unavailable" (``collections.namedtuple``, ``enum``, ``typing``) keeps working."""
+
 def _audit_hook(work):
   work = os.path.realpath(work)
   own = os.getpid()
   denied = ("subprocess.Popen", "os.system", "os.fork", "os.forkpty", "os.posix_spawn",
-            "os.spawn", "os.exec", "os.killpg", "os.startfile", "pty.spawn")
+            "os.spawn", "os.exec", "os.killpg", "os.startfile", "pty.spawn",
+            # Introspection: no frames (hence no caller's globals or locals) and no walks over
+            # the object graph or the interpreter's threads.
+            "sys._getframe", "sys._getframemodulename", "sys._current_frames",
+            "sys._current_exceptions", "sys.settrace", "sys.setprofile", "gc.get_objects",
+            "gc.get_referrers", "gc.get_referents", "sys.remote_exec")
+  frame_attrs = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"))
   path_events = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1),
                  "os.link": (0, 1), "os.symlink": (1,), "os.chmod": (0,), "os.chown": (0,),
                  "os.truncate": (0,), "os.utime": (0,), "os.chflags": (0,), "os.lchflags": (0,),
@@ -352,30 +385,186 @@ def _audit_hook(work):
     return real == work or real.startswith(work + os.sep)
   def hook(event, args):
     if event.startswith(("socket.", "ctypes.")) or event in denied:
-      raise PermissionError(f"sandbox: {event} is not allowed")
+      raise _Denied(f"sandbox: {event} is not allowed")
+    if event == "object.__getattr__" and len(args) > 1 and args[1] in frame_attrs:
+      raise _Denied(f"sandbox: reading {args[1]} is not allowed")
     if event == "os.kill" and args[0] not in (own, 0):
-      raise PermissionError("sandbox: signalling other processes is not allowed")
+      raise _Denied("sandbox: signalling other processes is not allowed")
     if event == "open":
       path, mode, flags = args
       writing = (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT |
                                                       os.O_TRUNC | os.O_APPEND)) or (
           isinstance(mode, str) and any(c in mode for c in "wax+"))
       if writing and not inside(path):
-        raise PermissionError(f"sandbox: writing outside the work directory: {path!r}")
+        raise _Denied(f"sandbox: writing outside the work directory: {path!r}")
     elif event in path_events:
       for i in path_events[event]:
         if i < len(args) and not inside(args[i]):
-          raise PermissionError(f"sandbox: {event} outside the work directory: {args[i]!r}")
+          raise _Denied(f"sandbox: {event} outside the work directory: {args[i]!r}")
   sys.addaudithook(hook)
+
+def _error_text(e):
+  # No traceback: formatting one reads frames, which the audit hook denies (and importing the
+  # module costs start-up time).
+  try:
+    text = str(e)
+  except BaseException:
+    text = ""
+  return (f"{type(e).__name__}: {text}" if text else type(e).__name__)[-300:]
+
+class _Lines:
+  """Newline-framed messages on a pipe, read with a size cap (no buffering past a line)."""
+  def __init__(self, fd, cap):
+    self.fd, self.cap, self.buf = fd, cap, b""
+  def read(self):
+    while b"\n" not in self.buf:
+      if len(self.buf) > self.cap:
+        raise EOFError("message over the size limit")
+      chunk = os.read(self.fd, 1 << 16)
+      if not chunk:
+        raise EOFError("the other side closed the channel")
+      self.buf += chunk
+    line, _, self.buf = self.buf.partition(b"\n")
+    return line.decode("utf-8", "replace")
+
+def _send(fd, text):
+  data = (text + "\n").encode("utf-8", "replace")
+  while data:
+    data = data[os.write(fd, data):]
+
+def _serve(job, namespace, requests, reply_fd, cap):
+  """The untrusted side of a judged run: answers the judge's requests about the solution's
+  objects. Values go back as plain data, other objects as handles; it never sees a test."""
+  table = []
+  def handle_of(x):
+    table.append(x)
+    return ["h", len(table) - 1]
+  def obj(i):
+    if not (type(i) is int and 0 <= i < len(table)):
+      raise ValueError("unknown handle")
+    return table[i]
+  while True:
+    try:
+      req = json.loads(requests.read())
+    except EOFError:
+      os._exit(0)
+    try:
+      op = req["op"]
+      if op == "get":
+        name = req["name"]
+        if name not in namespace:
+          raise NameError(f"name {name!r} is not defined by the solution")
+        reply = {"v": encode_plain(namespace[name], handle_of)}
+      elif op == "call":
+        args = [decode_plain(a, obj) for a in req["a"]]
+        kwargs = {k: decode_plain(v, obj) for k, v in req["k"]}
+        value = obj(req["f"])(*args, **kwargs)
+        reply = {"v": encode_plain(value, handle_of),
+                 "m": [encode_plain(a, handle_of) if type(a) in (list, dict, set) else None
+                       for a in args]}
+      elif op == "attr":
+        name = req["name"]
+        if name.startswith("__"):
+          raise AttributeError(name)
+        reply = {"v": encode_plain(getattr(obj(req["o"]), name), handle_of)}
+      elif op == "iter":
+        reply = {"v": encode_plain(list(itertools.islice(obj(req["o"]), 100_000)), handle_of)}
+      else:
+        raise ValueError(f"unknown request {op!r}")
+    except MemoryError:
+      os._exit(97)
+    except BaseException as e:
+      reply = {"e": _error_text(e)}
+    text = json.dumps(reply, separators=(",", ":"))
+    if len(text) > cap:
+      text = json.dumps({"e": f"reply over {cap} characters"})
+    _send(reply_fd, text)
+
+class _SolutionError(Exception):
+  """What the solution raised, as seen by the judge."""
+
+def _judge(job, report):
+  """The trusted side: runs the dataset's tests, with every name the tests take from the solution
+  bound to a proxy that asks the sandboxed solution process. The verdict of each test is decided
+  here, on values rebuilt from plain data, and reported to the parent."""
+  requests_fd, replies = job["request_fd"], _Lines(job["reply_fd"], job["limits"]["output_bytes"])
+  def ask(req):
+    _send(requests_fd, json.dumps(req, separators=(",", ":")))
+    try:
+      reply = json.loads(replies.read())
+    except EOFError as e:
+      raise _SolutionError(f"the solution process ended ({e})") from None
+    if "e" in reply:
+      raise _SolutionError(str(reply["e"])[:300])
+    return decode_plain(reply["v"], Remote)
+  def arg(x):
+    if type(x) is Remote:
+      return ["h", object.__getattribute__(x, "_id")]
+    raise PlainDataError(f"cannot pass a {type(x).__name__} to the solution")
+  class Remote:
+    """An object that lives in the solution process: it can be called, its attributes read and
+    iterated; it has no truth value and equals only itself."""
+    __slots__ = ("_id",)
+    def __init__(self, i):
+      object.__setattr__(self, "_id", i)
+    def __call__(self, *args, **kwargs):
+      a = [encode_plain(x, arg) for x in args]
+      reply_args = ask({"op": "call", "f": object.__getattribute__(self, "_id"), "a": a,
+                        "k": [[k, encode_plain(v, arg)] for k, v in kwargs.items()]})
+      return reply_args
+    def __getattr__(self, name):
+      if name.startswith("__"):
+        raise AttributeError(name)
+      return ask({"op": "attr", "o": object.__getattribute__(self, "_id"), "name": name})
+    def __iter__(self):
+      return iter(ask({"op": "iter", "o": object.__getattribute__(self, "_id")}))
+    def __bool__(self):
+      raise TypeError("a solution object that is not plain data has no truth value")
+    def __eq__(self, other):
+      return self is other
+    def __ne__(self, other):
+      return self is not other
+    __hash__ = object.__hash__
+    def __repr__(self):
+      return f"<solution object #{object.__getattribute__(self, '_id')}>"
+  namespace = {"__name__": "__main__", "__builtins__": builtins}
+  error = ""
+  if job["setup"]:
+    try:
+      exec(compile(job["setup"], "<setup>", "exec"), namespace)
+    except BaseException as e:
+      error = "setup: " + _error_text(e)
+  for name in job["modules"]:
+    if name not in namespace:
+      try:
+        namespace[name] = __import__(name)
+      except BaseException:
+        pass
+  for name in job["names"]:
+    if not error and name not in namespace:
+      try:
+        namespace[name] = ask({"op": "get", "name": name})
+      except _SolutionError:
+        pass  # the test meets a NameError.
+  for i, test in enumerate(job["tests"]):
+    verdict = error
+    if not verdict:
+      try:
+        exec(compile(test, f"<test {i}>", "exec"), namespace)
+      except MemoryError:
+        report("memory", None)
+        os._exit(97)
+      except BaseException as e:
+        verdict = _error_text(e) or type(e).__name__
+    report("verdict", {"i": i, "ok": not verdict, "error": verdict})
+  os._exit(0)
 
 def _main():
   job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
   status_fd, cap = job["status_fd"], job["limits"]["output_bytes"]
-  def report(kind, payload, _nonce=job.pop("nonce")):
-    data = (_nonce + "\t" + kind + "\t" + json.dumps(payload) + "\n").encode("utf-8")
+  def report(kind, payload):
     try:
-      while data:
-        data = data[os.write(status_fd, data):]
+      _send(status_fd, kind + "\t" + json.dumps(payload))
     except OSError:
       os._exit(98)
   layers = _setup(job)
@@ -407,30 +596,60 @@ def _main():
       sys.stderr.flush()
       os._exit(97)
     except BaseException as e:
-      traceback.print_exc()
-      return f"{type(e).__name__}: {e}"[:300]
+      text = _error_text(e)
+      try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+      except BaseException:
+        pass
+      return text or type(e).__name__
+  mode = job["mode"]
+  if mode == "judge":
+    _audit_hook(job["work"])
+    report("layers", layers)
+    _judge(job, report)
   _audit_hook(job["work"])
   report("layers", layers)
   try:
     setup_obj = compile(job["setup"], "<setup>", "exec") if job["setup"] else None
     code_obj = compile(job["code"], "<solution>", "exec")
-    tests_obj = compile(job["tests"], "<tests>", "exec") if job["tests"] else None
-  except (SyntaxError, ValueError, MemoryError) as e:
+  except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
     report("syntax", None)
-    traceback.print_exception(e)
+    sys.stderr.write(_error_text(e) + "\n")
     os._exit(1)
-  if job["cases"] is None:
+  if mode in ("script", "serve", "calls"):
     stdin_fd(job["stdin"])
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     error = run(setup_obj, namespace) if setup_obj is not None else ""
     if not error:
       error = run(code_obj, namespace)
-    if not error and tests_obj is not None:
-      error = run(tests_obj, namespace)
     try:
       sys.stdout.flush()
     except OSError:
       os._exit(98)
+    if mode == "serve":
+      if error not in ("", "exit"):
+        os._exit(1)
+      _serve(job, namespace, _Lines(job["request_fd"], cap), job["reply_fd"], cap)
+    if mode == "calls":
+      # Calls that the trusted side wrote from the tests: only their return values go out.
+      if error not in ("", "exit"):
+        os._exit(1)
+      for i, (name, a, k) in enumerate(job["calls"]):
+        try:
+          if name not in namespace:
+            raise NameError(f"name {name!r} is not defined by the solution")
+          value = namespace[name](*[decode_plain(x) for x in a],
+                                  **{key: decode_plain(v) for key, v in k})
+          text = json.dumps({"i": i, "v": encode_plain(value)}, separators=(",", ":"))
+          if len(text) > cap:
+            raise ValueError(f"return value over {cap} characters")
+        except MemoryError:
+          os._exit(97)
+        except BaseException as e:
+          text = json.dumps({"i": i, "e": _error_text(e)})
+        report("call", text)
+      os._exit(0)
     if not error:
       report("done", None)
     os._exit(0 if error in ("", "exit") else 1)
@@ -463,10 +682,17 @@ try:
   _main()
 except MemoryError:
   os._exit(97)
-except BaseException:
-  traceback.print_exc()
+except BaseException as e:
+  try:
+    sys.stderr.write(_error_text(e) + "\n")
+  except BaseException:
+    pass
   os._exit(99)
 '''
+
+
+_BOOTSTRAP = ("import builtins, io, itertools, json, os, sys\n" +
+              pathlib.Path(plain.__file__).read_text(encoding="utf-8") + _BOOTSTRAP_BODY)
 
 
 def _clean_env(work: str) -> dict[str, str]:
@@ -492,12 +718,167 @@ def _read_tail(fd: int, limit: int) -> bytes:
   return _read_head(fd, limit)
 
 
+class _Child:
+  """One sandboxed interpreter: its process, the parent's read ends of its stdout/stderr files and
+  of its status pipe, and what has been read from that pipe."""
+
+  def __init__(self, root: str, name: str, work: str, spec: dict, lim: SandboxLimits,
+               python: str | None, site_packages: bool, extra_fds: Sequence[int] = ()):
+    self.fds: list[int] = []
+    self.status = bytearray()
+    self.overflow = False
+    child_fds = []
+    try:
+      for stream in ("stdout", "stderr"):
+        path = os.path.join(root, f"{name}.{stream}")
+        # The child gets a write-only descriptor; the parent reads through its own.
+        child_fds.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        self.fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+      self.out_fd, self.err_fd = self.fds
+      status_r, status_w = os.pipe2(os.O_CLOEXEC)
+      self.fds.append(status_r)
+      child_fds.append(status_w)
+      os.set_blocking(status_r, False)
+      self.status_fd = status_r
+      spec = dict(spec, status_fd=status_w, work=work, limits=dataclasses.asdict(lim))
+      argv = [python or sys.executable, "-I"] + ([] if site_packages else ["-S"])
+      self.proc = subprocess.Popen(argv + ["-c", _BOOTSTRAP], stdin=subprocess.PIPE,
+                                   stdout=child_fds[0], stderr=child_fds[1],
+                                   pass_fds=(status_w, *extra_fds), cwd=work,
+                                   env=_clean_env(work), start_new_session=True, close_fds=True)
+    finally:
+      for fd in child_fds:
+        os.close(fd)
+    try:
+      self.proc.stdin.write(json.dumps(spec).encode("utf-8"))
+    except OSError:  # the child died before reading its job; its status says why.
+      pass
+    finally:
+      try:
+        self.proc.stdin.close()
+      except OSError:
+        pass
+    self.exit_status: int | None = None
+    self.rusage = None
+
+  def drain(self, cap: int) -> None:
+    """Reads what the status pipe holds (non-blocking); past ``cap`` bytes marks an overflow."""
+    while True:
+      try:
+        chunk = os.read(self.status_fd, 1 << 16)
+      except BlockingIOError:
+        return
+      if not chunk:
+        return
+      if len(self.status) + len(chunk) > cap:
+        self.overflow = True
+        return
+      self.status += chunk
+
+  def exited(self) -> bool:
+    # WNOWAIT leaves the child a zombie so its pid (and group id) cannot be reused before the
+    # group is killed.
+    info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None and info.si_pid == self.proc.pid
+
+  def reap(self) -> None:
+    _kill_group(self.proc.pid)
+    _, self.exit_status, self.rusage = os.wait4(self.proc.pid, 0)
+    self.proc.returncode = os.waitstatus_to_exitcode(self.exit_status)
+
+  def records(self) -> list[tuple[str, object]]:
+    out = []
+    for line in self.status.decode("utf-8", "replace").splitlines():
+      kind, sep, payload = line.partition("\t")
+      if sep:
+        try:
+          out.append((kind, json.loads(payload)))
+        except ValueError:
+          pass
+    return out
+
+  def close(self) -> None:
+    for fd in self.fds:
+      os.close(fd)
+    self.fds = []
+
+
+def _kill_group(pid: int) -> None:
+  try:
+    os.killpg(pid, signal.SIGKILL)
+  except (ProcessLookupError, PermissionError):
+    pass
+
+
+def _wait(children: Sequence[_Child], lim: SandboxLimits, start: float) -> str:
+  """Waits until the last child has exited (or the first, the judge, in a judged run: see
+  :func:`run_judged`), killing every group on the wall, output or status limit; reaps them all.
+
+  Returns the reason the parent stopped them ("timeout", "output_limit") or "".
+  """
+  main = children[-1]
+  reason = ""
+  pidfds = []
+  for c in children:
+    try:
+      pidfds.append(os.pidfd_open(c.proc.pid))
+    except (AttributeError, OSError):
+      pass
+  try:
+    while True:
+      for c in children:
+        c.drain(lim.file_bytes)
+      if main.exited():
+        break
+      remaining = lim.wall_s - (time.monotonic() - start)
+      if remaining <= 0:
+        reason = "timeout"
+        break
+      sizes = [os.fstat(fd).st_size for c in children for fd in (c.out_fd, c.err_fd)]
+      if max(sizes) > lim.output_bytes or any(c.overflow for c in children):
+        reason = "output_limit"
+        break
+      waits = [c.status_fd for c in children] + pidfds
+      select.select(waits, [], [], min(remaining, 0.05))
+  finally:
+    for c in children:
+      _kill_group(c.proc.pid)
+    for fd in pidfds:
+      os.close(fd)
+  for c in children:
+    c.reap()
+    c.drain(lim.file_bytes)
+  return reason
+
+
+def _status(lim: SandboxLimits, reason: str, child: _Child, kinds: set[str]) -> str:
+  returncode = child.proc.returncode
+  cpu = child.rusage.ru_utime + child.rusage.ru_stime
+  out_size = os.fstat(child.out_fd).st_size
+  err_size = os.fstat(child.err_fd).st_size
+  if reason:
+    return reason
+  if "memory" in kinds or returncode == _EXIT_MEMORY:
+    return "memory"
+  if returncode == -signal.SIGXCPU or (returncode == -signal.SIGKILL and cpu >= lim.cpu_s):
+    return "timeout"
+  if returncode == _EXIT_OUTPUT or max(out_size, err_size) > lim.output_bytes or child.overflow:
+    return "output_limit"
+  if returncode == 0:
+    return "ok"
+  if returncode < 0:
+    return "killed"
+  return "error"
+
+
 def run_in_sandbox(job: SandboxJob, *, limits: SandboxLimits | None = None,
                    python: str | None = None, site_packages: bool = False) -> SandboxResult:
   """Runs one job in a fresh sandboxed interpreter and waits for it (at most ``wall_s`` + ~0.1 s).
 
   Never raises for anything the code does; raises OSError only if the parent cannot create a
-  temporary directory or start a process.
+  temporary directory or start a process. Everything in the result except the status, times and
+  return code is *reported by the program itself* (a case's stdout, ``completed``): it can say
+  anything, so compare it with expectations that it never saw, as the code reward does.
 
   Args:
     job: the program (see :class:`SandboxJob`).
@@ -509,136 +890,366 @@ def run_in_sandbox(job: SandboxJob, *, limits: SandboxLimits | None = None,
   """
   lim = job.limits or limits or SandboxLimits()
   root = tempfile.mkdtemp(prefix="jaxrl-sandbox-")
-  fds: list[int] = []
+  child = None
   try:
     work = os.path.join(root, "work")
     os.mkdir(work, 0o700)
-    for name in ("stdout", "stderr", "status"):
-      fds.append(os.open(os.path.join(root, name),
-                         os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    out_fd, err_fd, status_fd = fds
-    nonce = secrets.token_hex(16)
-    spec = {"nonce": nonce, "status_fd": status_fd, "work": work, "code": job.code,
-            "tests": job.tests, "setup": job.setup, "stdin": job.stdin,
-            "cases": None if job.cases is None else list(job.cases),
-            "limits": dataclasses.asdict(lim)}
-    argv = [python or sys.executable, "-I"] + ([] if site_packages else ["-S"])
+    spec = {"mode": "script" if job.cases is None else "cases", "code": job.code,
+            "setup": job.setup, "stdin": job.stdin,
+            "cases": None if job.cases is None else list(job.cases)}
     start = time.monotonic()
-    proc = subprocess.Popen(argv + ["-c", _BOOTSTRAP], stdin=subprocess.PIPE, stdout=out_fd,
-                            stderr=err_fd, pass_fds=(status_fd,), cwd=work, env=_clean_env(work),
-                            start_new_session=True, close_fds=True)
-    try:
-      proc.stdin.write(json.dumps(spec).encode("utf-8"))
-    except OSError:  # the child died before reading its job; the status below says why.
-      pass
-    finally:
-      try:
-        proc.stdin.close()
-      except OSError:
-        pass
-    reason, status, rusage = _wait(proc, lim, start, (out_fd, err_fd, status_fd))
+    child = _Child(root, "program", work, spec, lim, python, site_packages)
+    reason = _wait([child], lim, start)
     wall = time.monotonic() - start
-    proc.returncode = returncode = os.waitstatus_to_exitcode(status)
-    cpu = rusage.ru_utime + rusage.ru_stime
-    return _result(lim, nonce, reason, returncode, wall, cpu, out_fd, err_fd, status_fd,
-                   job.cases is not None)
+    records = child.records()
+    kinds = {kind for kind, _ in records}
+    status = _status(lim, reason, child, kinds)
+    cases = None
+    if job.cases is not None:
+      cases = []
+      for kind, p in records:
+        if kind == "case" and isinstance(p, dict) and p.get("i") == len(cases):
+          err = str(p.get("error", "error"))
+          cases.append(CaseResult(ok=not err, stdout=str(p.get("out", "")), error=err))
+    return SandboxResult(
+        status=status, returncode=child.proc.returncode,
+        stdout=_read_head(child.out_fd, lim.output_bytes).decode("utf-8", "replace"),
+        stderr=_read_tail(child.err_fd, lim.output_bytes).decode("utf-8", "replace"),
+        wall_s=wall, cpu_s=child.rusage.ru_utime + child.rusage.ru_stime,
+        completed=status == "ok" and "done" in kinds, syntax_error="syntax" in kinds,
+        cases=cases, layers=_layers(records))
   finally:
-    for fd in fds:
-      os.close(fd)
+    if child is not None:
+      child.close()
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _kill_group(pid: int) -> None:
-  try:
-    os.killpg(pid, signal.SIGKILL)
-  except (ProcessLookupError, PermissionError):
-    pass
+def _layers(records: Sequence[tuple[str, object]]) -> tuple[str, ...]:
+  return next((tuple(p) for k, p in records if k == "layers" and isinstance(p, list)), ())
 
 
-def _wait(proc: subprocess.Popen, lim: SandboxLimits, start: float,
-          watched: Sequence[int]) -> tuple[str, int, object]:
-  """Waits for the child, killing its group on the wall or output limit. Returns (reason the
-  parent killed it or "", wait status, rusage)."""
-  pid, reason = proc.pid, ""
+@dataclasses.dataclass(frozen=True)
+class JudgedJob:
+  """A solution and the tests that judge it, for :func:`run_judged`.
+
+  Attributes:
+    code: the untrusted solution (Python source), run in the sandboxed *solution* process.
+    tests: test snippets (trusted dataset code: asserts, a ``check`` function and its call), run
+      one after another in the *judge* process, each given a verdict of its own.
+    setup: trusted source run first in both processes (imports, helpers).
+    names: the names the tests take from the solution (see :func:`solution_names`); each is bound
+      in the judge to what the solution defines under it.
+    modules: standard-library modules the tests use without importing them; the judge imports
+      its own copies (a module of the solution's could have been patched).
+    limits: per-job limits (each process gets them); None = the runner's default.
+  """
+
+  code: str
+  tests: tuple[str, ...]
+  setup: str = ""
+  names: tuple[str, ...] = ()
+  modules: tuple[str, ...] = ()
+  limits: SandboxLimits | None = None
+
+
+@dataclasses.dataclass
+class JudgedResult:
+  """Outcome of :func:`run_judged`.
+
+  Attributes:
+    verdicts: per test, True (passed) / False (failed) as decided by the judge, or None where the
+      run ended (time-out, a limit, a crash) before the judge reached that test.
+    errors: per test, the judge's failure text ("" when passed or not reached).
+    status: the sandbox status of the solution process, or of the run ("timeout" /
+      "output_limit" when the parent stopped it).
+    syntax_error: the solution did not compile; nothing ran.
+    stderr: the last ``output_bytes`` bytes of the solution's stderr.
+    wall_s: wall-clock seconds of the run; cpu_s: CPU seconds of the solution process.
+    layers: the isolation layers that took effect in the solution process.
+  """
+
+  verdicts: list[bool | None]
+  errors: list[str]
+  status: str
+  syntax_error: bool = False
+  stderr: str = ""
+  wall_s: float = 0.0
+  cpu_s: float = 0.0
+  layers: tuple[str, ...] = ()
+
+  @property
+  def all_passed(self) -> bool:
+    """Every test was reached and passed."""
+    return bool(self.verdicts) and all(v is True for v in self.verdicts)
+
+
+def run_judged(job: JudgedJob, *, limits: SandboxLimits | None = None, python: str | None = None,
+               site_packages: bool = False) -> JudgedResult:
+  """Judges an untrusted solution with trusted tests in two sandboxed processes.
+
+  The *solution process* runs ``setup`` and ``code``, then answers requests from the judge: the
+  value bound to a name, a call with arguments, an attribute, an iteration. Plain data (built-in
+  values, :mod:`jaxrl_llm.rewards.plain`) goes back as data, anything else as an opaque handle.
+  It never receives a test, an expected value or a channel to the parent: its only descriptors
+  are the read end of the request pipe, the write end of the reply pipe, its own status pipe
+  (diagnostics only) and its stdout/stderr files, all one-directional.
+
+  The *judge process* runs ``setup`` and the tests, with each of ``names`` bound to the
+  solution's object (a proxy) or value (rebuilt from plain data). Every comparison and every truth
+  value in a test is computed by built-in code on rebuilt values; a proxy has no truth value and
+  equals only itself, so an object whose ``__eq__`` always holds never reaches a comparison. The
+  judge reports one verdict per test over its own write-only pipe; the parent reads verdicts only
+  from there.
+
+  The solution process gets every layer of :func:`run_in_sandbox`; the judge (trusted code on
+  plain data) the limits and the audit hook. The run ends when the judge exits, or at ``wall_s``
+  (both process groups are killed either way).
+
+  Fast path: when every test is a single ``assert`` that the trusted side can rewrite into a call
+  with literal arguments and a check on its return value (``assert f(1, [2]) == 3``, ``!=``,
+  ``is None``, ``assert f(x)``, ``assert not f(x)``), no judge process starts: the solution process
+  makes the calls and returns their values as plain data, and this process compares them.
+
+  Args:
+    job: the :class:`JudgedJob`.
+    limits, python, site_packages: as :func:`run_in_sandbox`.
+  Returns:
+    A :class:`JudgedResult`.
+  """
+  lim = job.limits or limits or SandboxLimits()
+  checks = [_static_check(t, tuple(job.names)) for t in job.tests]
+  if checks and all(c is not None for c in checks):
+    return _run_calls(job, checks, lim, python, site_packages)
+  root = tempfile.mkdtemp(prefix="jaxrl-judged-")
+  children: list[_Child] = []
+  pipes: list[int] = []
   try:
-    pidfd = os.pidfd_open(pid)
-  except (AttributeError, OSError):
-    pidfd = None
-  try:
-    delay = 0.002
-    while True:
-      # WNOWAIT leaves the child a zombie so its pid (and group id) cannot be reused before the
-      # group is killed below.
-      info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-      if info is not None and info.si_pid == pid:
-        break
-      remaining = lim.wall_s - (time.monotonic() - start)
-      if remaining <= 0:
-        reason = "timeout"
-        break
-      sizes = [os.fstat(fd).st_size for fd in watched]
-      if max(sizes[:2]) > lim.output_bytes or sizes[2] > lim.file_bytes:
-        reason = "output_limit"
-        break
-      if pidfd is not None:
-        select.select([pidfd], [], [], min(remaining, 0.05))
-      else:
-        time.sleep(min(remaining, delay))
-        delay = min(delay * 2, 0.05)
+    works = []
+    for name in ("solution", "judge"):
+      works.append(os.path.join(root, name))
+      os.mkdir(works[-1], 0o700)
+    request_r, request_w = os.pipe2(os.O_CLOEXEC)
+    reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
+    pipes = [request_r, request_w, reply_r, reply_w]
+    start = time.monotonic()
+    children.append(_Child(root, "solution", works[0],
+                           {"mode": "serve", "code": job.code, "setup": job.setup, "stdin": "",
+                            "request_fd": request_r, "reply_fd": reply_w},
+                           lim, python, site_packages, extra_fds=(request_r, reply_w)))
+    children.append(_Child(root, "judge", works[1],
+                           {"mode": "judge", "tests": list(job.tests), "setup": job.setup,
+                            "names": list(job.names), "modules": list(job.modules),
+                            "request_fd": request_w, "reply_fd": reply_r},
+                           lim, python, False, extra_fds=(request_w, reply_r)))
+    for fd in pipes:  # only the children hold the pipes now: a dead peer means EOF.
+      os.close(fd)
+    pipes = []
+    reason = _wait(children, lim, start)
+    wall = time.monotonic() - start
+    solution, judge = children
+    s_records = solution.records()
+    verdicts: list[bool | None] = [None] * len(job.tests)
+    errors = [""] * len(job.tests)
+    for kind, p in judge.records():
+      if kind == "verdict" and isinstance(p, dict):
+        i = p.get("i")
+        if isinstance(i, int) and 0 <= i < len(verdicts) and verdicts[i] is None:
+          verdicts[i] = p.get("ok") is True
+          errors[i] = str(p.get("error", ""))[:300]
+    kinds = {k for k, _ in s_records}
+    if reason:
+      status = reason
+    elif judge.proc.returncode not in (0, None) and "memory" not in kinds:
+      status = _status(lim, "", judge, {k for k, _ in judge.records()})
+    else:
+      status = _status(lim, "", solution, kinds)
+      if status == "killed" and solution.proc.returncode == -signal.SIGKILL:
+        status = "ok"  # killed by the parent after the judge had finished.
+    return JudgedResult(
+        verdicts=verdicts, errors=errors, status=status, syntax_error="syntax" in kinds,
+        stderr=_read_tail(solution.err_fd, lim.output_bytes).decode("utf-8", "replace"),
+        wall_s=wall, cpu_s=solution.rusage.ru_utime + solution.rusage.ru_stime,
+        layers=_layers(s_records))
   finally:
-    _kill_group(pid)
-    if pidfd is not None:
-      os.close(pidfd)
-  _, status, rusage = os.wait4(pid, 0)
-  return reason, status, rusage
+    for fd in pipes:
+      os.close(fd)
+    for c in children:
+      c.close()
+    shutil.rmtree(root, ignore_errors=True)
 
 
-def _parse_status(data: bytes, nonce: str) -> list[tuple[str, object]]:
-  records = []
-  for line in data.decode("utf-8", "replace").splitlines():
-    parts = line.split("\t", 2)
-    if len(parts) == 3 and secrets.compare_digest(parts[0], nonce):
+_STORE = (ast.Store, ast.Del)
+_SINGLETONS = {"None": None, "True": True, "False": False}
+
+
+@functools.lru_cache(maxsize=4096)
+def _static_check(test: str, names: tuple[str, ...]) -> tuple | None:
+  """``test`` rewritten into (call, check) form, or None when it has another shape.
+
+  Recognised (one ``assert`` statement, no message side effects): ``assert f(L...) == L``,
+  ``L == f(L...)``, ``!=``, ``f(L...) is None/True/False`` (and ``is not``), ``assert f(L...)``
+  and ``assert not f(L...)``, where ``f`` is a name taken from the solution and every ``L`` is a
+  literal (:func:`ast.literal_eval`). Returns ``(name, args, kwargs, op, expected)``.
+  """
+  try:
+    tree = ast.parse(test)
+  except (SyntaxError, ValueError, RecursionError, MemoryError):
+    return None
+  if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+    return None
+  node = tree.body[0].test
+
+  def call(n):
+    if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names):
+      return None
+    if any(isinstance(a, ast.Starred) for a in n.args) or any(k.arg is None for k in n.keywords):
+      return None
+    try:
+      args = tuple(ast.literal_eval(a) for a in n.args)
+      kwargs = tuple((k.arg, ast.literal_eval(k.value)) for k in n.keywords)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+      return None
+    return n.func.id, args, kwargs
+
+  def literal(n):
+    try:
+      return True, ast.literal_eval(n)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+      return False, None
+
+  if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+    c = call(node.operand)
+    return None if c is None else (*c, "falsy", None)
+  if isinstance(node, ast.Compare) and len(node.ops) == 1:
+    left, op, right = node.left, node.ops[0], node.comparators[0]
+    if isinstance(op, (ast.Eq, ast.NotEq)):
+      c, (ok, value) = call(left), literal(right)
+      if c is None:
+        c, (ok, value) = call(right), literal(left)
+      if c is None or not ok:
+        return None
+      return (*c, "eq" if isinstance(op, ast.Eq) else "ne", value)
+    if isinstance(op, (ast.Is, ast.IsNot)):
+      c = call(left)
+      if c is None or not (isinstance(right, ast.Constant) and repr(right.value) in _SINGLETONS):
+        return None
+      return (*c, "is" if isinstance(op, ast.Is) else "is_not", right.value)
+    return None
+  c = call(node)
+  return None if c is None else (*c, "truthy", None)
+
+
+def _check_passes(op: str, value: object, expected: object) -> bool:
+  """The verdict of a rewritten test, on a value rebuilt by :func:`plain.decode_plain`."""
+  if op == "eq":
+    return bool(value == expected)
+  if op == "ne":
+    return bool(value != expected)
+  if op == "is":
+    return value is expected
+  if op == "is_not":
+    return value is not expected
+  return bool(value) if op == "truthy" else not value
+
+
+def _run_calls(job: JudgedJob, checks: Sequence[tuple], lim: SandboxLimits, python: str | None,
+               site_packages: bool) -> JudgedResult:
+  """:func:`run_judged` for tests that were all rewritten into calls: one sandboxed process
+  returns the calls' values as plain data; this (trusted) process rebuilds and compares them."""
+  root = tempfile.mkdtemp(prefix="jaxrl-calls-")
+  child = None
+  try:
+    work = os.path.join(root, "work")
+    os.mkdir(work, 0o700)
+    calls = [[name, [plain.encode_plain(a) for a in args],
+              [[k, plain.encode_plain(v)] for k, v in kwargs]]
+             for name, args, kwargs, _, _ in checks]
+    start = time.monotonic()
+    child = _Child(root, "solution", work, {"mode": "calls", "code": job.code,
+                                            "setup": job.setup, "stdin": "", "calls": calls},
+                   lim, python, site_packages)
+    reason = _wait([child], lim, start)
+    wall = time.monotonic() - start
+    records = child.records()
+    verdicts: list[bool | None] = [None] * len(checks)
+    errors = [""] * len(checks)
+    for kind, text in records:
+      if kind != "call" or not isinstance(text, str):
+        continue
       try:
-        records.append((parts[1], json.loads(parts[2])))
-      except ValueError:
-        pass
-  return records
+        reply = json.loads(text)
+        i = reply["i"]
+        if not (type(i) is int and 0 <= i < len(checks)) or verdicts[i] is not None:
+          continue
+        if "e" in reply:
+          verdicts[i], errors[i] = False, str(reply["e"])[:300]
+          continue
+        value = plain.decode_plain(reply["v"])
+      except (ValueError, KeyError, TypeError, RecursionError) as e:
+        continue  # malformed: the test stays unreached.
+      _, _, _, op, expected = checks[i]
+      verdicts[i] = _check_passes(op, value, expected)
+      if not verdicts[i]:
+        errors[i] = f"AssertionError: got {_short(value)}"
+    kinds = {k for k, _ in records}
+    return JudgedResult(
+        verdicts=verdicts, errors=errors, status=_status(lim, reason, child, kinds),
+        syntax_error="syntax" in kinds,
+        stderr=_read_tail(child.err_fd, lim.output_bytes).decode("utf-8", "replace"),
+        wall_s=wall, cpu_s=child.rusage.ru_utime + child.rusage.ru_stime,
+        layers=_layers(records))
+  finally:
+    if child is not None:
+      child.close()
+    shutil.rmtree(root, ignore_errors=True)
 
 
-def _result(lim: SandboxLimits, nonce: str, reason: str, returncode: int, wall: float, cpu: float,
-            out_fd: int, err_fd: int, status_fd: int, cases_mode: bool) -> SandboxResult:
-  out_size, err_size = os.fstat(out_fd).st_size, os.fstat(err_fd).st_size
-  stdout = _read_head(out_fd, lim.output_bytes).decode("utf-8", "replace")
-  stderr = _read_tail(err_fd, lim.output_bytes).decode("utf-8", "replace")
-  records = _parse_status(_read_head(status_fd, lim.file_bytes), nonce)
-  kinds = {kind for kind, _ in records}
-  layers = next((tuple(p) for k, p in records if k == "layers" and isinstance(p, list)), ())
-  cases = None
-  if cases_mode:
-    cases = []
-    for kind, p in records:
-      if kind == "case" and isinstance(p, dict) and p.get("i") == len(cases):
-        err = str(p.get("error", "error"))
-        cases.append(CaseResult(ok=not err, stdout=str(p.get("out", "")), error=err))
-  over = max(out_size, err_size) > lim.output_bytes
-  if reason:
-    status = reason
-  elif "memory" in kinds or returncode == _EXIT_MEMORY:
-    status = "memory"
-  elif returncode == -signal.SIGXCPU or (returncode == -signal.SIGKILL and cpu >= lim.cpu_s):
-    status = "timeout"
-  elif returncode == _EXIT_OUTPUT or over:
-    status = "output_limit"
-  elif returncode == 0:
-    status = "ok"
-  elif returncode < 0:
-    status = "killed"
-  else:
-    status = "error"
-  return SandboxResult(status=status, returncode=returncode, stdout=stdout, stderr=stderr,
-                       wall_s=wall, cpu_s=cpu, completed=status == "ok" and "done" in kinds,
-                       syntax_error="syntax" in kinds,
-                       cases=cases, layers=layers)
+def _short(value: object) -> str:
+  text = repr(value)
+  return text if len(text) <= 80 else text[:77] + "..."
+
+
+def solution_names(tests: Sequence[str], setup: str = "",
+                   entry_point: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """The names trusted tests take from the solution, and the stdlib modules they use unimported.
+
+  A name is taken from the solution when a test reads it, neither the tests nor ``setup`` bind
+  it anywhere (assignment, import, ``def``/``class``, parameter, loop or comprehension target,
+  ``except ... as``, ``with ... as``, ``global``), and it is not a builtin -- a solution that
+  defines ``sorted`` or ``abs`` does not change what the test's ``sorted`` or ``abs`` mean.
+  ``entry_point`` (when given) is always taken from the solution. Standard-library module names
+  among the rest are imported by the judge itself.
+
+  Args:
+    tests, setup: trusted sources (parsed with :mod:`ast`, never run here).
+    entry_point: the function under test, if the dataset names it.
+  Returns:
+    (names, modules), each sorted.
+  Raises:
+    SyntaxError: a test or the setup does not parse (a dataset error).
+  """
+  loaded, bound = set(), set()
+  for source in list(tests) + [setup]:
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, ast.Name):
+        (bound if isinstance(node.ctx, _STORE) else loaded).add(node.id)
+      elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        bound.add(node.name)
+      elif isinstance(node, ast.arg):
+        bound.add(node.arg)
+      elif isinstance(node, (ast.Import, ast.ImportFrom)):
+        for alias in node.names:
+          bound.add((alias.asname or alias.name).split(".")[0])
+      elif isinstance(node, ast.ExceptHandler) and node.name:
+        bound.add(node.name)
+      elif isinstance(node, (ast.Global, ast.Nonlocal)):
+        bound.update(node.names)
+      elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+        bound.add(node.name)
+  free = loaded - bound - set(dir(builtins)) - {"__name__", "__file__", "__builtins__"}
+  modules = {n for n in free if n in sys.stdlib_module_names}
+  names = (free - modules) | ({entry_point} if entry_point else set())
+  return tuple(sorted(names)), tuple(sorted(modules))
 
 
 class SandboxPool:
@@ -668,15 +1279,16 @@ class SandboxPool:
     self._executor = concurrent.futures.ThreadPoolExecutor(max_workers,
                                                            thread_name_prefix="jaxrl-sandbox")
 
-  def _run(self, job: SandboxJob) -> SandboxResult:
-    return run_in_sandbox(job, limits=self.limits, python=self.python,
-                          site_packages=self.site_packages)
+  def _run(self, job: SandboxJob | JudgedJob) -> SandboxResult | JudgedResult:
+    run = run_judged if isinstance(job, JudgedJob) else run_in_sandbox
+    return run(job, limits=self.limits, python=self.python, site_packages=self.site_packages)
 
-  def submit(self, job: SandboxJob) -> concurrent.futures.Future:
-    """Starts ``job`` when a worker is free; the future resolves to a :class:`SandboxResult`."""
+  def submit(self, job: SandboxJob | JudgedJob) -> concurrent.futures.Future:
+    """Starts ``job`` when a worker is free; the future resolves to its result
+    (:class:`SandboxResult`, or :class:`JudgedResult` for a :class:`JudgedJob`)."""
     return self._executor.submit(self._run, job)
 
-  def run_many(self, jobs: Iterable[SandboxJob]) -> list[SandboxResult]:
+  def run_many(self, jobs: Iterable[SandboxJob | JudgedJob]) -> list:
     """Runs all jobs (concurrently, up to ``max_workers``) and returns results in job order."""
     return list(self._executor.map(self._run, list(jobs)))
 
