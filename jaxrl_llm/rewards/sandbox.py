@@ -488,7 +488,7 @@ def _judge(job, report):
   bound to a proxy that asks the sandboxed solution process. The verdict of each test is decided
   here, on values rebuilt from plain data, and reported to the parent."""
   requests_fd, replies = job["request_fd"], _Lines(job["reply_fd"], job["limits"]["output_bytes"])
-  def ask(req):
+  def ask(req, args=()):
     _send(requests_fd, json.dumps(req, separators=(",", ":")))
     try:
       reply = json.loads(replies.read())
@@ -496,7 +496,15 @@ def _judge(job, report):
       raise _SolutionError(f"the solution process ended ({e})") from None
     if "e" in reply:
       raise _SolutionError(str(reply["e"])[:300])
-    return decode_plain(reply["v"], Remote)
+    value = decode_plain(reply["v"], Remote)
+    # Arguments the solution changed in place (lists, dicts, sets) change here too.
+    for x, new in zip(args, reply.get("m") or ()):
+      if new is not None and type(x) in (list, dict, set):
+        new = decode_plain(new, Remote)
+        if type(new) is type(x):
+          x.clear()
+          x.extend(new) if type(x) is list else x.update(new)
+    return value
   def arg(x):
     if type(x) is Remote:
       return ["h", object.__getattribute__(x, "_id")]
@@ -508,10 +516,9 @@ def _judge(job, report):
     def __init__(self, i):
       object.__setattr__(self, "_id", i)
     def __call__(self, *args, **kwargs):
-      a = [encode_plain(x, arg) for x in args]
-      reply_args = ask({"op": "call", "f": object.__getattribute__(self, "_id"), "a": a,
-                        "k": [[k, encode_plain(v, arg)] for k, v in kwargs.items()]})
-      return reply_args
+      return ask({"op": "call", "f": object.__getattribute__(self, "_id"),
+                  "a": [encode_plain(x, arg) for x in args],
+                  "k": [[k, encode_plain(v, arg)] for k, v in kwargs.items()]}, args)
     def __getattr__(self, name):
       if name.startswith("__"):
         raise AttributeError(name)

@@ -1,0 +1,213 @@
+"""Red team: the policy is an adversary of its reward.
+
+Each hostile completion below is wrong (or does no work) and tries to score anyway: by forging
+the harness's records, by reading or patching what decides the verdict, by values that compare
+equal to anything, or by holding the reward call. Every case asserts the reward stays at the
+row's true pass fraction, the call ends in bounded time, nothing is written outside the sandbox,
+no process is left behind, and the honest row in the same batch is still scored.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from jaxrl_llm.rewards.code import make_code_reward
+from jaxrl_llm.rewards.sandbox import SandboxLimits
+
+LIMITS = SandboxLimits(cpu_s=1.0, wall_s=2.0, memory_mb=256, output_bytes=64 << 10,
+                       file_bytes=1 << 20)
+
+# MBPP style (rewritten into calls by the trusted side) and HumanEval style (a trusted judge).
+MUL_ASSERTS = {"asserts": ["assert mul(2, 3) == 6", "assert mul(4, 5) == 20",
+                           "assert mul(0, 7) == 0"]}
+MUL_CHECK = {"test_code": textwrap.dedent("""\
+    def check(candidate):
+      for a in range(1, 4):
+        assert candidate(a, 3) == 3 * a
+      assert sorted(candidate(x, 1) for x in (3, 1, 2)) == [1, 2, 3]
+      assert math.isclose(candidate(0.5, 0.5), 0.25)
+    """), "entry_point": "mul"}
+HONEST = "```python\ndef mul(a, b):\n  return a * b\n```"
+WRONG = "def mul(a, b):\n  return a + b + 1000\n"  # every hostile row's function is this wrong.
+
+
+def fence(code: str) -> str:
+  return "```python\n" + textwrap.dedent(code).strip() + "\n```"
+
+
+# Each entry: hostile code placed before the wrong solution.
+HOSTILE = {
+    # Forge pass records on every descriptor the process holds (status, reply, stdout...).
+    "forge_every_fd": """
+        import os, json
+        lines = []
+        for i in range(64):
+          lines.append("verdict\\t" + json.dumps({"i": i, "ok": True, "error": ""}))
+          lines.append("call\\t" + json.dumps(json.dumps({"i": i, "v": ["b", True]})))
+          lines.append("done\\tnull")
+        blob = ("\\n".join(lines) + "\\n").encode()
+        for fd in range(3, 64):
+          try:
+            os.write(fd, blob)
+          except OSError:
+            pass
+        """,
+    # Walk frames to the harness: its globals, the job, the reporting function.
+    "walk_frames": """
+        import sys
+        f = sys._getframe(1)
+        while f is not None:
+          g = f.f_globals
+          for key in ("job", "report", "_send"):
+            if key in g or key in f.f_locals:
+              raise SystemExit("found " + key)
+          f = f.f_back
+        """,
+    "traceback_frames": """
+        try:
+          raise ValueError
+        except ValueError as e:
+          frame = e.__traceback__.tb_frame.f_back
+          frame.f_locals["report"]("verdict", {"i": 0, "ok": True, "error": ""})
+        """,
+    # Walk the object graph for the harness's dicts and patch any expected values found.
+    "gc_walk": """
+        import gc
+        for obj in gc.get_objects():
+          if isinstance(obj, dict) and ("calls" in obj or "tests" in obj):
+            obj["tests"] = ["pass"] * 8
+        """,
+    # Results that claim to equal anything.
+    "always_equal": """
+        class Anything:
+          def __eq__(self, other): return True
+          def __ne__(self, other): return False
+          def __bool__(self): return True
+          def __hash__(self): return 0
+        _wrong = mul if "mul" in dir() else None
+        def mul(a, b):
+          return Anything()
+        WRONG_DISABLED = True
+        """,
+    "int_subclass": """
+        class Sly(int):
+          def __eq__(self, other): return True
+          def __ne__(self, other): return False
+          __hash__ = int.__hash__
+        def mul(a, b):
+          return Sly(-1)
+        WRONG_DISABLED = True
+        """,
+    # Patch what the tests use: builtins and a standard module (the judge keeps its own).
+    "patch_builtins_and_math": """
+        import builtins, math
+        builtins.sorted = lambda *a, **k: [1, 2, 3]
+        math.isclose = lambda *a, **k: True
+        builtins.AssertionError = type("Nothing", (BaseException,), {})
+        """,
+    # Exit before any test: nothing is reported as passing.
+    "exit_early": """
+        import os
+        os._exit(0)
+        """,
+}
+
+
+def _rows(name: str) -> str:
+  code = textwrap.dedent(HOSTILE[name])
+  if "WRONG_DISABLED" not in code:
+    code += "\n" + WRONG
+  return fence(code)
+
+
+def _sandbox_processes() -> list[int]:
+  """Pids of live sandbox children (their command line carries the bootstrap)."""
+  pids = []
+  for path in glob.glob("/proc/[0-9]*/cmdline"):
+    try:
+      with open(path, "rb") as f:
+        if b"def _serve(job" in f.read():
+          pids.append(int(path.split("/")[2]))
+    except OSError:
+      pass
+  return pids
+
+
+def _temp_dirs() -> set[str]:
+  return set(glob.glob(os.path.join(tempfile.gettempdir(), "jaxrl-*")))
+
+
+@pytest.fixture(scope="module")
+def reward():
+  with make_code_reward(mode="fraction", limits=LIMITS, test_limits=LIMITS, max_workers=2) as r:
+    yield r
+
+
+@pytest.mark.parametrize("tests", [MUL_ASSERTS, MUL_CHECK], ids=["rewritten", "judge"])
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_code_scores_its_true_pass_fraction(reward, tmp_path, name, tests):
+  dirs = _temp_dirs()
+  start = time.monotonic()
+  out = reward(["p", "p"], [_rows(name), HONEST], tests=[json.dumps(tests)] * 2)
+  elapsed = time.monotonic() - start
+  assert out.tolist() == [0.0, 1.0], (name, out)
+  # Suite plus at most one round of individual reruns, each within its wall limit.
+  assert elapsed < 2 * LIMITS.wall_s + 2.0, elapsed
+  assert not _sandbox_processes()
+  assert _temp_dirs() == dirs
+  assert not list(tmp_path.iterdir())
+
+
+def test_judge_rebuilds_values_exactly(reward):
+  """Plain data keeps its type across the boundary: a tuple is not a list, 1 is not True."""
+  tests = {"asserts": ["assert f() == (1, 2)", "assert f() != [1, 2]",
+                       "r = f()\nassert type(r) is tuple and r == (1, 2)"]}
+  out = reward(["p"] * 3, [fence("def f(): return (1, 2)"), fence("def f(): return [1, 2]"),
+                           fence("def f(): return (True, 2)")], tests=[json.dumps(tests)] * 3)
+  # [1, 2] fails all three; (True, 2) == (1, 2) holds in Python, and its type is tuple.
+  np.testing.assert_allclose(out, [1.0, 0.0, 1.0])
+
+
+def test_truth_of_a_solution_object_is_never_taken(reward):
+  tests = [{"asserts": ["assert is_even(4)", "assert not is_even(3)"]},
+           {"test_code": "def check(c):\n  assert c(4)\n", "entry_point": "is_even"}]
+  objects = fence("def is_even(n):\n  return object()")
+  out = reward(["p"] * 2, [objects] * 2, tests=[json.dumps(t) for t in tests])
+  np.testing.assert_allclose(out, [0.0, 0.0])
+  honest = fence("def is_even(n):\n  return n % 2 == 0")
+  np.testing.assert_allclose(reward(["p"] * 2, [honest] * 2, tests=[json.dumps(t) for t in tests]),
+                             [1.0, 1.0])
+
+
+def test_judge_supports_objects_methods_and_mutation(reward):
+  """Honest class-based and in-place solutions still pass through the judge's proxies."""
+  tests = {"test_code": textwrap.dedent("""\
+      def check(Stack):
+        s = Stack()
+        s.push(3)
+        s.push(4)
+        assert s.pop() == 4 and s.size() == 1
+        xs = [3, 1, 2]
+        sort_in_place(xs)
+        assert xs == [1, 2, 3]
+        assert list(count_up(3)) == [0, 1, 2]
+      """), "entry_point": "Stack"}
+  code = fence("""
+      class Stack:
+        def __init__(self): self.items = []
+        def push(self, x): self.items.append(x)
+        def pop(self): return self.items.pop()
+        def size(self): return len(self.items)
+      def sort_in_place(xs): xs.sort()
+      def count_up(n):
+        yield from range(n)
+      """)
+  assert reward(["p"], [code], tests=[json.dumps(tests)]).tolist() == [1.0]
