@@ -211,3 +211,69 @@ def test_judge_supports_objects_methods_and_mutation(reward):
         yield from range(n)
       """)
   assert reward(["p"], [code], tests=[json.dumps(tests)]).tolist() == [1.0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Text2SQL: queries that try to hold the reward call or grow memory inside one SQL function call.
+
+_DOUBLING = ("WITH RECURSIVE r(s) AS (SELECT 'q' UNION ALL SELECT s || s || s FROM r "
+             "WHERE length(s) < 5000000) ")
+HOSTILE_SQL = {
+    "printf_precision": "SELECT printf('%.*c', 1500000000, 'y')",
+    "tripling_string_instr": _DOUBLING + "SELECT max(instr(s, 'qz')) FROM r",
+    "zeroblob_flood": ("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n "
+                       "WHERE i < 5000) SELECT length(group_concat(zeroblob(800000))) FROM n"),
+    "endless_recursion": ("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n) "
+                          "SELECT count(*) FROM n"),
+    "cross_join": "SELECT count(*) FROM emp a, emp b, emp c, emp d, emp e, emp f",
+    "deep_nesting": "SELECT " + "abs(" * 300 + "1" + ")" * 300,
+    "write_through_cte": "WITH x AS (SELECT 1) DELETE FROM emp",
+    "attach_memory": "SELECT 1; ATTACH ':memory:' AS m",
+    "pragma_function": "SELECT * FROM pragma_database_list",
+    "load_extension": "SELECT load_extension('/lib/x86_64-linux-gnu/libc.so.6')",
+}
+
+
+def _db_hashes(root) -> dict[str, str]:
+  import hashlib
+  return {name: hashlib.sha256((root / name).read_bytes()).hexdigest()
+          for name in sorted(os.listdir(root))}
+
+
+def _sql_workers() -> list[int]:
+  pids = []
+  for path in glob.glob("/proc/[0-9]*/cmdline"):
+    try:
+      with open(path, "rb") as f:
+        if b"_t2s_execution" in f.read():
+          pids.append(int(path.split("/")[2]))
+    except OSError:
+      pass
+  return pids
+
+
+@pytest.fixture(scope="module")
+def sql_env(tmp_path_factory):
+  from jaxrl_llm.envs.text2sql import SQLWorkerPool, generate_text2sql, make_text2sql_reward
+  root = tmp_path_factory.mktemp("sql_redteam")
+  splits = generate_text2sql(root, seed=1, train_size=20, validation_size=5, test_size=5)
+  row = next(r for r in splits["train"] if r["db_id"] == "company")
+  before = _db_hashes(root)
+  pool = SQLWorkerPool(2, memory_mb=256)
+  fn = make_text2sql_reward(root, timeout_s=0.3, pool=pool)
+  yield root, row, fn, pool
+  pool.close()
+  assert _db_hashes(root) == before  # no byte of any database changed, no file appeared.
+  assert not _sql_workers()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_SQL))
+def test_hostile_sql_costs_only_its_own_row(sql_env, name):
+  root, row, fn, pool = sql_env
+  start = time.monotonic()
+  out = fn(["p", "p"], ["```sql\n" + HOSTILE_SQL[name] + "\n```", row["answer"]],
+           db_id=[row["db_id"]] * 2, answer=[row["answer"]] * 2)
+  elapsed = time.monotonic() - start
+  assert out.tolist() == [0.0, 1.0], (name, out)
+  assert elapsed < 0.3 + pool.grace_s + 1.5, elapsed  # killed at its deadline, not abandoned.
+  assert len(_sql_workers()) <= pool.max_workers

@@ -27,6 +27,7 @@ from jaxrl_llm.envs.text2sql.reward import (extract_sql, is_single_select, make_
                                             sql_format)
 from jaxrl_llm.envs.text2sql.schema import (SCHEMA_STYLES, TableSchema, read_schema,
                                             render_prompt, render_schema, render_table)
+from jaxrl_llm.envs.text2sql.worker import QueryLimits, SQLWorkerPool, shared_pool
 from jaxrl_llm.envs.text2sql.synthetic import (DB_IDS, DIFFICULTIES, SyntheticQuestion,
                                                build_synthetic_databases, generate_text2sql,
                                                synthetic_db_resolver, template_counts)
@@ -36,7 +37,7 @@ __all__ = [
     "SPIDER_LAYOUT", "DatasetFormatError", "DbResolver", "ExecutionResult", "SyntheticQuestion",
     "TableSchema", "Text2SQLExample", "as_resolver", "bird_db_resolver",
     "build_synthetic_databases", "check_db_id", "directory_resolver", "examples_to_rows",
-    "execute_readonly", "extract_sql", "generate_text2sql", "has_top_level_order_by",
+    "execute_readonly", "QueryLimits", "SQLWorkerPool", "shared_pool", "extract_sql", "generate_text2sql", "has_top_level_order_by",
     "is_single_select", "load_benchmark_rows", "load_bird", "load_spider", "make_text2sql_reward", "open_readonly",
     "read_schema", "render_prompt", "render_schema", "render_table", "results_match",
     "spider_db_resolver", "split_statements", "sql_format", "synthetic_db_resolver",

@@ -22,7 +22,14 @@ stacks independent layers; any one of them is enough to stop a write:
    length.
 5. **Deadline**: a progress handler aborts the virtual machine once the wall-clock deadline
    passes, during ``execute`` and during fetching.
-6. **Row cap**: at most ``max_rows + 1`` rows are fetched; one more than ``max_rows`` is an error.
+6. **Row and byte caps**: at most ``max_rows + 1`` rows are fetched; one more than ``max_rows``,
+   or more than ``max_result_bytes`` of data, is an error.
+
+Between VM instructions the deadline holds, but one call of a built-in function (a huge
+``printf`` width, ``instr`` over a huge string, ``zeroblob``) runs to its end: SQLite's limits
+(value length, expression depth, compound selects, program size) bound what such a call can be
+asked to do, and untrusted SQL runs in a killable worker process with a memory cap
+(:mod:`jaxrl_llm.envs.text2sql.worker`) so that nothing it does can hold or grow the trainer.
 
 The database file is never written (tests hash it before and after an adversarial suite).
 """
@@ -47,8 +54,17 @@ DENIED_FUNCTIONS = frozenset({
 })
 
 _ALLOWED_FIRST_KEYWORDS = ("select", "with", "values")
-# The largest string or blob a query may build (bytes); SQLite's default is 1e9.
-_MAX_VALUE_BYTES = 10_000_000
+# The largest string or blob a query may build (bytes); SQLite's default is 1e9. One built-in
+# function call runs to its end without reaching the progress handler, so this (with the
+# expression, compound-select and program-size limits below) is what bounds a single call's work.
+_MAX_VALUE_BYTES = 1_000_000
+# SQLite's own limits, set on every connection before the query is prepared.
+_SQLITE_LIMITS = (("SQLITE_LIMIT_ATTACHED", 0), ("SQLITE_LIMIT_LENGTH", _MAX_VALUE_BYTES),
+                  ("SQLITE_LIMIT_EXPR_DEPTH", 100), ("SQLITE_LIMIT_COMPOUND_SELECT", 50),
+                  ("SQLITE_LIMIT_VDBE_OP", 50_000), ("SQLITE_LIMIT_FUNCTION_ARG", 32),
+                  ("SQLITE_LIMIT_LIKE_PATTERN_LENGTH", 1000),
+                  ("SQLITE_LIMIT_VARIABLE_NUMBER", 16), ("SQLITE_LIMIT_TRIGGER_DEPTH", 1),
+                  ("SQLITE_LIMIT_WORKER_THREADS", 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +211,8 @@ def _classify(err: BaseException, timed_out: bool) -> str:
 
 def execute_readonly(db_path: str | os.PathLike, sql: str, *, timeout_s: float = 2.0,
                      max_rows: int = 10_000, max_sql_chars: int = 10_000,
-                     immutable: bool = False) -> ExecutionResult:
+                     immutable: bool = False, max_result_bytes: int = 4 << 20,
+                     heap_limit_bytes: int = 0) -> ExecutionResult:
   """Runs one untrusted SELECT on ``db_path`` under every safety layer of this module.
 
   Never raises for a bad query (the outcome is in the result); a missing database file does raise,
@@ -208,6 +225,11 @@ def execute_readonly(db_path: str | os.PathLike, sql: str, *, timeout_s: float =
     max_rows: more result rows than this is a ``"row_limit"`` error.
     max_sql_chars: longer SQL text is ``"forbidden"`` without being parsed.
     immutable: open with ``immutable=1`` (see the module docstring).
+    max_result_bytes: more result data than this (text and blobs by length, 8 bytes per other
+      value) is a ``"row_limit"`` error.
+    heap_limit_bytes: if > 0, ``PRAGMA hard_heap_limit`` (process-wide: for a worker process of
+      its own, :class:`~jaxrl_llm.envs.text2sql.worker.SQLWorkerPool`); SQLite fails the query
+      with "out of memory" instead of growing past it.
   Returns:
     :class:`ExecutionResult`.
   Raises:
@@ -242,15 +264,27 @@ def execute_readonly(db_path: str | os.PathLike, sql: str, *, timeout_s: float =
     conn.execute("PRAGMA query_only = ON")
     if hasattr(conn, "enable_load_extension"):
       conn.enable_load_extension(False)
-    conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _MAX_VALUE_BYTES)
+    if heap_limit_bytes > 0:
+      conn.execute(f"PRAGMA hard_heap_limit = {int(heap_limit_bytes)}")
+    for name, value in _SQLITE_LIMITS:
+      if hasattr(sqlite3, name):  # Python 3.11 has them all; older SQLite builds may not.
+        conn.setlimit(getattr(sqlite3, name), value)
     conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, 4 * max(max_sql_chars, 1000))  # UTF-8 bytes.
     conn.set_authorizer(_authorizer)
     handler = _progress(deadline)
     conn.set_progress_handler(handler, 1000)
     try:
       cursor = conn.execute(statement)
-      rows = cursor.fetchmany(max_rows + 1)
+      rows, size = [], 0
+      while len(rows) <= max_rows:
+        row = cursor.fetchone()
+        if row is None:
+          break
+        size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+        if size > max_result_bytes:
+          return fail(ROW_LIMIT, f"result limit: the query returns more than "
+                      f"max_result_bytes={max_result_bytes} bytes")
+        rows.append(row)
       columns = tuple(d[0] for d in (cursor.description or ()))
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError) as e:
       timed_out = time.monotonic() > deadline

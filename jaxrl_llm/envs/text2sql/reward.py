@@ -10,9 +10,10 @@
 * ``0.0`` otherwise (syntax error, forbidden statement, time-out, too many rows, no SQL).
 
 Both queries run through :func:`~jaxrl_llm.envs.text2sql.execution.execute_readonly` with the
-same limits. A gold query that fails is a dataset error: ``on_gold_error="raise"`` (default)
-raises a ``ValueError`` naming the row, ``"nan"`` marks only that row unscorable. Gold results are
-cached per (database path, gold SQL) inside the returned function (bounded, thread-safe).
+same limits, in killable worker processes (:mod:`jaxrl_llm.envs.text2sql.worker`). A gold query
+that fails is a dataset error: ``on_gold_error="raise"`` (default) raises a ``ValueError`` naming
+the row, ``"nan"`` marks only that row unscorable. Gold results are computed once per (database
+file, gold SQL, limits) for the whole process (bounded, thread-safe).
 
 A malformed completion never raises; databases are only ever opened read-only.
 """
@@ -29,7 +30,8 @@ import numpy as np
 
 from jaxrl_llm.envs.text2sql.compare import has_top_level_order_by, results_match
 from jaxrl_llm.envs.text2sql.dataset import as_resolver
-from jaxrl_llm.envs.text2sql.execution import ExecutionResult, execute_readonly, split_statements
+from jaxrl_llm.envs.text2sql.execution import ExecutionResult, split_statements
+from jaxrl_llm.envs.text2sql.worker import QueryLimits, SQLWorkerPool, shared_pool
 
 _CLOSED_FENCE = re.compile(r"```[ \t]*sql\b(.*?)```", re.IGNORECASE | re.DOTALL)
 _OPEN_FENCE = re.compile(r"```[ \t]*sql\b", re.IGNORECASE)
@@ -93,24 +95,57 @@ def sql_format(prompts: list[str], completions: list[str], **_: Any) -> np.ndarr
   return np.asarray([float(is_single_select(extract_sql(c))) for c in completions], np.float32)
 
 
+_GOLD_CACHE: collections.OrderedDict = collections.OrderedDict()
+_GOLD_LOCK = threading.Lock()
+_GOLD_CACHE_SIZE = 65536
+
+
+def _gold_key(path: str, gold_sql: str, limits: QueryLimits) -> tuple:
+  st = os.stat(path)  # a rewritten database file is a new key.
+  return (os.path.realpath(path), st.st_mtime_ns, st.st_size, gold_sql, limits)
+
+
+def gold_result(pool: SQLWorkerPool, path: str, gold_sql: str,
+                limits: QueryLimits) -> tuple[ExecutionResult, bool]:
+  """The gold query's result and whether it is ordered, computed once per (database file, SQL,
+  limits) for the whole process (bounded LRU; failed gold queries are not cached)."""
+  key = _gold_key(path, gold_sql, limits)
+  with _GOLD_LOCK:
+    if key in _GOLD_CACHE:
+      _GOLD_CACHE.move_to_end(key)
+      return _GOLD_CACHE[key]
+  result = pool.execute(path, extract_sql(gold_sql), limits)
+  entry = (result, has_top_level_order_by(gold_sql))
+  if result.ok:
+    with _GOLD_LOCK:
+      _GOLD_CACHE[key] = entry
+      while len(_GOLD_CACHE) > _GOLD_CACHE_SIZE:
+        _GOLD_CACHE.popitem(last=False)
+  return entry
+
+
 def make_text2sql_reward(db: str | os.PathLike | Callable[[str], Any], *, timeout_s: float = 2.0,
                          max_rows: int = 10_000, max_sql_chars: int = 4_000,
                          executable_credit: float = 0.0, semantics: str = "bag",
                          column_permutations: bool = False, on_gold_error: str = "raise",
-                         gold_cache_size: int = 4096, immutable: bool = False
-                         ) -> Callable[..., np.ndarray]:
+                         immutable: bool = False, max_result_bytes: int = 4 << 20,
+                         pool: SQLWorkerPool | None = None) -> Callable[..., np.ndarray]:
   """Builds the execution-match reward.
+
+  Every query (prediction and gold) runs in a killable worker process of ``pool``
+  (:class:`~jaxrl_llm.envs.text2sql.worker.SQLWorkerPool`; default: the process-wide shared pool)
+  under the limits below: a hostile query costs its own row only (reward 0), never the batch.
 
   Args:
     db: a directory holding ``<db_id>.sqlite`` or ``<db_id>/<db_id>.sqlite``, or a callable
       ``db_id -> path`` (e.g. :func:`~jaxrl_llm.envs.text2sql.dataset.spider_db_resolver`).
-    timeout_s, max_rows, max_sql_chars, immutable: limits for every execution (prediction and
-      gold), see :func:`~jaxrl_llm.envs.text2sql.execution.execute_readonly`.
+    timeout_s, max_rows, max_sql_chars, immutable, max_result_bytes: limits for every execution,
+      see :func:`~jaxrl_llm.envs.text2sql.execution.execute_readonly`.
     executable_credit: reward for a prediction that executes but does not match (e.g. 0.1).
     semantics: ``"bag"`` (Spider test-suite) or ``"set"`` (BIRD).
     column_permutations: accept a permutation of the gold's columns.
     on_gold_error: ``"raise"`` (ValueError naming the row) or ``"nan"`` (that row unscorable).
-    gold_cache_size: gold results kept (per returned function).
+    pool: the worker pool.
   Returns:
     ``fn(prompts, completions, *, db_id, answer, **_) -> float32 [B]``: values in
     ``{0, executable_credit, 1}`` (NaN only for failed gold rows under ``"nan"``).
@@ -122,43 +157,19 @@ def make_text2sql_reward(db: str | os.PathLike | Callable[[str], Any], *, timeou
   if not 0.0 <= executable_credit <= 1.0:
     raise ValueError(f"executable_credit must be in [0, 1], got {executable_credit}")
   resolve = as_resolver(db)
-  limits = dict(timeout_s=timeout_s, max_rows=max_rows, max_sql_chars=max_sql_chars,
-                immutable=immutable)
-  cache: collections.OrderedDict[tuple[str, str], tuple[ExecutionResult, bool]] = (
-      collections.OrderedDict())
-  lock = threading.Lock()
+  limits = QueryLimits(timeout_s=timeout_s, max_rows=max_rows, max_sql_chars=max_sql_chars,
+                       immutable=immutable, max_result_bytes=max_result_bytes)
 
-  def gold_result(path: str, gold_sql: str) -> tuple[ExecutionResult, bool]:
-    key = (path, gold_sql)
-    with lock:
-      if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    result = execute_readonly(path, extract_sql(gold_sql), **limits)
-    entry = (result, has_top_level_order_by(gold_sql))
-    if result.ok:
-      with lock:
-        cache[key] = entry
-        while len(cache) > gold_cache_size:
-          cache.popitem(last=False)
-    return entry
-
-  def score_prediction(path: str, completion: str, gold: ExecutionResult, ordered: bool) -> float:
+  def score(pred: ExecutionResult, gold: ExecutionResult, ordered: bool) -> float:
+    if not pred.ok:
+      return 0.0
     try:
-      sql = extract_sql(completion)
-      if not sql:
-        return 0.0
-      pred = execute_readonly(path, sql, **limits)
-      if not pred.ok:
-        return 0.0
       if results_match(pred.rows, gold.rows, ordered=ordered, semantics=semantics,
                        column_permutations=column_permutations):
         return 1.0
-      return float(executable_credit)
-    except FileNotFoundError:
-      raise
     except Exception:  # noqa: BLE001 -- a completion must never crash the reward.
       return 0.0
+    return float(executable_credit)
 
   def text2sql_reward(prompts: Sequence[str], completions: Sequence[str], *,
                       db_id: Sequence[str], answer: Sequence[str], **_: Any) -> np.ndarray:
@@ -167,10 +178,13 @@ def make_text2sql_reward(db: str | os.PathLike | Callable[[str], Any], *, timeou
     if len(db_id) != b or len(answer) != b:
       raise ValueError(f"text2sql reward: {b} completions but {len(db_id)} db_id and "
                        f"{len(answer)} answer values")
+    workers = pool or shared_pool()
     out = np.zeros((b,), np.float32)
+    paths = [resolve(d) for d in db_id]
+    golds = [gold_result(workers, paths[i], str(answer[i]), limits) for i in range(b)]
+    todo = []
     for i in range(b):
-      path = resolve(db_id[i])
-      gold, ordered = gold_result(path, str(answer[i]))
+      gold = golds[i][0]
       if not gold.ok:
         message = (f"text2sql reward: row {i} (db_id={db_id[i]!r}): the gold SQL failed with "
                    f"{gold.kind}: {gold.error}; gold SQL: {str(answer[i])[:200]!r}")
@@ -178,7 +192,12 @@ def make_text2sql_reward(db: str | os.PathLike | Callable[[str], Any], *, timeou
           raise ValueError(message)
         out[i] = np.nan
         continue
-      out[i] = score_prediction(path, completions[i], gold, ordered)
+      sql = extract_sql(completions[i])
+      if sql:
+        todo.append((i, sql))
+    preds = workers.execute_many([(paths[i], sql) for i, sql in todo], limits)
+    for (i, _), pred in zip(todo, preds):
+      out[i] = score(pred, *golds[i])
     return out
 
   return text2sql_reward
