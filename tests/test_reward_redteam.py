@@ -277,3 +277,37 @@ def test_hostile_sql_costs_only_its_own_row(sql_env, name):
   assert out.tolist() == [0.0, 1.0], (name, out)
   assert elapsed < 0.3 + pool.grace_s + 1.5, elapsed  # killed at its deadline, not abandoned.
   assert len(_sql_workers()) <= pool.max_workers
+
+
+# ------------------------------------------------------------------------------------------------
+# The runner: a completion that makes a user reward function raise or hang costs its own row.
+
+
+def _fragile(prompts, completions, **_):
+  out = []
+  for c in completions:
+    if c == "raise":
+      raise RuntimeError("hostile row")
+    if c == "hang":
+      time.sleep(30)
+    out.append(float(len(c)))
+  return np.asarray(out, np.float32)
+
+
+@pytest.mark.parametrize("on_error,failed", [("exclude", None), ("fallback", -1.0)])
+def test_runner_isolates_the_hostile_row(on_error, failed):
+  from jaxrl_llm.rewards import RewardRunner, RewardSpec
+  runner = RewardRunner([RewardSpec("fragile", _fragile)], timeout_s=0.5, row_timeout_s=0.3,
+                        on_error=on_error, fallback_reward=-1.0)
+  start = time.monotonic()
+  res = runner(["p"] * 4, ["ab", "raise", "hang", "abcd"])
+  assert time.monotonic() - start < 0.5 + 0.3 + 1.0
+  values = res.per_function["fragile"]
+  assert values[0] == 2.0 and values[3] == 4.0  # the honest rows keep their rewards.
+  if failed is None:
+    assert np.isnan(values[1]) and np.isnan(values[2])
+  else:
+    assert values[1] == failed and values[2] == failed
+  assert res.counts["fragile"] == {"errors": 1, "nonfinite": 0, "timeouts": 1}
+  timing = runner.timing()
+  assert set(timing) == {"reward/fragile/p50_s", "reward/fragile/p99_s"}

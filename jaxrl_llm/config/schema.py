@@ -463,8 +463,9 @@ class RolloutConfig:
 class RewardConfig:
   """(RL) Reward functions (names from ``jaxrl_llm.rewards.REWARD_FUNCTIONS``) and their weights.
 
-  A call that raises, returns NaN / the wrong shape, or runs past ``timeout_s`` is handled by
-  ``on_error``: "exclude" (the samples are unscorable: left out of group statistics, advantage 0),
+  A call that raises or runs past ``timeout_s`` is retried row by row (``row_timeout_s`` each),
+  so only the rows that fail alone count as failed. A failed row, a NaN, or a result of the wrong
+  shape is handled by ``on_error``: "exclude" (the samples are unscorable: left out of group statistics, advantage 0),
   "fallback" (they get ``fallback_reward``) or "raise" (checkpoint, then stop the run). Every
   case is counted per function in the metrics.
   """
@@ -473,6 +474,9 @@ class RewardConfig:
   weights: tuple[float, ...] = (1.0,)
   accuracy: str = "exact_match"  # Which function is "correct?" (metric, DAPO filter); "": none.
   timeout_s: float = 30.0
+  # After a batch call raises or times out, each row is scored alone with this limit, so that one
+  # hostile completion costs only its own row.
+  row_timeout_s: float = 10.0
   on_error: str = "exclude"
   fallback_reward: float = 0.0
   # The "reward_model" function: a reward-model run directory, scores normalised by the mean / std
@@ -492,6 +496,7 @@ class RewardConfig:
       _fail("reward.accuracy", f"must be '' or one of reward.functions {self.functions}, got "
             f"{self.accuracy!r}")
     _positive("reward", self, "timeout_s")
+    _positive("reward", self, "row_timeout_s")
     if self.on_error not in ("exclude", "fallback", "raise"):
       _fail("reward.on_error", f"must be 'exclude', 'fallback' or 'raise', got {self.on_error!r}")
     if not math.isfinite(self.fallback_reward):

@@ -7,22 +7,32 @@ parse text, call a verifier, or execute code in a sandbox (issue-9 rewards).
 
 :class:`RewardRunner` calls several functions with weights and guards every call:
 
-* an exception, a wrong-shaped or non-numeric result, or a time-out gives the whole call's rows the
-  configured outcome; a NaN/inf in the result affects only that row;
+* one hostile row costs only itself: when the batch call raises or times out, every row is scored
+  again on its own (concurrently, each with ``row_timeout_s``), and only the rows that fail alone
+  get the failure outcome; a wrong-shaped or non-numeric result (a bug of the function) gives
+  every row the outcome; a NaN/inf in a result affects only that row;
 * the outcome is ``exclude`` (NaN: the row is unscorable -- left out of group statistics and given
   advantage 0, ALGORITHMS.md 1.6), ``fallback`` (a fixed reward) or ``raise``
   (:class:`RewardError`; the RL loop checkpoints before stopping);
-* each case is counted per function (``reward/<name>/errors|nonfinite|timeouts``).
+* each case is counted per row and function (``reward/<name>/errors|nonfinite|timeouts``), and
+  the wall time of every call is kept (:meth:`RewardRunner.timing`: p50 / p99 per function, which
+  the RL loop writes to ``perf.jsonl``).
 
-Time-outs run the call on a daemon thread and stop waiting after ``timeout_s``. Python cannot
-kill a thread, so a function that hangs forever keeps a thread busy in the background; untrusted
-or heavy work belongs in a subprocess sandbox (``jaxrl_llm.rewards`` code execution does that).
+Time-outs: the built-in rewards that run untrusted work do it in processes they kill at their own
+per-row limits (code: :mod:`jaxrl_llm.rewards.sandbox`; SQL:
+:mod:`jaxrl_llm.envs.text2sql.worker`; symbolic math: its checker process), so they return within
+their limits whatever a completion does. For any other function the runner's limit is a backstop:
+it stops waiting after ``timeout_s`` (a Python thread cannot be killed, so a function that never
+returns keeps one thread busy); put untrusted or unbounded work in a process.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import threading
+import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -37,8 +47,9 @@ class RewardError(RuntimeError):
   """A reward function failed and ``reward.on_error='raise'``. Names the function and the cause."""
 
 
-class _TimedOut(Exception):
-  pass
+class _BadResult(TypeError):
+  """The function returned a wrong-shaped or non-numeric result: a bug of the function, not of a
+  row, so every row gets the failure outcome (no row-by-row retry)."""
 
 
 def call_with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
@@ -87,25 +98,33 @@ class RewardResult:
 
 
 class RewardRunner:
-  """Calls reward functions on a batch with time-outs and the configured failure policy.
+  """Calls reward functions on a batch with time-outs, per-row isolation and the failure policy.
 
   Args:
     specs: the functions, names and weights.
-    timeout_s: per call.
+    timeout_s: limit of a batch call.
     on_error: "exclude", "fallback" or "raise".
     fallback_reward: the reward given under "fallback".
+    row_timeout_s: limit of each single-row call when a batch call failed (default
+      ``min(timeout_s, 10)``).
+    max_row_workers: single-row calls run at once.
   """
 
   def __init__(self, specs: Sequence[RewardSpec], *, timeout_s: float = 30.0,
-               on_error: str = "exclude", fallback_reward: float = 0.0):
+               on_error: str = "exclude", fallback_reward: float = 0.0,
+               row_timeout_s: float | None = None, max_row_workers: int = 8):
     if on_error not in ("exclude", "fallback", "raise"):
       raise ValueError(f"on_error must be 'exclude', 'fallback' or 'raise', got {on_error!r}")
     if not specs:
       raise ValueError("RewardRunner needs at least one reward function")
     self.specs = list(specs)
     self.timeout_s = timeout_s
+    self.row_timeout_s = float(row_timeout_s if row_timeout_s is not None else
+                               min(timeout_s, 10.0))
+    self.max_row_workers = max_row_workers
     self.on_error = on_error
     self.fallback = float(fallback_reward)
+    self._times = {spec.name: collections.deque(maxlen=256) for spec in self.specs}
 
   def _failed_value(self, spec: RewardSpec, what: str, cause: BaseException | str):
     if self.on_error == "raise":
@@ -113,35 +132,82 @@ class RewardRunner:
           cause if isinstance(cause, BaseException) else None)
     return self.fallback if self.on_error == "fallback" else np.nan
 
+  def _call(self, spec: RewardSpec, prompts: list[str], completions: list[str],
+            columns: Mapping[str, Sequence[Any]], timeout_s: float) -> np.ndarray:
+    """One guarded call: float32 ``[b]`` or an exception (TimeoutError for a time-out)."""
+    b = len(completions)
+    raw = call_with_timeout(lambda: spec.fn(list(prompts), list(completions), **columns),
+                            timeout_s)
+    try:
+      values = np.asarray(raw, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as e:
+      raise _BadResult(f"returned {type(raw).__name__} that is not a float array: {e}") from e
+    if values.shape != (b,):
+      raise _BadResult(f"returned {values.shape[0]} values for a batch of {b}")
+    return values
+
   def score_one(self, spec: RewardSpec, prompts: list[str], completions: list[str],
                 columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, dict[str, int]]:
     """Raw values of one function, float32 ``[B]``, with failures already replaced."""
     b = len(completions)
     counts = {"errors": 0, "nonfinite": 0, "timeouts": 0}
+    start = time.perf_counter()
     try:
-      raw = call_with_timeout(lambda: spec.fn(list(prompts), list(completions), **columns),
-                              self.timeout_s)
-      try:
-        values = np.asarray(raw, dtype=np.float32).reshape(-1)
-      except (TypeError, ValueError) as e:
-        raise TypeError(f"returned {type(raw).__name__} that is not a float array: {e}") from e
-      if values.shape != (b,):
-        raise ValueError(f"returned {values.shape[0]} values for a batch of {b}")
-    except TimeoutError as e:
-      counts["timeouts"] = b
-      return np.full((b,), self._failed_value(spec, "timed out", e), np.float32), counts
-    except RewardError:
-      raise
+      values = self._call(spec, prompts, completions, columns, self.timeout_s)
     except Exception as e:  # noqa: BLE001 -- any failure of user code is handled by policy.
-      counts["errors"] = b
-      return np.full((b,), self._failed_value(spec, "raised", e), np.float32), counts
-    bad = ~np.isfinite(values)
-    if bad.any():
-      counts["nonfinite"] = int(bad.sum())
+      batch_error = e
+    else:
+      batch_error = None
+    if batch_error is not None:
+      if b == 1 or isinstance(batch_error, _BadResult):
+        rows = [batch_error] * b
+      else:  # Find the rows that fail on their own; the others keep their rewards.
+        rows = self._score_rows(spec, prompts, completions, columns)
+      values = np.zeros((b,), np.float32)
+      failed = np.zeros((b,), bool)
+      for i, r in enumerate(rows):
+        if isinstance(r, BaseException):
+          failed[i] = True
+          timed_out = isinstance(r, TimeoutError)
+          counts["timeouts" if timed_out else "errors"] += 1
+          values[i] = self._failed_value(spec, f"{'timed out' if timed_out else 'raised'} on "
+                                         f"row {i}", r)
+        else:
+          values[i] = r
+    else:
+      failed = np.zeros((b,), bool)
+    self._times[spec.name].append(time.perf_counter() - start)
+    bad_rows = ~np.isfinite(values) & ~failed
+    if bad_rows.any():
+      counts["nonfinite"] = int(bad_rows.sum())
       values = values.copy()
-      values[bad] = self._failed_value(spec, f"returned non-finite values at rows "
-                                       f"{np.nonzero(bad)[0][:8].tolist()}", "nan")
+      values[bad_rows] = self._failed_value(spec, f"returned non-finite values at rows "
+                                            f"{np.nonzero(bad_rows)[0][:8].tolist()}", "nan")
     return values, counts
+
+  def _score_rows(self, spec: RewardSpec, prompts: list[str], completions: list[str],
+                  columns: Mapping[str, Sequence[Any]]) -> list[float | BaseException]:
+    def one(i: int) -> float | BaseException:
+      try:
+        return float(self._call(spec, [prompts[i]], [completions[i]],
+                                {k: [v[i]] for k, v in columns.items()}, self.row_timeout_s)[0])
+      except Exception as e:  # noqa: BLE001
+        return e
+    workers = max(1, min(self.max_row_workers, len(completions)))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="jaxrl-row") as ex:
+      return list(ex.map(one, range(len(completions))))
+
+  def timing(self) -> dict[str, float]:
+    """Wall time per call of each function over its last 256 calls:
+    ``{"reward/<name>/p50_s": ..., "reward/<name>/p99_s": ...}`` (functions not yet called are
+    left out)."""
+    out = {}
+    for name, times in self._times.items():
+      if times:
+        t = np.asarray(times, np.float64)
+        out[f"reward/{name}/p50_s"] = float(np.percentile(t, 50))
+        out[f"reward/{name}/p99_s"] = float(np.percentile(t, 99))
+    return out
 
   def __call__(self, prompts: list[str], completions: list[str],
                columns: Mapping[str, Sequence[Any]] | None = None) -> RewardResult:

@@ -276,6 +276,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                                         skip_special_tokens=True)
   specs = list(reward_fns) if reward_fns is not None else reward_specs(config)
   runner = RewardRunner(specs, timeout_s=config.reward.timeout_s,
+                        row_timeout_s=min(config.reward.row_timeout_s, config.reward.timeout_s),
                         on_error=config.reward.on_error,
                         fallback_reward=config.reward.fallback_reward)
   names = [s.name for s in specs]
@@ -785,6 +786,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
             "time/logprobs_s": t_lp, "time/update_s": t_up, "time/step_s": elapsed,
             "perf/tokens_per_s": tokens / max(elapsed, 1e-9),
             "rollout/compilations": setup.sampler.compilations}
+    perf.update(setup.rewards.timing())  # per-function p50 / p99 wall time per call.
     with open(perf_path, "a") as f:
       f.write(json.dumps(perf) + "\n")
     writer.add_scalars(done, {k: v for k, v in perf.items() if k != "step"})
