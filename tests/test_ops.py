@@ -557,3 +557,36 @@ def test_everything_jits_and_matches_when_sharded_over_8_devices():
   grad = jax.jit(jax.grad(lambda lp: pipeline(lp, *sharded[1:])[0]))(sharded[0])
   np.testing.assert_allclose(grad, jax.grad(lambda lp: pipeline(lp, *args[1:])[0])(logp),
                              rtol=1e-4, atol=1e-7)
+
+
+def test_entropy_is_stable_for_large_logits():
+  """Shifting by the row maximum: no catastrophic cancellation at logit scale 30 or +1000."""
+  base = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (16, 512), jnp.float32))
+
+  def exact(z):
+    z = z.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    return -(p * np.log(np.maximum(p, 1e-300))).sum(-1)
+
+  for logits in (base + 1000.0, base - 1000.0, 30.0 * base, 30.0 * base + 1000.0):
+    h = ops.entropy_from_logits(jnp.asarray(logits, jnp.float32))
+    assert bool(jnp.all(h >= 0.0)), float(h.min())
+    np.testing.assert_allclose(h, exact(logits.astype(np.float32)), atol=2e-5)
+
+
+def test_value_clip_fraction_ignores_rounding():
+  """Values inside the clip band are never counted as clipped (float rounding of old + (v − old)
+  used to be), and the loss is then the unclipped one."""
+  old = jnp.asarray([[1e4 + 0.1, -3.3, 0.7, 123.456]], jnp.float32)
+  ret = jnp.asarray([[0.0, 1.0, -1.0, 5.0]], jnp.float32)
+  mask = jnp.ones_like(old, bool)
+  v = old + jnp.asarray([[0.3, -0.2, 0.49, 0.0]], jnp.float32)
+  loss, diag = ops.value_loss(v, old, ret, mask, clip=0.5)
+  assert float(diag["vf_clipfrac"]) == 0.0
+  np.testing.assert_allclose(loss, 0.5 * (v - ret) ** 2, rtol=1e-6)
+  far = old + jnp.asarray([[2.0, -2.0, -2.0, 0.0]], jnp.float32)
+  _, diag = ops.value_loss(far, old, ret, mask, clip=0.5)
+  f, o, r = (np.asarray(x, np.float64) for x in (far, old, ret))
+  want = np.mean((np.clip(f, o - 0.5, o + 0.5) - r) ** 2 > (f - r) ** 2)
+  assert want == 0.25 and float(diag["vf_clipfrac"]) == pytest.approx(want)

@@ -104,7 +104,40 @@ def test_symbolic_timeout_is_unequal_and_bounded():
     assert chk.equal_many([("9^{9^{9^{9}}}", "5"), ("2", "2")]) == [False, True]
     assert time.monotonic() - start < 10
   with mr.SymbolicChecker(timeout_s=1.0, budget_s=0.0) as chk:  # Budget spent: no checks at all.
-    assert chk.equal_many([("x", "x")]) == [False]
+    assert chk.equal_many([("x", "x")]) == [None] and chk.skipped == 1
+
+
+def test_budget_spent_by_other_rows_leaves_rows_unscorable_not_wrong():
+  """A slow hostile row exhausting the batch's symbolic budget must not turn later correct rows
+  into 0: they are NaN (unscorable, excluded by the runner), and the hostile row is 0."""
+  with mr.SymbolicChecker(timeout_s=1.0, budget_s=0.5) as chk:
+    details = mr.math_answer_details([r"\boxed{9^{9^{9^{9}}}}", r"\boxed{\sqrt{2}/2}"],
+                                     ["5", r"\frac{1}{\sqrt{2}}"], checker=chk)
+  assert details[0]["score"] == 0.0 and details[0]["acc"] is False
+  assert np.isnan(details[1]["score"]) and details[1]["acc"] is None
+  res = RewardRunner([RewardSpec("math", lambda p, c, **k: mr.math_answer(
+      p, c, checker=mr.SymbolicChecker(budget_s=0.0), **k))], on_error="exclude")(
+          ["", ""], ["\\boxed{2}", r"\boxed{\sqrt{2}/2}"], {"answer": ["2", r"\frac{1}{\sqrt{2}}"]})
+  assert res.total[0] == 1.0 and np.isnan(res.total[1]) and res.counts["math"]["nonfinite"] == 1
+
+
+def test_integers_are_compared_exactly():
+  """The relative tolerance admits rounded decimals of a non-integer only."""
+  assert mr.quick_equal("0.333333", "1/3") and mr.quick_equal("3.0", "3")
+  for pred, gold in (("5000004.5", "5000000"), ("5000001", "5000000"), ("4.9999999", "5"),
+                     ("1234568", "1234567.5")):
+    assert mr.quick_equal(pred, gold) is False, (pred, gold)
+
+
+def test_math_jsonl_rejects_non_finite_gold(tmp_path):
+  for bad in ('{"question": "q", "answer": NaN}', '{"question": "q", "answer": Infinity}',
+              '{"question": "q", "answer": "#### nan"}'):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "ok", "answer": "#### 3"}\n' + bad + "\n")
+    with pytest.raises(ValueError, match=r"line 2 field 'answer'"):
+      mr.load_math_jsonl(str(path))
+    rows, skipped = mr.load_math_jsonl(str(path), on_bad_row="skip")
+    assert len(rows) == 1 and skipped == 1
 
 
 def test_math_answer_rewards(checker):

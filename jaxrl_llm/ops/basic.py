@@ -172,9 +172,12 @@ token_logprobs = logprobs_from_logits
 def entropy_from_logits(logits: jax.Array, *, temperature: float = 1.0) -> jax.Array:
   """Entropy ``H = −Σ_v p_v log p_v`` of ``softmax(logits / temperature)``, float32 ``[...]``.
 
-  Computed as ``lse − Σ p·z`` (no ``0·log 0`` NaNs for vanishing probabilities).
+  Computed as ``lse − Σ p·z`` (no ``0·log 0`` NaNs for vanishing probabilities) on logits shifted
+  by their row maximum, which leaves ``H`` unchanged but keeps both terms small: unshifted, large
+  logits (scale 30, or a +1000 offset) cancel catastrophically in float32.
   """
   z = logits.astype(jnp.float32) / temperature
+  z = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
   lse = jax.nn.logsumexp(z, axis=-1)
   p = jnp.exp(z - lse[..., None])
   return lse - jnp.sum(p * z, axis=-1)

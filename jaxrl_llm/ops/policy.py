@@ -263,7 +263,9 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
   if clip is None:
     loss, clipped_frac = 0.5 * unclipped, jnp.zeros((), jnp.float32)
   else:
-    v_clip = old + jnp.clip(v - old, -clip, clip)
+    # clip(V, V_old − ε, V_old + ε) equals V bit for bit inside the band (``V_old + clip(V − V_old)``
+    # does not, and its rounding would be counted as clipping); same value and gradient otherwise.
+    v_clip = jnp.clip(v, old - clip, old + clip)
     clipped = (v_clip - ret) ** 2
     loss = 0.5 * jnp.maximum(unclipped, clipped)
     clipped_frac = masked_mean((clipped > unclipped).astype(jnp.float32), m)

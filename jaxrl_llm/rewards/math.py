@@ -27,6 +27,7 @@ raises :class:`ValueError` naming the column and row.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import select
@@ -329,12 +330,14 @@ def parse_number(answer: str) -> Fraction | None:
 
 
 def numbers_close(a: Fraction, b: Fraction, *, rel_tol: float = 1e-6) -> bool:
-  """Exact equality for two integers, else ``|a − b| ≤ rel_tol · max(1, |b|)`` (exact arithmetic).
+  """Exact equality when either number is an integer, else ``|a − b| ≤ rel_tol · max(1, |b|)``
+  (exact arithmetic).
 
-  Integers are never "close" (``1000001`` is not ``1000000``); the tolerance admits rounded
-  decimals such as ``0.333333`` for ``1/3``.
+  An integer is never "close" to another number (``1000001`` is not ``1000000``, nor is
+  ``5000004.5`` or ``4.9999999``); the tolerance only admits rounded decimals of a non-integer,
+  such as ``0.333333`` for ``1/3``.
   """
-  if a.denominator == 1 and b.denominator == 1:
+  if a.denominator == 1 or b.denominator == 1:
     return a == b
   return abs(a - b) <= Fraction(rel_tol) * max(Fraction(1), abs(b))
 
@@ -395,7 +398,8 @@ class SymbolicChecker:
 
   Args:
     timeout_s: wall-clock limit of one comparison (parse both sides + verify).
-    budget_s: total time for one :meth:`equal_many` call; checks after it is spent count as unequal.
+    budget_s: total time for one :meth:`equal_many` call; pairs after it is spent are unchecked
+      (None: the reward marks those rows unscorable, NaN).
     startup_timeout_s: limit for starting the worker and importing ``math_verify``.
     memory_bytes: address-space limit of the worker (best effort, POSIX ``RLIMIT_AS``).
   """
@@ -411,6 +415,7 @@ class SymbolicChecker:
     self._broken = False
     self._lock = threading.Lock()
     self.timeouts = 0
+    self.skipped = 0
 
   def __enter__(self) -> "SymbolicChecker":
     return self
@@ -503,22 +508,26 @@ class SymbolicChecker:
       return False
     return reply == b"1"
 
-  def equal_many(self, pairs: Iterable[tuple[str, str]]) -> list[bool]:
-    """``[equivalent(pred, gold) for (pred, gold) in pairs]``; time-outs and errors give False."""
+  def equal_many(self, pairs: Iterable[tuple[str, str]]) -> list[bool | None]:
+    """``[equivalent(pred, gold) for (pred, gold) in pairs]``: time-outs and errors give False;
+    pairs left unchecked because this call's ``budget_s`` ran out give None (unscorable, not
+    wrong: a row must not lose its reward because other rows were slow to check)."""
     with self._lock:
       deadline = time.monotonic() + self.budget_s
-      out = []
+      out: list[bool | None] = []
       for pred, gold in pairs:
-        if time.monotonic() >= deadline or len(pred) > MAX_ANSWER_CHARS or len(
-            gold) > MAX_ANSWER_CHARS:
+        if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
           out.append(False)
-          continue
-        out.append(self._check(pred, gold, deadline))
+        elif time.monotonic() >= deadline:
+          self.skipped += 1
+          out.append(None)
+        else:
+          out.append(self._check(pred, gold, deadline))
       return out
 
   def equal(self, pred: str, gold: str) -> bool:
     """Whether ``pred`` and ``gold`` are symbolically equivalent (False on time-out or error)."""
-    return self.equal_many([(pred, gold)])[0]
+    return bool(self.equal_many([(pred, gold)])[0])
 
 
 def is_equiv(pred: str | None, gold: str | None, *, symbolic: bool = True,
@@ -582,7 +591,9 @@ def math_answer_details(completions: Sequence[str], answer: Sequence[Any], *,
   """Per-row diagnostics of :func:`math_answer`: ``{"score", "acc", "pred", "formatted"}``.
 
   ``pred`` is the extracted answer (None if none), ``formatted`` whether one was extracted,
-  ``acc`` whether it matches the gold, ``score`` = float(acc).
+  ``acc`` whether it matches the gold, ``score`` = float(acc). A row whose symbolic check the
+  checker's per-call budget left undone has ``acc`` None and ``score`` NaN (unscorable, handled by
+  the reward runner's ``on_error``), never 0.
   """
   comps = _completions(completions)
   golds = [gold_answer(g) for g in _column(answer, "answer", len(comps))]
@@ -599,8 +610,11 @@ def math_answer_details(completions: Sequence[str], answer: Sequence[Any], *,
         chk.close()
     for i, r in zip(pending, results):
       acc[i] = r
-  return [{"score": float(bool(a)), "acc": bool(a), "pred": p, "formatted": p is not None}
-          for a, p in zip(acc, preds)]
+  elif pending:
+    for i in pending:
+      acc[i] = False
+  return [{"score": np.nan if a is None else float(a), "acc": None if a is None else bool(a),
+           "pred": p, "formatted": p is not None} for a, p in zip(acc, preds)]
 
 
 def math_answer(prompts: list[str], completions: list[str], *, answer: Sequence[Any],
@@ -617,7 +631,7 @@ def math_answer(prompts: list[str], completions: list[str], *, answer: Sequence[
   Args:
     prompts, completions: ``B`` strings. answer: ``B`` reference answers or solutions.
   Returns:
-    float32 ``[B]`` in {0, 1}.
+    float32 ``[B]`` in {0, 1}; NaN for a row whose symbolic check the budget left undone.
   Raises:
     ValueError: a malformed ``answer`` entry (names the row).
   """
@@ -715,6 +729,9 @@ def _row_text(row: dict, field: str, where: str) -> str:
   v = row[field]
   if isinstance(v, bool) or not isinstance(v, (str, int, float)):
     raise ValueError(f"{where} field {field!r}: expected a string, got {type(v).__name__}")
+  if isinstance(v, float) and not math.isfinite(v):
+    raise ValueError(f"{where} field {field!r}: non-finite number {v!r} (NaN / Infinity are not "
+                     "answers)")
   v = str(v)
   if not v.strip():
     raise ValueError(f"{where} field {field!r}: empty")
@@ -771,6 +788,8 @@ def load_math_jsonl(path: str, *, question_field: str = "auto", answer_field: st
           final = final.replace(",", "")
         if not final:
           raise ValueError(f"{where} field {af!r}: empty final answer")
+        if final.lower().lstrip("+-") == "nan":
+          raise ValueError(f"{where} field {af!r}: final answer {final!r} is not a number")
         rows.append({"prompt": prompt, "answer": final})
       except ValueError:
         if on_bad_row == "raise":
