@@ -128,17 +128,21 @@ def _rows(name: str) -> str:
   return fence(code)
 
 
-def _sandbox_processes() -> list[int]:
-  """Pids of live sandbox children (their command line carries the bootstrap)."""
+def _processes_with(marker: bytes) -> list[int]:
+  """Pids of live processes whose command line contains ``marker``."""
   pids = []
   for path in glob.glob("/proc/[0-9]*/cmdline"):
     try:
       with open(path, "rb") as f:
-        if b"def _serve(job" in f.read():
+        if marker in f.read():
           pids.append(int(path.split("/")[2]))
     except OSError:
       pass
   return pids
+
+
+def _sandbox_processes() -> list[int]:
+  return _processes_with(b"def _serve(job")  # the sandbox bootstrap is on the command line.
 
 
 def _temp_dirs() -> set[str]:
@@ -241,15 +245,7 @@ def _db_hashes(root) -> dict[str, str]:
 
 
 def _sql_workers() -> list[int]:
-  pids = []
-  for path in glob.glob("/proc/[0-9]*/cmdline"):
-    try:
-      with open(path, "rb") as f:
-        if b"_t2s_execution" in f.read():
-          pids.append(int(path.split("/")[2]))
-    except OSError:
-      pass
-  return pids
+  return _processes_with(b"_t2s_execution")
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +307,40 @@ def test_runner_isolates_the_hostile_row(on_error, failed):
   assert res.counts["fragile"] == {"errors": 1, "nonfinite": 0, "timeouts": 1}
   timing = runner.timing()
   assert set(timing) == {"reward/fragile/p50_s", "reward/fragile/p99_s"}
+
+
+# ------------------------------------------------------------------------------------------------
+# The plain-data codec that carries values across the boundary.
+
+
+def test_plain_data_round_trip_keeps_exact_types():
+  import collections
+  from jaxrl_llm.rewards.plain import dumps_plain, loads_plain
+  value = {"a": [1, 2.5, float("inf"), None, True], (1, "x"): {frozenset({3}), b"\x00\xff"},
+           "c": collections.Counter("abca"), "d": collections.deque([1j]), 2: -10 ** 50}
+  back = loads_plain(dumps_plain(value))
+  assert back == value and type(back["c"]) is collections.Counter
+  assert type(back[(1, "x")]) is set and type(back["a"][4]) is bool
+  nan = loads_plain(dumps_plain(float("nan")))
+  assert nan != nan
+
+
+def test_plain_data_refuses_lookalikes_and_malformed_text():
+  from jaxrl_llm.rewards.plain import PlainDataError, decode_plain, dumps_plain, loads_plain
+
+  class Sly(int):
+    pass
+
+  for value in (Sly(3), [1, Sly(2)], object(), {"k": lambda: 0}):
+    with pytest.raises(PlainDataError):
+      dumps_plain(value)
+  nested = []
+  for _ in range(200):
+    nested = [nested]
+  with pytest.raises(PlainDataError, match="deeper"):
+    dumps_plain(nested)
+  for text in ('["i", 3]', '["x", 1]', '["l", [["i"]]]', '["S", [["l", []]]]', "[[[", '["f", 1]',
+               '["d", [[1, 2, 3]]]', '["i", "' + "9" * 5000 + '"]', '["h", 0]'):
+    with pytest.raises(PlainDataError):
+      loads_plain(text)
+  assert decode_plain(["h", 7], handle=lambda i: ("handle", i)) == ("handle", 7)

@@ -49,6 +49,20 @@ class PlainDataError(ValueError):
   """A value is not plain data, or an encoded text is malformed or over a size limit."""
 
 
+def _limits(max_nodes, max_depth):
+  """A checker called once per value visited: raises past ``max_nodes`` values or ``max_depth``."""
+  left = [max_nodes]
+
+  def visit(depth):
+    left[0] -= 1
+    if left[0] < 0:
+      raise PlainDataError(f"more than {max_nodes} values")
+    if depth > max_depth:
+      raise PlainDataError(f"nested deeper than {max_depth}")
+
+  return visit
+
+
 def encode_plain(value, other=None, *, max_depth=MAX_DEPTH, max_nodes=MAX_NODES):
   """Encodes ``value`` as tagged JSON-able lists (format in the module docstring).
 
@@ -61,14 +75,10 @@ def encode_plain(value, other=None, *, max_depth=MAX_DEPTH, max_nodes=MAX_NODES)
   Raises:
     PlainDataError: a value is not plain data (and ``other`` is None), or a limit is exceeded.
   """
-  budget = [max_nodes]
+  visit = _limits(max_nodes, max_depth)
 
   def enc(x, depth):
-    budget[0] -= 1
-    if budget[0] < 0:
-      raise PlainDataError(f"more than {max_nodes} values")
-    if depth > max_depth:
-      raise PlainDataError(f"nested deeper than {max_depth}")
+    visit(depth)
     t = type(x)
     if x is None:
       return ["n", 0]
@@ -112,7 +122,7 @@ def decode_plain(data, handle=None, *, max_depth=MAX_DEPTH, max_nodes=MAX_NODES)
   Raises:
     PlainDataError: malformed input or a limit exceeded (never anything else for bad input).
   """
-  budget = [max_nodes]
+  visit = _limits(max_nodes, max_depth)
 
   def items(payload, depth):
     if type(payload) is not list:
@@ -135,11 +145,7 @@ def decode_plain(data, handle=None, *, max_depth=MAX_DEPTH, max_nodes=MAX_NODES)
     return float(text)
 
   def dec(x, depth):
-    budget[0] -= 1
-    if budget[0] < 0:
-      raise PlainDataError(f"more than {max_nodes} values")
-    if depth > max_depth:
-      raise PlainDataError(f"nested deeper than {max_depth}")
+    visit(depth)
     if type(x) is not list or len(x) != 2 or type(x[0]) is not str:
       raise PlainDataError("malformed value")
     tag, p = x

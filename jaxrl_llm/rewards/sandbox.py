@@ -1047,7 +1047,7 @@ def run_judged(job: JudgedJob, *, limits: SandboxLimits | None = None, python: s
                            {"mode": "judge", "tests": list(job.tests), "setup": job.setup,
                             "names": list(job.names), "modules": list(job.modules),
                             "request_fd": request_w, "reply_fd": reply_r},
-                           lim, python, False, extra_fds=(request_w, reply_r)))
+                           lim, python, site_packages, extra_fds=(request_w, reply_r)))
     for fd in pipes:  # only the children hold the pipes now: a dead peer means EOF.
       os.close(fd)
     pipes = []
