@@ -128,21 +128,23 @@ def _rows(name: str) -> str:
   return fence(code)
 
 
-def _processes_with(marker: bytes) -> list[int]:
-  """Pids of live processes whose command line contains ``marker``."""
+def _sandbox_processes() -> list[int]:
+  """Pids of this process's live sandbox children (the bootstrap is on their command line)."""
   pids = []
   for path in glob.glob("/proc/[0-9]*/cmdline"):
+    pid = path.split("/")[2]
     try:
-      with open(path, "rb") as f:
-        if marker in f.read():
-          pids.append(int(path.split("/")[2]))
-    except OSError:
+      with open(path, "rb") as f, open(f"/proc/{pid}/stat", "rb") as st:
+        ppid = int(st.read().rsplit(b")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"def _serve(job" in f.read():
+          pids.append(int(pid))
+    except (OSError, ValueError, IndexError):
       pass
   return pids
 
 
-def _sandbox_processes() -> list[int]:
-  return _processes_with(b"def _serve(job")  # the sandbox bootstrap is on the command line.
+def _alive(pid: int) -> bool:
+  return os.path.exists(f"/proc/{pid}")
 
 
 def _temp_dirs() -> set[str]:
@@ -244,10 +246,6 @@ def _db_hashes(root) -> dict[str, str]:
           for name in sorted(os.listdir(root))}
 
 
-def _sql_workers() -> list[int]:
-  return _processes_with(b"_t2s_execution")
-
-
 @pytest.fixture(scope="module")
 def sql_env(tmp_path_factory):
   from jaxrl_llm.envs.text2sql import SQLWorkerPool, generate_text2sql, make_text2sql_reward
@@ -257,22 +255,25 @@ def sql_env(tmp_path_factory):
   before = _db_hashes(root)
   pool = SQLWorkerPool(2, memory_mb=256)
   fn = make_text2sql_reward(root, timeout_s=0.3, pool=pool)
-  yield root, row, fn, pool
+  seen: set[int] = set()
+  yield root, row, fn, pool, seen
   pool.close()
   assert _db_hashes(root) == before  # no byte of any database changed, no file appeared.
-  assert not _sql_workers()
+  assert seen and not any(_alive(pid) for pid in seen)  # every worker, killed or idle, is gone.
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_SQL))
 def test_hostile_sql_costs_only_its_own_row(sql_env, name):
-  root, row, fn, pool = sql_env
+  root, row, fn, pool, seen = sql_env
   start = time.monotonic()
   out = fn(["p", "p"], ["```sql\n" + HOSTILE_SQL[name] + "\n```", row["answer"]],
            db_id=[row["db_id"]] * 2, answer=[row["answer"]] * 2)
   elapsed = time.monotonic() - start
   assert out.tolist() == [0.0, 1.0], (name, out)
   assert elapsed < 0.3 + pool.grace_s + 1.5, elapsed  # killed at its deadline, not abandoned.
-  assert len(_sql_workers()) <= pool.max_workers
+  workers = pool.worker_pids()
+  assert len(workers) <= pool.max_workers
+  seen.update(workers)
 
 
 # ------------------------------------------------------------------------------------------------

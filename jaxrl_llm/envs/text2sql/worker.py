@@ -216,6 +216,11 @@ class SQLWorkerPool:
     finally:
       self._idle.put(worker)
 
+  def worker_pids(self) -> list[int]:
+    """Process ids of the idle workers that are running now (diagnostics and tests)."""
+    with self._idle.mutex:
+      return [w.proc.pid for w in self._idle.queue if w is not None and w.proc.poll() is None]
+
   def execute_many(self, jobs: Sequence[tuple[str, str]],
                    limits: QueryLimits = QueryLimits()) -> list[ExecutionResult]:
     """Runs ``(db_path, sql)`` jobs concurrently; results in job order."""
