@@ -148,7 +148,9 @@ def _alive(pid: int) -> bool:
 
 
 def _temp_dirs() -> set[str]:
-  return set(glob.glob(os.path.join(tempfile.gettempdir(), "jaxrl-*")))
+  """The sandbox's temporary directories (each run's root; removed when the run ends)."""
+  return {d for prefix in ("jaxrl-sandbox-", "jaxrl-judged-", "jaxrl-calls-")
+          for d in glob.glob(os.path.join(tempfile.gettempdir(), prefix + "*"))}
 
 
 @pytest.fixture(scope="module")
@@ -291,14 +293,28 @@ def _fragile(prompts, completions, **_):
   return np.asarray(out, np.float32)
 
 
+def _hog(prompts, completions, **_):
+  out = []
+  for c in completions:
+    if c == "hog":
+      blocks = [bytearray(1 << 28) for _ in range(64)]  # 16 GiB, past any cap.
+      out.append(float(len(blocks)))
+    else:
+      out.append(float(len(c)))
+  return np.asarray(out, np.float32)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
 @pytest.mark.parametrize("on_error,failed", [("exclude", None), ("fallback", -1.0)])
-def test_runner_isolates_the_hostile_row(on_error, failed):
+def test_runner_isolates_the_hostile_row(on_error, failed, isolation):
+  import threading
   from jaxrl_llm.rewards import RewardRunner, RewardSpec
   runner = RewardRunner([RewardSpec("fragile", _fragile)], timeout_s=0.5, row_timeout_s=0.3,
-                        on_error=on_error, fallback_reward=-1.0)
+                        on_error=on_error, fallback_reward=-1.0, isolation=isolation)
+  threads = threading.active_count()
   start = time.monotonic()
   res = runner(["p"] * 4, ["ab", "raise", "hang", "abcd"])
-  assert time.monotonic() - start < 0.5 + 0.3 + 1.0
+  assert time.monotonic() - start < 0.5 + 0.3 + 2.0 + (1.0 if isolation == "process" else 0.0)
   values = res.per_function["fragile"]
   assert values[0] == 2.0 and values[3] == 4.0  # the honest rows keep their rewards.
   if failed is None:
@@ -308,6 +324,28 @@ def test_runner_isolates_the_hostile_row(on_error, failed):
   assert res.counts["fragile"] == {"errors": 1, "nonfinite": 0, "timeouts": 1}
   timing = runner.timing()
   assert set(timing) == {"reward/fragile/p50_s", "reward/fragile/p99_s"}
+  if isolation == "process":
+    # The batch call raised (the "raise" row comes first); the "hang" row alone was then killed
+    # at its time-out, not left running on a thread.
+    assert runner._workers["fragile"].kills == 1
+    assert threading.active_count() == threads
+  runner.close()
+
+
+def test_process_isolation_caps_memory_and_needs_a_reference():
+  from jaxrl_llm.rewards import RewardRunner, RewardSpec
+  runner = RewardRunner([RewardSpec("hog", _hog)], timeout_s=20, isolation="process",
+                        memory_mb=512)
+  res = runner(["p"] * 3, ["ab", "hog", "abc"])
+  np.testing.assert_array_equal(res.per_function["hog"][[0, 2]], [2.0, 3.0])
+  assert np.isnan(res.per_function["hog"][1]) and res.counts["hog"]["errors"] == 1
+  runner.close()
+  with pytest.raises(ValueError, match="module-level function"):
+    RewardRunner([RewardSpec("lambda", lambda p, c, **_: np.zeros(len(c)))], isolation="process")
+  auto = RewardRunner([RewardSpec("lambda", lambda p, c, **_: np.zeros(len(c))),
+                       RewardSpec("fragile", _fragile)], isolation="auto")
+  assert set(auto._workers) == {"fragile"}  # the lambda stays on a thread.
+  auto.close()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -477,6 +477,11 @@ class RewardConfig:
   # After a batch call raises or times out, each row is scored alone with this limit, so that one
   # hostile completion costs only its own row.
   row_timeout_s: float = 10.0
+  # "auto": functions importable by reference run in killable worker processes (a time-out kills
+  # the work; address space capped at `memory_mb`), others on a thread; "process": all must;
+  # "thread": none do.
+  isolation: str = "auto"
+  memory_mb: int = 4096
   on_error: str = "exclude"
   fallback_reward: float = 0.0
   # The "reward_model" function: a reward-model run directory, scores normalised by the mean / std
@@ -497,6 +502,11 @@ class RewardConfig:
             f"{self.accuracy!r}")
     _positive("reward", self, "timeout_s")
     _positive("reward", self, "row_timeout_s")
+    if self.isolation not in ("auto", "process", "thread"):
+      _fail("reward.isolation", f"must be 'auto', 'process' or 'thread', got {self.isolation!r}")
+    if not isinstance(self.memory_mb, int) or isinstance(self.memory_mb, bool) or (
+        self.memory_mb != 0 and self.memory_mb < 256):
+      _fail("reward.memory_mb", f"must be 0 (no cap) or an int >= 256, got {self.memory_mb!r}")
     if self.on_error not in ("exclude", "fallback", "raise"):
       _fail("reward.on_error", f"must be 'exclude', 'fallback' or 'raise', got {self.on_error!r}")
     if not math.isfinite(self.fallback_reward):

@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxrl_llm.data.pipeline import BadRowError, DataStats, EpochOrder, pick_bucket
+from jaxrl_llm.data.sorted_digits import has_hidden_property, hidden_score, prompt_digits
 
 KINDS = ("pairs", "rankings", "ratings")
 SPLITS = ("train", "validation", "test")
@@ -642,40 +643,6 @@ _DIGITS = frozenset("0123456789")
 def synthetic_prompt(n: int) -> str:
   """The prompt asking for ``n`` digits, e.g. ``"n=4:"``."""
   return f"n={n}:"
-
-
-def prompt_digits(prompt: str) -> int | None:
-  """``n`` of a ``"n=<n>:"`` prompt, or None when the prompt is not of that form."""
-  if not isinstance(prompt, str) or not (prompt.startswith("n=") and prompt.endswith(":")):
-    return None
-  body = prompt[2:-1]
-  if not body or not set(body) <= _DIGITS:
-    return None
-  return int(body)
-
-
-def hidden_score(response: str, prompt: str | None = None) -> float:
-  """Fraction of adjacent digit pairs that are non-decreasing, in ``[0, 1]``; never raises.
-
-  1.0 iff the digits are sorted ascending. Malformed responses score 0.0: not a str, any
-  character other than ASCII ``0-9`` (whitespace included), fewer than 2 digits, or (when
-  ``prompt`` is given) a length other than the prompt's ``n`` or a malformed prompt.
-  """
-  if not isinstance(response, str) or len(response) < 2 or not set(response) <= _DIGITS:
-    return 0.0
-  if prompt is not None and prompt_digits(prompt) != len(response):
-    return 0.0
-  ok = sum(a <= b for a, b in zip(response, response[1:]))
-  return ok / (len(response) - 1)
-
-
-def has_hidden_property(response: str, prompt: str | None = None) -> bool:
-  """True iff ``response`` is well-formed digits and sorted ascending.
-
-  With ``prompt`` (``"n=<n>:"``) it must also have exactly ``n`` digits; pass the prompt whenever
-  it is known (the RLHF reward does). Never raises.
-  """
-  return hidden_score(response, prompt) == 1.0
 
 
 def _digits_at_level(rng: np.random.Generator, n: int, level: int) -> str:

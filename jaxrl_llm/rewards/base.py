@@ -21,9 +21,11 @@ parse text, call a verifier, or execute code in a sandbox (issue-9 rewards).
 Time-outs: the built-in rewards that run untrusted work do it in processes they kill at their own
 per-row limits (code: :mod:`jaxrl_llm.rewards.sandbox`; SQL:
 :mod:`jaxrl_llm.envs.text2sql.worker`; symbolic math: its checker process), so they return within
-their limits whatever a completion does. For any other function the runner's limit is a backstop:
-it stops waiting after ``timeout_s`` (a Python thread cannot be killed, so a function that never
-returns keeps one thread busy); put untrusted or unbounded work in a process.
+their limits whatever a completion does. Any other function importable by reference runs, with
+``isolation="process"`` or ``"auto"`` (the RL loop's default, ``reward.isolation``), in killable
+worker processes with a memory cap (:mod:`jaxrl_llm.rewards.isolation`): its time-out kills the
+work. Only functions that cannot run elsewhere (lambdas, closures, bound methods) stay on a
+thread, where the limit just stops waiting (a Python thread cannot be killed).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from jaxrl_llm.rewards.isolation import ProcessRewardFn, RewardResultError, reference
+
+ISOLATION_MODES = ("thread", "process", "auto")
 
 
 class RewardFn(Protocol):
@@ -108,13 +114,21 @@ class RewardRunner:
     row_timeout_s: limit of each single-row call when a batch call failed (default
       ``min(timeout_s, 10)``).
     max_row_workers: single-row calls run at once.
+    isolation: "thread" (call in this process; a time-out stops waiting), "process" (every
+      function runs in killable worker processes, :class:`~jaxrl_llm.rewards.isolation.
+      ProcessRewardFn`: a time-out kills the work; each function must be importable by
+      reference) or "auto" (process where a function is importable by reference, else thread).
+    memory_mb: address-space cap of each worker process (0: none).
   """
 
   def __init__(self, specs: Sequence[RewardSpec], *, timeout_s: float = 30.0,
                on_error: str = "exclude", fallback_reward: float = 0.0,
-               row_timeout_s: float | None = None, max_row_workers: int = 8):
+               row_timeout_s: float | None = None, max_row_workers: int = 8,
+               isolation: str = "thread", memory_mb: int = 4096):
     if on_error not in ("exclude", "fallback", "raise"):
       raise ValueError(f"on_error must be 'exclude', 'fallback' or 'raise', got {on_error!r}")
+    if isolation not in ISOLATION_MODES:
+      raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
     if not specs:
       raise ValueError("RewardRunner needs at least one reward function")
     self.specs = list(specs)
@@ -125,7 +139,18 @@ class RewardRunner:
     self.on_error = on_error
     self.fallback = float(fallback_reward)
     self._times = {spec.name: collections.deque(maxlen=256) for spec in self.specs}
+    self.isolation = isolation
+    self._workers: dict[str, ProcessRewardFn] = {}
+    for spec in self.specs:
+      if isolation == "process" or (isolation == "auto" and reference(spec.fn) is not None):
+        self._workers[spec.name] = ProcessRewardFn(spec.fn, memory_mb=memory_mb,
+                                                   workers=min(2, max_row_workers))
 
+  def close(self) -> None:
+    """Stops the worker processes of process-isolated functions (idempotent)."""
+    for worker in self._workers.values():
+      worker.close()
+    self._workers = {}
   def _failed_value(self, spec: RewardSpec, what: str, cause: BaseException | str):
     if self.on_error == "raise":
       raise RewardError(f"reward function {spec.name!r} {what}: {cause!r}") from (
@@ -136,8 +161,15 @@ class RewardRunner:
             columns: Mapping[str, Sequence[Any]], timeout_s: float) -> np.ndarray:
     """One guarded call: float32 ``[b]`` or an exception (TimeoutError for a time-out)."""
     b = len(completions)
-    raw = call_with_timeout(lambda: spec.fn(list(prompts), list(completions), **columns),
-                            timeout_s)
+    worker = self._workers.get(spec.name)
+    if worker is not None:
+      try:
+        raw = worker(prompts, completions, columns, timeout_s)
+      except RewardResultError as e:
+        raise _BadResult(str(e)) from None
+    else:
+      raw = call_with_timeout(lambda: spec.fn(list(prompts), list(completions), **columns),
+                              timeout_s)
     try:
       values = np.asarray(raw, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError) as e:

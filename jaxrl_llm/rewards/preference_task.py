@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxrl_llm.data.preference import has_hidden_property, hidden_score
+from jaxrl_llm.data.sorted_digits import has_hidden_property, hidden_score
 
 
 def sorted_digits_property(prompts: list[str], completions: list[str], **_: object) -> np.ndarray:

@@ -277,6 +277,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   specs = list(reward_fns) if reward_fns is not None else reward_specs(config)
   runner = RewardRunner(specs, timeout_s=config.reward.timeout_s,
                         row_timeout_s=min(config.reward.row_timeout_s, config.reward.timeout_s),
+                        isolation=config.reward.isolation, memory_mb=config.reward.memory_mb,
                         on_error=config.reward.on_error,
                         fallback_reward=config.reward.fallback_reward)
   names = [s.name for s in specs]

@@ -165,7 +165,7 @@ class SQLWorkerPool:
     self.memory_mb = memory_mb
     self.grace_s = float(grace_s)
     self.startup_timeout_s = float(startup_timeout_s)
-    self._idle: queue.Queue = queue.Queue()
+    self._idle: queue.Queue = queue.LifoQueue()  # warm workers first.
     for _ in range(max_workers):
       self._idle.put(None)  # a slot; the worker starts on first use.
     self._executor = concurrent.futures.ThreadPoolExecutor(max_workers,
