@@ -383,3 +383,31 @@ def test_plain_data_refuses_lookalikes_and_malformed_text():
     with pytest.raises(PlainDataError):
       loads_plain(text)
   assert decode_plain(["h", 7], handle=lambda i: ("handle", i)) == ("handle", 7)
+
+
+def test_expected_exceptions_cross_but_never_stop_iteration(reward):
+  """A test may expect the solution to raise a built-in error; StopIteration (which would end a
+  test's ``all(map(f, xs))`` early and pass it) never crosses as itself."""
+  tests = {"test_code": textwrap.dedent("""\
+      def check(candidate):
+        try:
+          candidate(-1)
+          raise AssertionError("no error")
+        except ValueError:
+          pass
+        assert all(map(candidate, [1, 2, 3]))
+      """), "entry_point": "root"}
+  honest = fence("""
+      def root(x):
+        if x < 0:
+          raise ValueError("negative")
+        return x ** 0.5
+      """)
+  sly = fence("""
+      def root(x):
+        if x < 0:
+          raise ValueError("negative")
+        raise StopIteration
+      """)
+  out = reward(["p"] * 2, [honest, sly], tests=[json.dumps(tests)] * 2)
+  assert out.tolist() == [1.0, 0.0]

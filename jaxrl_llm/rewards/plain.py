@@ -34,11 +34,16 @@ tag    type                          payload
 Size is bounded on both sides: at most ``max_nodes`` values and ``max_depth`` nesting; a longer
 text is rejected by the reader before it is parsed. This file is also sent as source text to the
 sandboxed interpreter (which runs without ``site`` and without this package), so it imports only
-the standard library and defines nothing but the codec.
+the standard library (not even ``json``: :func:`dumps_json` / :func:`loads_json` use its C core)
+and defines nothing but the codec.
 """
 
-import collections
-import json
+import sys
+
+try:  # The C scanner and string encoder behind ``json``, without ``json``'s import of ``re``
+  import _json  # (about a third of a sandboxed interpreter's start-up).
+except ImportError:  # pragma: no cover -- CPython always has it.
+  _json = None
 
 MAX_DEPTH = 64
 MAX_NODES = 200_000
@@ -47,6 +52,23 @@ MAX_INT_DIGITS = 4000
 
 class PlainDataError(ValueError):
   """A value is not plain data, or an encoded text is malformed or over a size limit."""
+
+
+_SEQUENCES = {list: "l", tuple: "t", set: "S", frozenset: "F"}
+_COLLECTION_SEQUENCES = {"deque": "q"}
+_COLLECTION_MAPPINGS = {"OrderedDict": "O", "Counter": "C", "defaultdict": "D"}
+
+
+def _collection_tag(t, tags):
+  """The tag of ``collections.<name>`` type ``t`` ("" otherwise). ``collections`` is only looked
+  up when something has imported it: a value of its types cannot exist before that."""
+  module = sys.modules.get("collections")
+  if module is None:
+    return ""
+  for name, tag in tags.items():
+    if t is getattr(module, name, None):
+      return tag
+  return ""
 
 
 def _limits(max_nodes, max_depth):
@@ -96,12 +118,11 @@ def encode_plain(value, other=None, *, max_depth=MAX_DEPTH, max_nodes=MAX_NODES)
       return ["s", x]
     if t is bytes:
       return ["y", x.hex()]
-    if t in (list, tuple, set, frozenset, collections.deque):
-      tag = {list: "l", tuple: "t", set: "S", frozenset: "F", collections.deque: "q"}[t]
+    tag = _SEQUENCES.get(t) or _collection_tag(t, _COLLECTION_SEQUENCES)
+    if tag:
       return [tag, [enc(v, depth + 1) for v in x]]
-    if t in (dict, collections.OrderedDict, collections.Counter, collections.defaultdict):
-      tag = {dict: "d", collections.OrderedDict: "O", collections.Counter: "C",
-             collections.defaultdict: "D"}[t]
+    tag = "d" if t is dict else _collection_tag(t, _COLLECTION_MAPPINGS)
+    if tag:
       return [tag, [[enc(k, depth + 1), enc(v, depth + 1)] for k, v in dict.items(x)]]
     if other is None:
       raise PlainDataError(f"a value of type {t.__name__} is not plain data")
@@ -172,13 +193,14 @@ def decode_plain(data, handle=None, *, max_depth=MAX_DEPTH, max_nodes=MAX_NODES)
         return set(items(p, depth))
       if tag == "F":
         return frozenset(items(p, depth))
-      if tag == "q":
-        return collections.deque(items(p, depth))
       if tag in ("d", "D"):
         return dict(pairs(p, depth))
-      if tag == "O":
-        return collections.OrderedDict(pairs(p, depth))
-      if tag == "C":
+      if tag in ("q", "O", "C"):
+        import collections
+        if tag == "q":
+          return collections.deque(items(p, depth))
+        if tag == "O":
+          return collections.OrderedDict(pairs(p, depth))
         return collections.Counter(dict(pairs(p, depth)))
       if tag == "h" and handle is not None and type(p) is int:
         return handle(p)
@@ -191,9 +213,68 @@ def decode_plain(data, handle=None, *, max_depth=MAX_DEPTH, max_nodes=MAX_NODES)
   return dec(data, 0)
 
 
+def dumps_json(obj):
+  """Compact JSON text of ``obj`` (dicts with string keys, lists, tuples, strings, ints, finite
+  floats, bools, None): what crosses the sandbox's pipes, written without importing ``json``."""
+  t = type(obj)
+  if t is str:
+    return _json.encode_basestring_ascii(obj)
+  if obj is None:
+    return "null"
+  if t is bool:
+    return "true" if obj else "false"
+  if t is int:
+    return str(obj)
+  if t is float:
+    if obj != obj or obj in (float("inf"), float("-inf")):
+      raise PlainDataError("non-finite float in JSON")
+    return repr(obj)
+  if t in (list, tuple):
+    return "[" + ",".join(dumps_json(v) for v in obj) + "]"
+  if t is dict:
+    parts = []
+    for k, v in obj.items():
+      if type(k) is not str:
+        raise PlainDataError("JSON object keys must be strings")
+      parts.append(_json.encode_basestring_ascii(k) + ":" + dumps_json(v))
+    return "{" + ",".join(parts) + "}"
+  raise PlainDataError(f"a {t.__name__} has no JSON form here")
+
+
+class _ScanContext:
+  strict = True
+  object_hook = None
+  object_pairs_hook = None
+  parse_float = float
+  parse_int = int
+  memo = {}
+
+  @staticmethod
+  def parse_constant(name):
+    raise ValueError(f"{name} is not allowed")
+
+
+_scan = _json.make_scanner(_ScanContext()) if _json is not None else None
+
+
+def loads_json(text):
+  """Parses JSON text (no ``NaN`` / ``Infinity``; nothing after the value but white space).
+
+  Raises:
+    PlainDataError: not JSON, or nested too deeply.
+  """
+  try:
+    value, end = _scan(text, 0)
+  except (ValueError, StopIteration, RecursionError, TypeError) as e:
+    raise PlainDataError(f"not JSON: {type(e).__name__}") from None
+  if text[end:].strip():
+    raise PlainDataError("not JSON: extra data after the value")
+  return value
+
+
 def dumps_plain(value, other=None):
   """``encode_plain`` then compact JSON text (one line: JSON never emits a raw newline)."""
-  return json.dumps(encode_plain(value, other), separators=(",", ":"), allow_nan=False)
+  return dumps_json(encode_plain(value, other))
 
 
 def loads_plain(text, handle=None, *, max_chars=1 << 24):
@@ -204,9 +285,4 @@ def loads_plain(text, handle=None, *, max_chars=1 << 24):
   """
   if len(text) > max_chars:
     raise PlainDataError(f"encoded value longer than {max_chars} characters")
-  try:
-    data = json.loads(text)
-  except (ValueError, RecursionError) as e:
-    raise PlainDataError(f"not JSON: {type(e).__name__}") from None
-  return decode_plain(data, handle)
-
+  return decode_plain(loads_json(text), handle)
