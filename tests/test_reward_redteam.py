@@ -35,6 +35,10 @@ MUL_CHECK = {"test_code": textwrap.dedent("""\
       assert sorted(candidate(x, 1) for x in (3, 1, 2)) == [1, 2, 3]
       assert math.isclose(candidate(0.5, 0.5), 0.25)
     """), "entry_point": "mul"}
+MUL_CHECK_ASSERTS = {"test_code": "METADATA = {'id': 1}\n\ndef check(candidate):\n"
+                                  "  assert candidate(2, 3) == 6\n  assert candidate(4, 5) == 20\n"
+                                  "  assert candidate(0, 7) == 0, 'zero'\n",
+                     "entry_point": "mul"}
 HONEST = "```python\ndef mul(a, b):\n  return a * b\n```"
 WRONG = "def mul(a, b):\n  return a + b + 1000\n"  # every hostile row's function is this wrong.
 
@@ -159,7 +163,8 @@ def reward():
     yield r
 
 
-@pytest.mark.parametrize("tests", [MUL_ASSERTS, MUL_CHECK], ids=["rewritten", "judge"])
+@pytest.mark.parametrize("tests", [MUL_ASSERTS, MUL_CHECK_ASSERTS, MUL_CHECK],
+                         ids=["rewritten", "rewritten-check", "judge"])
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_code_scores_its_true_pass_fraction(reward, tmp_path, name, tests):
   dirs = _temp_dirs()
@@ -172,6 +177,16 @@ def test_hostile_code_scores_its_true_pass_fraction(reward, tmp_path, name, test
   assert not _sandbox_processes()
   assert _temp_dirs() == dirs
   assert not list(tmp_path.iterdir())
+
+
+def test_which_tests_are_rewritten_into_calls():
+  from jaxrl_llm.rewards.code import parse_tests
+  from jaxrl_llm.rewards.sandbox import _static_checks
+  for spec, rewritten in ((MUL_ASSERTS, True), (MUL_CHECK_ASSERTS, True), (MUL_CHECK, False)):
+    t = parse_tests(spec)
+    assert all(_static_checks(a, t.names) is not None for a in t.asserts) == rewritten
+  assert _static_checks("assert mul(x, 2) == 4", ("mul",)) is None  # x is not a literal.
+  assert _static_checks("assert sorted(mul(1, 2)) == [2]", ("mul",)) is None
 
 
 def test_judge_rebuilds_values_exactly(reward):

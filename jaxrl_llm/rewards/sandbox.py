@@ -1042,7 +1042,7 @@ def run_judged(job: JudgedJob, *, limits: SandboxLimits | None = None, python: s
     A :class:`JudgedResult`.
   """
   lim = job.limits or limits or SandboxLimits()
-  checks = [_static_check(t, tuple(job.names)) for t in job.tests]
+  checks = [_static_checks(t, tuple(job.names)) for t in job.tests]
   if checks and all(c is not None for c in checks):
     return _run_calls(job, checks, lim, python, site_packages)
   root = tempfile.mkdtemp(prefix="jaxrl-judged-")
@@ -1108,24 +1108,74 @@ _SINGLETONS = {"None": None, "True": True, "False": False}
 
 
 @functools.lru_cache(maxsize=4096)
-def _static_check(test: str, names: tuple[str, ...]) -> tuple | None:
+def _static_checks(test: str, names: tuple[str, ...]) -> tuple[tuple, ...] | None:
   """``test`` rewritten into (call, check) form, or None when it has another shape.
 
-  Recognised (one ``assert`` statement, no message side effects): ``assert f(L...) == L``,
-  ``L == f(L...)``, ``!=``, ``f(L...) is None/True/False`` (and ``is not``), ``assert f(L...)``
-  and ``assert not f(L...)``, where ``f`` is a name taken from the solution and every ``L`` is a
-  literal (:func:`ast.literal_eval`). Returns ``(name, args, kwargs, op, expected)``.
+  Recognised: one ``assert`` statement, or a HumanEval-style program ``def check(candidate):``
+  whose body is only such asserts (and ``pass`` / a docstring / ``assert True``), followed by
+  ``check(<name>)`` (other top-level statements may only assign literals, e.g. ``METADATA``).
+  An assert is ``f(L...) == L``, ``L == f(L...)``, ``!=``, ``f(L...) is None/True/False`` (and
+  ``is not``), ``f(L...)`` or ``not f(L...)``, where ``f`` is a name taken from the solution (or
+  ``check``'s parameter) and every ``L`` is a literal (:func:`ast.literal_eval`).
+
+  Returns:
+    the test's checks, each ``(name, args, kwargs, op, expected)``; the test passes iff all do.
   """
   try:
     tree = ast.parse(test)
   except (SyntaxError, ValueError, RecursionError, MemoryError):
     return None
-  if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+  body = tree.body
+  if len(body) == 1 and isinstance(body[0], ast.Assert):
+    one = _static_assert(body[0], names, {})
+    return None if one is None else (one,)
+  defs = [n for n in body if isinstance(n, ast.FunctionDef)]
+  runs = [n for n in body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
+  rest = [n for n in body if n not in defs and n not in runs]
+  if len(defs) != 1 or len(runs) != 1 or not all(_literal_assignment(n) for n in rest):
     return None
-  node = tree.body[0].test
+  fn, run = defs[0], runs[0].value
+  if (fn.decorator_list or len(fn.args.args) != 1 or fn.args.vararg or fn.args.kwarg or
+      fn.args.kwonlyargs or fn.args.posonlyargs or fn.args.defaults or
+      not (isinstance(run.func, ast.Name) and run.func.id == fn.name and len(run.args) == 1 and
+           not run.keywords and isinstance(run.args[0], ast.Name) and run.args[0].id in names)):
+    return None
+  alias = {fn.args.args[0].arg: run.args[0].id}
+  checks = []
+  for stmt in fn.body:
+    if isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr) and
+                                      isinstance(stmt.value, ast.Constant)):
+      continue
+    if (isinstance(stmt, ast.Assert) and isinstance(stmt.test, ast.Constant) and
+        stmt.test.value is True):
+      continue
+    one = _static_assert(stmt, names, alias) if isinstance(stmt, ast.Assert) else None
+    if one is None:
+      return None
+    checks.append(one)
+  return tuple(checks) or None
+
+
+def _literal_assignment(node: ast.stmt) -> bool:
+  if not (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)):
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)  # a docstring.
+  try:
+    ast.literal_eval(node.value)
+    return True
+  except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+    return False
+
+
+def _static_assert(stmt: ast.Assert, names: tuple[str, ...],
+                   alias: dict[str, str]) -> tuple | None:
+  """One rewritable assert as ``(name, args, kwargs, op, expected)``, else None."""
+  node = stmt.test
 
   def call(n):
-    if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names):
+    if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Name)):
+      return None
+    name = alias.get(n.func.id, n.func.id)
+    if name not in names:
       return None
     if any(isinstance(a, ast.Starred) for a in n.args) or any(k.arg is None for k in n.keywords):
       return None
@@ -1134,7 +1184,7 @@ def _static_check(test: str, names: tuple[str, ...]) -> tuple | None:
       kwargs = tuple((k.arg, ast.literal_eval(k.value)) for k in n.keywords)
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
       return None
-    return n.func.id, args, kwargs
+    return name, args, kwargs
 
   def literal(n):
     try:
@@ -1177,10 +1227,12 @@ def _check_passes(op: str, value: object, expected: object) -> bool:
   return bool(value) if op == "truthy" else not value
 
 
-def _run_calls(job: JudgedJob, checks: Sequence[tuple], lim: SandboxLimits, python: str | None,
-               site_packages: bool) -> JudgedResult:
+def _run_calls(job: JudgedJob, checks: Sequence[Sequence[tuple]], lim: SandboxLimits,
+               python: str | None, site_packages: bool) -> JudgedResult:
   """:func:`run_judged` for tests that were all rewritten into calls: one sandboxed process
-  returns the calls' values as plain data; this (trusted) process rebuilds and compares them."""
+  returns the calls' values as plain data; this (trusted) process rebuilds and compares them.
+  ``checks[j]`` are test ``j``'s checks (it passes iff all do)."""
+  flat = [(j, c) for j, test in enumerate(checks) for c in test]
   root = tempfile.mkdtemp(prefix="jaxrl-calls-")
   child = None
   try:
@@ -1188,7 +1240,7 @@ def _run_calls(job: JudgedJob, checks: Sequence[tuple], lim: SandboxLimits, pyth
     os.mkdir(work, 0o700)
     calls = [[name, [plain.encode_plain(a) for a in args],
               [[k, plain.encode_plain(v)] for k, v in kwargs]]
-             for name, args, kwargs, _, _ in checks]
+             for _, (name, args, kwargs, _, _) in flat]
     start = time.monotonic()
     child = _Child(root, "solution", work, {"mode": "calls", "code": job.code,
                                             "setup": job.setup, "stdin": "", "calls": calls},
@@ -1196,26 +1248,28 @@ def _run_calls(job: JudgedJob, checks: Sequence[tuple], lim: SandboxLimits, pyth
     reason = _wait([child], lim, start)
     wall = time.monotonic() - start
     records = child.records()
-    verdicts: list[bool | None] = [None] * len(checks)
+    outcome: list[bool | None] = [None] * len(flat)
     errors = [""] * len(checks)
     for kind, text in records:
       if kind != "call" or not isinstance(text, str):
         continue
       try:
         reply = json.loads(text)
-        i = reply["i"]
-        if not (type(i) is int and 0 <= i < len(checks)) or verdicts[i] is not None:
+        k = reply["i"]
+        if not (type(k) is int and 0 <= k < len(flat)) or outcome[k] is not None:
           continue
-        if "e" in reply:
-          verdicts[i], errors[i] = False, str(reply["e"])[:300]
-          continue
-        value = plain.decode_plain(reply["v"])
-      except (ValueError, KeyError, TypeError, RecursionError) as e:
-        continue  # malformed: the test stays unreached.
-      _, _, _, op, expected = checks[i]
-      verdicts[i] = _check_passes(op, value, expected)
-      if not verdicts[i]:
-        errors[i] = f"AssertionError: got {_short(value)}"
+        value = None if "e" in reply else plain.decode_plain(reply["v"])
+      except (ValueError, KeyError, TypeError, RecursionError):
+        continue  # malformed: that call stays unreached.
+      j, (_, _, _, op, expected) = flat[k]
+      outcome[k] = "e" not in reply and _check_passes(op, value, expected)
+      if not outcome[k] and not errors[j]:
+        errors[j] = (str(reply["e"])[:300] if "e" in reply else
+                     f"AssertionError: got {_short(value)}")
+    verdicts: list[bool | None] = []
+    for j in range(len(checks)):
+      mine = [o for (t, _), o in zip(flat, outcome) if t == j]
+      verdicts.append(False if False in mine else None if None in mine else True)
     kinds = {k for k, _ in records}
     return JudgedResult(
         verdicts=verdicts, errors=errors, status=_status(lim, reason, child, kinds),
