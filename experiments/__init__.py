@@ -27,8 +27,46 @@ EXPERIMENTS = {
 }
 
 
+def _load_path(name: str):
+  """The ``config`` of a ``.py`` file, or the object at an import path ``module:attr``."""
+  import importlib.util
+  import os
+
+  if name.endswith(".py"):
+    if not os.path.isfile(name):
+      raise KeyError(f"experiment file {name!r} does not exist")
+    module_name = "_jaxrl_experiment_" + os.path.splitext(os.path.basename(name))[0]
+    spec = importlib.util.spec_from_file_location(module_name, name)
+    module = importlib.util.module_from_spec(spec)
+    try:
+      spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 -- user code.
+      raise KeyError(f"experiment file {name!r} failed to import: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "config"):
+      raise KeyError(f"experiment file {name!r} defines no config() function")
+    obj = module.config
+  else:
+    from jaxrl_llm.rewards import import_object
+
+    try:
+      obj = import_object(name)
+    except ImportError as e:
+      raise KeyError(str(e)) from None
+  value = obj() if callable(obj) else obj
+  from jaxrl_llm.config import Config
+
+  if not isinstance(value, Config):
+    raise KeyError(f"experiment {name!r} gave a {type(value).__name__}, not a "
+                   "jaxrl_llm.config.Config")
+  return value
+
+
 def get_experiment(name: str):
-  """Returns the complete :class:`~jaxrl_llm.config.Config` of experiment ``name``."""
+  """Returns the complete :class:`~jaxrl_llm.config.Config` of experiment ``name``: a built-in
+  name (``EXPERIMENTS``), a ``.py`` file defining ``config()``, or an import path
+  ``package.module:attr`` naming such a function (or a Config)."""
+  if name.endswith(".py") or ":" in name:
+    return _load_path(name)
   if name not in EXPERIMENTS:
     import difflib
 

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxrl-llm", description=__doc__.split("\n\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
   run = sub.add_parser("run", help="train an experiment (or a saved config) in a new run directory")
-  run.add_argument("experiment", nargs="?", help="experiment name (see `jaxrl-llm list`)")
+  run.add_argument("experiment", nargs="?", help="experiment name (see `jaxrl-llm list`), a .py "
+                   "file defining config(), or an import path package.module:config")
   run.add_argument("--config", help="a config.json to reproduce (e.g. RUN_DIR/config.json)")
   run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.steps=100 (repeatable)")

@@ -1,11 +1,16 @@
 """Reward functions (layer 3, host side): ``(prompts, completions, **columns) -> float32[B]``.
 
-``REWARD_FUNCTIONS`` maps the names used in ``reward.functions`` to callables; a research script can
-also pass its own :class:`RewardSpec` list to the RL loop. Rewards that need run-time resources are
+``REWARD_FUNCTIONS`` maps the built-in names used in ``reward.functions`` to callables; a function
+of your own is named by its import path (``"mypkg.rewards:score"``), which the run's config.json
+records, so ``resume``, ``eval`` and ``run --config`` find it again in a new process. A research
+script can also pass its own :class:`RewardSpec` list to the RL loop (such a run cannot be
+resumed or evaluated from its config alone). Rewards that need run-time resources are
 built from the config instead of looked up: ``reward_model`` (a trained reward-model run,
 :mod:`jaxrl_llm.rewards.learned`). See :mod:`jaxrl_llm.rewards.base` for the
 failure policy (time-outs, exceptions, NaN).
 """
+
+import importlib
 
 from jaxrl_llm.rewards import arithmetic, code, countdown, math, preference_task, text2sql
 from jaxrl_llm.rewards.base import (RewardError, RewardFn, RewardResult, RewardRunner, RewardSpec,
@@ -29,12 +34,52 @@ REWARD_FUNCTIONS = {
 }
 
 
+def import_object(path: str):
+  """The object named by an import path ``"package.module:attr"`` (``attr`` may be dotted).
+
+  Raises:
+    ImportError: the module cannot be imported (the cause is chained and named), or has no
+      such attribute.
+  """
+  module_name, _, attr = path.partition(":")
+  if not module_name or not attr:
+    raise ImportError(f"{path!r} is not an import path of the form 'package.module:name'")
+  try:
+    obj = importlib.import_module(module_name)
+  except Exception as e:  # noqa: BLE001 -- any failure of user code while importing.
+    raise ImportError(f"cannot import module {module_name!r} for {path!r}: "
+                      f"{type(e).__name__}: {e}") from e
+  for part in attr.split("."):
+    try:
+      obj = getattr(obj, part)
+    except AttributeError:
+      raise ImportError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})"
+                        ) from None
+  return obj
+
+
 def get_reward_function(name: str) -> RewardFn:
-  """The registered reward function ``name``; a KeyError lists the known names."""
+  """The reward function ``name``: a built-in name (``REWARD_FUNCTIONS``) or an import path
+  ``"package.module:function"`` of your own (it must be importable in every process that scores
+  the run -- ``run``, ``resume``, ``eval`` -- e.g. from ``PYTHONPATH``).
+
+  Raises:
+    KeyError: an unknown built-in name (the message lists the known ones), or an import path
+      that cannot be imported or does not name a callable (the message says why).
+  """
+  if ":" in name:
+    try:
+      fn = import_object(name)
+    except ImportError as e:
+      raise KeyError(str(e)) from None
+    if not callable(fn):
+      raise KeyError(f"{name!r} is a {type(fn).__name__}, not a reward function")
+    return fn
   if name not in REWARD_FUNCTIONS:
-    raise KeyError(f"unknown reward function {name!r}; known: {sorted(REWARD_FUNCTIONS)}")
+    raise KeyError(f"unknown reward function {name!r}; known: {sorted(REWARD_FUNCTIONS)}, or an "
+                   "import path 'package.module:function' of your own")
   return REWARD_FUNCTIONS[name]
 
 
-__all__ = ["REWARD_FUNCTIONS", "RewardError", "RewardFn", "RewardResult", "RewardRunner",
+__all__ = ["import_object", "REWARD_FUNCTIONS", "RewardError", "RewardFn", "RewardResult", "RewardRunner",
            "RewardSpec", "call_with_timeout", "get_reward_function", "overlong_penalty"]
