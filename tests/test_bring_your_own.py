@@ -104,3 +104,51 @@ def test_custom_reward_run_eval_resume_and_reproduce_in_new_processes(user_dir, 
              tmp_path)
   assert out.returncode == 2
   assert "reward.functions" in out.stdout and "my_rewards" in out.stdout, out.stdout[-2000:]
+
+
+def _write_jsonl(path, rows):
+  with open(path, "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+
+
+def test_custom_task_holds_out_missing_splits(tmp_path):
+  from jaxrl_llm.config import ConfigError, DataConfig
+  from jaxrl_llm.data import BadRowError, load_rows
+
+  words = [f"w{i:03d}" for i in range(60)]
+  _write_jsonl(tmp_path / "train.jsonl",
+               [{"prompt": f"reverse {w}:", "answer": w[::-1], "source_word": w} for w in words])
+  dc = DataConfig(task="custom", source="jsonl", jsonl_dir=str(tmp_path), validation_size=8,
+                  test_size=5)
+  splits = {s: load_rows(dc, s) for s in ("train", "validation", "test")}
+  assert {s: len(r) for s, r in splits.items()} == {"train": 47, "validation": 8, "test": 5}
+  seen = [r["source_word"] for rows in splits.values() for r in rows]
+  assert sorted(seen) == words  # disjoint and complete
+  assert load_rows(dc, "validation") == splits["validation"]  # deterministic
+  other = load_rows(DataConfig(task="custom", source="jsonl", jsonl_dir=str(tmp_path),
+                               validation_size=8, test_size=5, dataset_seed=1), "test")
+  assert other != splits["test"]
+  # A test file of its own is used as it is; validation is still held out.
+  _write_jsonl(tmp_path / "test.jsonl", [{"prompt": "reverse abc:", "answer": "cba"}])
+  assert len(load_rows(dc, "test")) == 1 and len(load_rows(dc, "train")) == 52
+  with pytest.raises(BadRowError, match=r"data.validation_size"):
+    load_rows(DataConfig(task="custom", source="jsonl", jsonl_dir=str(tmp_path),
+                         validation_size=60), "train")
+  with pytest.raises(ConfigError, match="data.source"):
+    DataConfig(task="custom")
+
+
+@pytest.mark.slow
+def test_custom_task_trains_with_grpo(tmp_path, data_dir):
+  from jaxrl_llm.config import DataConfig
+  from jaxrl_llm.train import new_run_dir, run
+
+  _write_jsonl(tmp_path / "train.jsonl",
+               [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(40)])
+  cfg = replace(tiny_rl_config(data_dir), experiment="custom-task",
+                data=DataConfig(task="custom", source="jsonl", jsonl_dir=str(tmp_path),
+                                validation_size=4, test_size=8, length_buckets=(8, 12)))
+  run_dir = new_run_dir(cfg, str(tmp_path / "run"))
+  out = run(cfg, run_dir)
+  assert out["metrics"]["test/examples"] == 8 and "test/accuracy" in out["metrics"]

@@ -146,7 +146,7 @@ class ModelConfig:
     return dataclasses.replace(self, vocab_size=size)
 
 
-TASKS = ("arithmetic", "countdown", "text2sql", "sorted_digits", "math")
+TASKS = ("arithmetic", "countdown", "text2sql", "sorted_digits", "math", "custom")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -158,12 +158,17 @@ class DataConfig:
   # (SFT demos, or pairs / rankings / ratings for reward models and DPO, see `preference_kind`).
   # math: the user's GSM8K / MATH JSONL (data.source="jsonl"; question/problem + answer/solution
   # fields, the final answer extracted by jaxrl_llm.rewards.math.load_math_jsonl).
-  task: Literal["arithmetic", "countdown", "text2sql", "sorted_digits", "math"] = "arithmetic"
+  # custom: your own JSONL (data.source="jsonl"): {"prompt", "answer"} rows for RL and SFT (any
+  # other fields reach the reward functions as keyword columns), or preference rows.
+  task: Literal["arithmetic", "countdown", "text2sql", "sorted_digits", "math",
+                "custom"] = "arithmetic"
   source: Literal["tfds", "jsonl", "spider", "bird"] = "tfds"
   # tfds: where the locally generated dataset lives ("" -> $JAXRL_LLM_DATA_DIR or ~/.cache/jaxrl_llm/tfds).
   data_dir: str = ""
   # jsonl: a directory with train.jsonl, validation.jsonl and test.jsonl ({"prompt", "answer"} rows;
   # other fields travel to the reward functions; preference rows: see jaxrl_llm.data.preference).
+  # A missing validation.jsonl / test.jsonl is held out of train.jsonl: validation_size / test_size
+  # rows chosen by dataset_seed (never shared with train).
   jsonl_dir: str = ""
   # spider / bird: the dataset's root directory (questions JSON + database/ folders).
   text2sql_root: str = ""
@@ -198,6 +203,10 @@ class DataConfig:
         _fail("data.source", f"{self.source!r} is a Text2SQL source; set data.task='text2sql'")
       if not self.text2sql_root:
         _fail("data.text2sql_root", f"must be set when data.source={self.source!r}")
+    if self.task == "custom" and self.source != "jsonl":
+      _fail("data.source", "task 'custom' reads your JSONL files: set data.source='jsonl' and "
+            "data.jsonl_dir (a directory with train.jsonl, and optionally validation.jsonl / "
+            "test.jsonl)")
     if self.task == "math" and self.source != "jsonl":
       _fail("data.source", "task 'math' reads your GSM8K / MATH files: set data.source='jsonl' "
             "and data.jsonl_dir")

@@ -312,24 +312,7 @@ def prompt_batches(split: EncodedSplit, *, batch_size: int, buckets: Sequence[in
 def load_rows(config: DataConfig, split: str) -> Sequence[Any]:
   """Raw rows of ``split`` from the configured source (TFDS array_record, or user JSONL)."""
   if config.source == "jsonl":
-    path = os.path.join(config.jsonl_dir, f"{split}.jsonl")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"data.jsonl_dir: {path} does not exist")
-    if config.task == "math":  # GSM8K / MATH files as published: question + worked solution.
-      from jaxrl_llm.rewards.math import load_math_jsonl
-
-      return load_math_jsonl(path, on_bad_row=config.on_bad_row)[0]
-    rows: list[Any] = []
-    with open(path, "rb") as f:
-      for line_no, line in enumerate(f):
-        if not line.strip():
-          continue
-        try:
-          rows.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-          rows.append(_Unparsable(f"{split} row {len(rows)} (line {line_no + 1}): not valid "
-                                  f"JSON ({e})"))
-    return rows
+    return _jsonl_rows(config, split)
   if config.task == "text2sql" and config.source in ("spider", "bird"):
     from jaxrl_llm.envs.text2sql import load_benchmark_rows
 
@@ -355,6 +338,79 @@ def load_rows(config: DataConfig, split: str) -> Sequence[Any]:
     db_dir = text2sql_database_dir(data_dir, builder_config.name)
     rows = [dict(r, db_path=os.path.join(db_dir, _as_str(r["db_id"]) + ".sqlite")) for r in rows]
   return rows
+
+
+HOLDOUT_SPLITS = ("test", "validation")
+
+
+def _read_jsonl(config: DataConfig, path: str, split: str) -> list[Any]:
+  if config.task == "math":  # GSM8K / MATH files as published: question + worked solution.
+    from jaxrl_llm.rewards.math import load_math_jsonl
+
+    return load_math_jsonl(path, on_bad_row=config.on_bad_row)[0]
+  rows: list[Any] = []
+  with open(path, "rb") as f:
+    for line_no, line in enumerate(f):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        rows.append(_Unparsable(f"{split} row {len(rows)} (line {line_no + 1}): not valid "
+                                f"JSON ({e})"))
+  return rows
+
+
+def holdout_indices(config: DataConfig, num_rows: int) -> dict[str, np.ndarray]:
+  """Which rows of train.jsonl are held out for the evaluation splits that have no file.
+
+  A seeded permutation (``data.dataset_seed``) of the ``num_rows`` rows: the first
+  ``data.test_size`` are ``test`` (when test.jsonl is missing), the next ``data.validation_size``
+  are ``validation`` (when validation.jsonl is missing), the rest are ``train``; each sorted, so
+  rows keep their file order. Splits never share a row.
+
+  Raises:
+    ValueError: the held-out rows would leave no training rows (names the settings).
+  """
+  missing = [s for s in HOLDOUT_SPLITS
+             if not os.path.exists(os.path.join(config.jsonl_dir, f"{s}.jsonl"))]
+  sizes = {"test": config.test_size, "validation": config.validation_size}
+  need = sum(sizes[s] for s in missing)
+  if missing and need >= num_rows:
+    raise ValueError(
+        f"data.jsonl_dir: train.jsonl has {num_rows} rows; holding out {need} of them for "
+        f"{' and '.join(missing)} (no {'/'.join(s + '.jsonl' for s in missing)} file; sizes from "
+        f"{', '.join('data.' + s + '_size' for s in missing)}) leaves none for training: lower "
+        "those sizes or add the files")
+  perm = np.random.default_rng(config.dataset_seed).permutation(num_rows)
+  out, start = {}, 0
+  for s in missing:
+    out[s] = np.sort(perm[start:start + sizes[s]])
+    start += sizes[s]
+  out["train"] = np.sort(perm[start:])
+  return out
+
+
+def _jsonl_rows(config: DataConfig, split: str) -> list[Any]:
+  """``split`` of a JSONL directory: ``<split>.jsonl``, or (for validation / test without a file)
+  rows held out of train.jsonl by :func:`holdout_indices`."""
+  path = os.path.join(config.jsonl_dir, f"{split}.jsonl")
+  train_path = os.path.join(config.jsonl_dir, "train.jsonl")
+  if split not in HOLDOUT_SPLITS + ("train",):
+    raise ValueError(f"unknown split {split!r}")
+  if split != "train" and os.path.exists(path):
+    return _read_jsonl(config, path, split)
+  if not os.path.exists(train_path):
+    raise FileNotFoundError(f"data.jsonl_dir: {train_path} does not exist")
+  rows = _read_jsonl(config, train_path, "train")
+  if split == "train" and all(os.path.exists(os.path.join(config.jsonl_dir, f"{s}.jsonl"))
+                              for s in HOLDOUT_SPLITS):
+    return rows
+  try:
+    keep = holdout_indices(config, len(rows))[split]
+  except ValueError as e:
+    raise BadRowError(str(e)) from None
+  return [rows[i] for i in keep]
 
 
 def _as_str(value: Any) -> str:
