@@ -152,3 +152,24 @@ def test_custom_task_trains_with_grpo(tmp_path, data_dir):
   run_dir = new_run_dir(cfg, str(tmp_path / "run"))
   out = run(cfg, run_dir)
   assert out["metrics"]["test/examples"] == 8 and "test/accuracy" in out["metrics"]
+  report = json.load(open(os.path.join(run_dir, "data_report.json")))
+  assert report["train"]["rows"] == 28 and report["test"]["rows"] == 8
+
+
+def test_overlong_rows_error_names_the_setting_and_a_value_that_fits():
+  from jaxrl_llm.data import BadRowError, build_char_tokenizer, encode_split
+  from jaxrl_llm.data.pipeline import length_report
+
+  tok = build_char_tokenizer()
+  rows = [{"prompt": "x" * n, "answer": "yy"} for n in (10, 20, 30)]
+  with pytest.raises(BadRowError) as e:
+    encode_split(rows, tok, split="train", max_len=8, on_bad_row="raise", on_overlong="reject")
+  msg = str(e.value)
+  # BOS + prompt + answer + EOS = 14 / 24 / 34 tokens.
+  assert "data.length_buckets" in msg and "34 at most" in msg and "[24, 40]" in msg, msg
+  split = encode_split(rows, tok, split="train", max_len=24, on_bad_row="raise",
+                       on_overlong="reject")
+  report = length_report(split, (16, 24))
+  assert report["rejected"] == 1 and report["tokens_needed"]["max"] == 34
+  assert report["rows_per_bucket"] == {"16": 1, "24": 1, ">24": 1}
+  assert report["suggested_length_buckets"] == [24, 40]

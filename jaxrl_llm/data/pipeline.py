@@ -40,9 +40,61 @@ class DataStats:
   bad_rows: int = 0
   truncated: int = 0
   rejected: int = 0
+  longest: int = 0  # tokens the longest valid row needs in a bucket (prompt + answer or budget).
 
   def as_metrics(self, split: str) -> dict[str, int]:
     return {f"data/{split}/{k}": v for k, v in dataclasses.asdict(self).items()}
+
+
+def suggest_buckets(needed: Sequence[int]) -> tuple[int, ...]:
+  """Length buckets that hold every row: the median and the maximum of ``needed``, each rounded
+  up to a multiple of 8 (one bucket when they coincide)."""
+  if not len(needed):
+    return ()
+  up = lambda n: int(-(-int(n) // 8) * 8)  # noqa: E731
+  small, large = up(np.median(needed)), up(max(needed))
+  return (large,) if small >= large else (max(small, 8), large)
+
+
+def write_data_report(run_dir: str, splits: dict[str, "EncodedSplit"],
+                      buckets: Sequence[int]) -> str:
+  """Writes ``RUN_DIR/data_report.json`` (:func:`length_report` per split) and returns a one-line
+  summary for the console."""
+  report = {name: length_report(split, buckets) for name, split in splits.items()}
+  report["length_buckets"] = list(buckets)
+  with open(os.path.join(run_dir, "data_report.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  parts = []
+  for name, split in splits.items():
+    r = report[name]
+    text = f"{name} {len(split.prompts)}/{r['rows']} rows"
+    dropped = [f"{k}={r[k]}" for k in ("bad_rows", "rejected", "truncated") if r[k]]
+    if "tokens_needed" in r:
+      t = r["tokens_needed"]
+      text += f", tokens p50/p99/max {t['p50']}/{t['p99']}/{t['max']}"
+    parts.append(text + (f" ({', '.join(dropped)})" if dropped else ""))
+  return (f"data (buckets {list(buckets)}): " + "; ".join(parts) +
+          f"  [data_report.json]")
+
+
+def length_report(split: "EncodedSplit", buckets: Sequence[int]) -> dict[str, Any]:
+  """Token lengths of a split's valid rows and how they fall into ``buckets``: rows, bad,
+  rejected / truncated as over-long, percentiles (p50, p90, p99, max) of the tokens each row
+  needs, rows per bucket and rows beyond the largest."""
+  needed = np.asarray(split.needed, np.int64)
+  report: dict[str, Any] = dataclasses.asdict(split.stats)
+  if needed.size:
+    report["tokens_needed"] = {f"p{q}": int(np.percentile(needed, q)) for q in (50, 90, 99)}
+    report["tokens_needed"]["max"] = int(needed.max())
+  lower = 0
+  per_bucket = {}
+  for b in buckets:
+    per_bucket[str(b)] = int(((needed > lower) & (needed <= b)).sum())
+    lower = b
+  per_bucket[f">{buckets[-1]}"] = int((needed > buckets[-1]).sum())
+  report["rows_per_bucket"] = per_bucket
+  report["suggested_length_buckets"] = list(suggest_buckets(needed))
+  return report
 
 
 @dataclasses.dataclass
@@ -59,6 +111,8 @@ class EncodedSplit:
   answer_texts: list[str]
   stats: DataStats
   columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+  # Tokens each valid row needs in a bucket (kept, truncated and rejected rows alike).
+  needed: list[int] = dataclasses.field(default_factory=list)
 
   def row_columns(self, indices: Sequence[int]) -> dict[str, list[str]]:
     """``{"answer": [...], <column>: [...]}`` for the rows ``indices`` (repeats allowed)."""
@@ -165,6 +219,7 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
     raise ValueError("the tokenizer has no EOS token; generation could never stop")
   # Qwen-style tokenizers have no BOS; a chat template writes its own header.
   head = [] if bos is None or chat_template else [bos]
+  needed: list[int] = []
   for (prompt_text, answer_text), extra, p, a in zip(texts, extras, p_ids, a_ids):
     p = head + list(p)
     a = list(a) + [eos]
@@ -172,6 +227,7 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
       room_for_prompt = max_len - len(a)
     else:
       room_for_prompt = max_len - answer_budget
+    needed.append(len(p) + max_len - room_for_prompt)
     if len(p) > room_for_prompt:
       if on_overlong == "reject" or room_for_prompt < 2:  # BOS plus at least one prompt token.
         stats.rejected += 1
@@ -183,10 +239,19 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
     answer_texts.append(answer_text)
     for k in names:
       columns[k].append(extra[k])
+  stats.longest = max(needed, default=0)
   if not prompts:
+    hint = ""
+    if stats.rejected:
+      what = ("BOS + prompt + answer + EOS" if answer_budget is None else
+              f"BOS + prompt + {answer_budget} new tokens")
+      hint = (f": rows need {int(np.median(needed))} tokens ({what}) at the median and "
+              f"{stats.longest} at most, but the largest bucket (data.length_buckets) is "
+              f"{max_len}; set e.g. --set 'data.length_buckets=[{', '.join(map(str, suggest_buckets(needed)))}]'"
+              " (or data.on_overlong=truncate to cut prompts from the left)")
     raise BadRowError(f"{split}: no usable rows left out of {stats.rows} "
-                      f"(bad={stats.bad_rows}, rejected as over-long={stats.rejected})")
-  return EncodedSplit(split, prompts, answers, answer_texts, stats, columns)
+                      f"(bad={stats.bad_rows}, rejected as over-long={stats.rejected}){hint}")
+  return EncodedSplit(split, prompts, answers, answer_texts, stats, columns, needed)
 
 
 def pick_bucket(length: int, buckets: Sequence[int]) -> int:

@@ -41,6 +41,7 @@ from jaxrl_llm.algorithms import policy_gradient as pg
 from jaxrl_llm.algorithms import ppo
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, InitConfig, save_json
+from jaxrl_llm.data.pipeline import write_data_report
 from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
                             save_tokenizer)
 from jaxrl_llm.models import Decoder, init_params
@@ -731,6 +732,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
                      f"({ev['examples']} examples)")
   if start == 0:
     progress.message(f"run dir: {run_dir}")
+    progress.message(write_data_report(run_dir, setup.splits, config.data.length_buckets))
   last = stop_after if stop_after is not None else tc.steps
   metrics_host: dict[str, Any] = {}
 

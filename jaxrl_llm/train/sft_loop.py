@@ -27,6 +27,7 @@ from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import sft
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, load_json, save_json
+from jaxrl_llm.data.pipeline import write_data_report
 from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load_rows,
                             load_tokenizer, save_tokenizer)
 from jaxrl_llm.models import Decoder, init_params
@@ -208,7 +209,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     data_stats.update(split.stats.as_metrics(split.name))
   if start_step == 0:
     progress.message(f"run dir: {run_dir}")
-    progress.message("data: " + ", ".join(f"{k}={v}" for k, v in data_stats.items() if v))
+    progress.message(write_data_report(run_dir, setup.splits, config.data.length_buckets))
   if start_step >= tc.steps:
     progress.message(f"{run_dir} is already complete ({start_step}/{tc.steps} steps)")
   last = stop_after if stop_after is not None else tc.steps
