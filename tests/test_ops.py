@@ -590,3 +590,13 @@ def test_value_clip_fraction_ignores_rounding():
   f, o, r = (np.asarray(x, np.float64) for x in (far, old, ret))
   want = np.mean((np.clip(f, o - 0.5, o + 0.5) - r) ** 2 > (f - r) ** 2)
   assert want == 0.25 and float(diag["vf_clipfrac"]) == pytest.approx(want)
+
+
+def test_warmup_never_wastes_the_first_update():
+  from jaxrl_llm.algorithms.common import warmup_cosine_schedule
+  sched = warmup_cosine_schedule(2e-4, 10, 100, 0.1)
+  lrs = [float(sched(s)) for s in range(101)]
+  assert lrs[0] == pytest.approx(2e-5) and lrs[9] == pytest.approx(2e-4)
+  assert all(b > a for a, b in zip(lrs[:9], lrs[1:10]))  # rising through the warm-up
+  assert lrs[10] == pytest.approx(2e-4) and lrs[100] == pytest.approx(2e-5)
+  assert float(warmup_cosine_schedule(1e-3, 0, 10, 1.0)(0)) == pytest.approx(1e-3)

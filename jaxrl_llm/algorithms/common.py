@@ -55,17 +55,39 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def warmup_cosine_schedule(learning_rate: float, warmup_steps: int, total_steps: int,
+                           end_ratio: float):
+  """Linear warm-up, then cosine decay: ``step -> float32``.
+
+  ``lr·(s + 1)/W`` for update ``s < W`` (the first update already moves: a warm-up that starts
+  at 0 wastes it, which in RL is a whole rollout), then ``end + (lr − end)·½(1 + cos(π·t))`` with
+  ``t = (s − W) / (total − W)`` clipped to [0, 1] and ``end = lr·end_ratio``.
+  """
+  lr, w = float(learning_rate), int(warmup_steps)
+  end = lr * float(end_ratio)
+  decay = max(total_steps - w, 1)
+
+  def schedule(step):
+    s = jnp.asarray(step, jnp.float32)
+    t = jnp.clip((s - w) / decay, 0.0, 1.0)
+    cosine = end + (lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+    if not w:
+      return cosine
+    return jnp.where(s < w, lr * jnp.minimum(s + 1.0, w) / w, cosine)
+
+  return schedule
+
+
 def make_optimizer(config: OptimizerConfig, total_steps: int):
-  """AdamW with linear warm-up and cosine decay, after global-norm clipping.
+  """AdamW with linear warm-up and cosine decay (:func:`warmup_cosine_schedule`), after
+  global-norm clipping.
 
   Returns:
     (tx, schedule): the optax chain and the learning-rate schedule ``step -> float``.
   """
   warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else config.learning_rate, peak_value=config.learning_rate,
-      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-      end_value=config.learning_rate * config.end_learning_rate_ratio)
+  schedule = warmup_cosine_schedule(config.learning_rate, warmup, total_steps,
+                                    config.end_learning_rate_ratio)
   parts = []
   if config.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(config.max_grad_norm))
