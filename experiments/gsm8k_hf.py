@@ -8,7 +8,7 @@ Nothing is downloaded. Put the model and the data on disk first::
 then ``jaxrl-llm run gsm8k-hf`` (or point elsewhere with ``--set init.hf_checkpoint=DIR --set
 data.jsonl_dir=DIR``; the environment variables ``JAXRL_LLM_HF_CHECKPOINT`` and
 ``JAXRL_LLM_GSM8K_DIR`` set the defaults). A missing directory or file stops the run before
-anything is compiled, naming what is missing. The reward (``gsm8k_answer``, ALGORITHMS.md 22.1)
+anything is compiled, naming what is missing. The reward (``gsm8k_answer``, docs/algorithms.md §22.1)
 takes the completion's ``#### x`` answer (else its last number) and compares it with the number
 after ``####`` in the reference, exactly or within 1e-2. The model's architecture, vocabulary and tokenizer come
 from the checkpoint; ``model.*`` here only sets the dtypes. Sized for one 80 GB GPU or a TPU host.

@@ -1,4 +1,4 @@
-"""RLAIF (ALGORITHMS.md 19): function and LM judges, position-bias averaging, clamping, option
+"""RLAIF (docs/algorithms.md §19): function and LM judges, position-bias averaging, clamping, option
 tokens; labeling into soft-label pairs (orientation, drops, cache versioning); the soft-label
 Bradley–Terry loss (17); and the ``label`` CLI over a tiny reward-model run."""
 

@@ -1,4 +1,4 @@
-"""jaxrl_llm.ops: the spec's numeric vectors (ALGORITHMS.md 24), edge cases (1.6), identities and
+"""jaxrl_llm.ops: the spec's numeric vectors (docs/algorithms.md §24), edge cases (1.6), identities and
 gradients. Functions run jitted; the last tests run them on inputs sharded over 8 devices."""
 
 import doctest

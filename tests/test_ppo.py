@@ -1,4 +1,4 @@
-"""PPO with a critic and GAE: the ALGORITHMS.md 24 GAE vectors through prepare (padding, NaN
+"""PPO with a critic and GAE: the docs/algorithms.md §24 GAE vectors through prepare (padding, NaN
 scores, KL in the reward), critic warm-up with a bitwise-frozen actor, full updates for a separate
 critic and a shared trunk, the on-policy first minibatch, micro-batching and an 8-device mesh."""
 
@@ -42,7 +42,7 @@ def _prepare_inputs(scores, mask, values, old=None, ref=None, beta=0.0):
 
 
 def test_gae_vectors_nan_and_empty_rows():
-  # ALGORITHMS.md 24: r = [0, 0, 1], V = [0.5, 0.6, 0.7], γ = 1, λ = 0.95. Row 1 is unscorable,
+  # docs/algorithms.md §24: r = [0, 0, 1], V = [0.5, 0.6, 0.7], γ = 1, λ = 0.95. Row 1 is unscorable,
   # row 2 empty: neither may enter the whitening statistics.
   config = ppo.Config(kl_coef=0.0, gamma=1.0, gae_lambda=0.95)
   inputs = _prepare_inputs([1.0, np.nan, 1.0], [[1, 1, 1], [1, 1, 0], [0, 0, 0]],

@@ -1,4 +1,4 @@
-"""DPO family and reward-model training (ALGORITHMS.md 16, 17): losses against hand computation,
+"""DPO family and reward-model training (docs/algorithms.md §16, 17): losses against hand computation,
 DPO at the reference point (loss log 2, the step moves chosen up and rejected down), identical pairs
 dropped, Plackett–Luce with K = 2 equal to Bradley–Terry through the update, a reward model that
 learns a separable preference, micro-batching and the 8-device mesh against one device."""

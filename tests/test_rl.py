@@ -234,7 +234,7 @@ def test_mesh_with_fsdp_and_tensor_matches_one_device(data_dir, tmp_path):
 
 
 def test_overlong_shaping_matches_spec():
-  # ALGORITHMS.md 24: L_max = 20480, L_cache = 4096.
+  # docs/algorithms.md §24: L_max = 20480, L_cache = 4096.
   got = overlong_penalty(np.array([16000, 16384, 18432, 20480, 20481]), max_length=20480,
                          buffer=4096)
   np.testing.assert_allclose(got, [0.0, 0.0, -0.5, -1.0, -1.0], atol=1e-6)

@@ -1,5 +1,5 @@
 """Direct preference optimisation: DPO, cDPO, robust DPO, IPO, hinge, and listwise
-(Plackett–Luce) DPO (ALGORITHMS.md 16).
+(Plackett–Luce) DPO (docs/algorithms.md §16).
 
 With ``S_θ(y) = Σ_t m_t·log π_θ(y_t | x, y_<t)`` (sum over response tokens, incl. EOS) and the
 frozen reference ``S_ref``, a preference pair ``(x, y_w, y_l)`` has the log-ratio margin

@@ -1,7 +1,7 @@
 """The critic-free policy-gradient family: GRPO, Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++ (and its
 baseline form), ReMax, with PPO-clip, GSPO, Clip-Cov or KL-Cov as the policy loss of any of them.
 
-One family, three pure pieces, all built from :mod:`jaxrl_llm.ops` (ALGORITHMS.md 1-9, 11, 21):
+One family, three pure pieces, all built from :mod:`jaxrl_llm.ops` (docs/algorithms.md §1-9, 11, 21):
 
 * :class:`Config` -- frozen hyperparameters (:func:`config_from` reads them off the run config;
   :data:`PRESETS` holds each paper's settings).
@@ -91,7 +91,7 @@ class Config:
     return self.kl_coef > 0 and self.kl_placement == "reward"
 
 
-# Each paper's settings (ALGORITHMS.md 23), as overrides of `algorithm.*`. Learning rates and batch
+# Each paper's settings (docs/algorithms.md §23), as overrides of `algorithm.*`. Learning rates and batch
 # geometry live in the experiment modules: they depend on the model and task.
 PRESETS: dict[str, dict] = {
     "grpo": dict(name="grpo", loss_aggregation="seq-mean-token-mean", clip_low=0.2,
@@ -169,7 +169,7 @@ def response_logprobs(apply_fn: Callable, params, model_config: ModelConfig, tok
 
 
 def prepare(inputs: dict, config: Config, *, num_groups: int):
-  """Advantages of one rollout batch (ALGORITHMS.md 1.3 placement A, 3-9).
+  """Advantages of one rollout batch (docs/algorithms.md §1.3 placement A, 3-9).
 
   Args:
     inputs: ``scores float32[N]`` (total reward, NaN = unscorable), ``group_ids int32[N]``,
@@ -195,7 +195,7 @@ def prepare(inputs: dict, config: Config, *, num_groups: int):
     has = jnp.any(m, -1)
     diag["kl_ref_seq"] = ops.masked_mean(jnp.sum(kl, -1) / row_len, has)
   if config.kl_in_reward:
-    # Outcome estimators read the sequence score Σ_t r = R − β Σ_t k (ALGORITHMS.md 1.3).
+    # Outcome estimators read the sequence score Σ_t r = R − β Σ_t k (docs/algorithms.md §1.3).
     seq_scores = jnp.where(jnp.isfinite(scores), scores - beta * jnp.sum(kl, -1), jnp.nan)
     token_rewards = ops.scores_to_token_rewards(scores, m, kl=kl, kl_coef=beta)
   else:
@@ -261,7 +261,7 @@ def token_loss(config: Config, logp, entropy, mb: dict, *, on_policy: jax.Array,
   else:
     raise ValueError(f"unknown policy loss {config.policy_loss!r}")
   if config.tis_cap:
-    # Rollout correction: π_old / π_behaviour, truncated (ALGORITHMS.md 21). The behaviour policy
+    # Rollout correction: π_old / π_behaviour, truncated (docs/algorithms.md §21). The behaviour policy
     # is the distribution the token was drawn from: the top-k/top-p-truncated one when sampling
     # truncates (``behaviour_logp``), else the sampler's full distribution.
     behaviour = mb.get("behaviour_logp", mb["sampler_logp"])

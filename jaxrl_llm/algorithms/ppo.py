@@ -1,4 +1,4 @@
-"""PPO for RLHF with a learned critic and GAE (ALGORITHMS.md 2), as pure jitted functions.
+"""PPO for RLHF with a learned critic and GAE (docs/algorithms.md §2), as pure jitted functions.
 
 Three pieces, mirroring :mod:`jaxrl_llm.algorithms.policy_gradient` (the critic-free family, whose
 per-token actor loss :func:`policy_gradient.token_loss` is reused unchanged):
@@ -90,7 +90,7 @@ class Config:
 
   Actor fields have the meaning of :class:`policy_gradient.Config` (clip ranges, ``dual_clip``
   (0 = off), ``kl_*``, ``entropy_coef``, ``loss_aggregation``, batch geometry, ``temperature``).
-  Defaults follow ALGORITHMS.md 2 / verl's PPO: KL in the reward with k1 (β is passed to
+  Defaults follow docs/algorithms.md §2 / verl's PPO: KL in the reward with k1 (β is passed to
   :func:`prepare` as ``kl_coef`` so a controller can move it; ``kl_coef`` here only switches the
   term on), dual clip 3, value clip 0.5, γ = λ = 1 (TRL / InstructGPT use λ = 0.95).
 
@@ -354,7 +354,7 @@ def policy_params(state: PPOState, config: Config):
 
 
 def prepare(inputs: dict, config: Config):
-  """Token rewards, GAE advantages and λ-returns of one rollout batch (ALGORITHMS.md 2).
+  """Token rewards, GAE advantages and λ-returns of one rollout batch (docs/algorithms.md §2).
 
   Args:
     inputs: ``scores float32[N]`` (outcome score, NaN = unscorable), ``mask bool[N, T]``,

@@ -1,5 +1,5 @@
 """Reward-model training: Bradley–Terry pairs, Plackett–Luce rankings, pointwise ratings
-(ALGORITHMS.md 17).
+(docs/algorithms.md §17).
 
 A reward model is the decoder trunk plus a scalar head (:mod:`jaxrl_llm.models.heads`); the reward
 of a sequence ``BOS prompt response EOS`` is the head's output at its last real token
@@ -11,7 +11,7 @@ of a sequence ``BOS prompt response EOS`` is the head's output at its last real 
   coefficient η (``center_coef``; 0.01 when used). With ``K > 2`` ranked responses per prompt
   every ordered pair ``(τ(i), τ(j)), i < j`` is a BT pair and a prompt's loss is the mean over its
   pairs (InstructGPT's ``1/C(K, 2)`` batching). When the batch carries a soft label ``probability``
-  ``p = P(chosen ≻ rejected)`` (AI feedback, ALGORITHMS.md 19; pairs only) the BT term is the
+  ``p = P(chosen ≻ rejected)`` (AI feedback, docs/algorithms.md §19; pairs only) the BT term is the
   soft-label cross-entropy ``−[p·log σ(Δ − m) + (1−p)·log σ(−(Δ − m))]``; ``p = 1`` is the hard
   loss.
 * ``ranking`` -- Plackett–Luce over the full ranking τ (best first),
@@ -283,7 +283,7 @@ def batch_weights(batch: dict, config: Config) -> dict:
 
 def soft_label_bt_loss(hard_loss: jax.Array, diff: jax.Array, probability: jax.Array
                        ) -> jax.Array:
-  """Soft-label Bradley–Terry loss from the hard one (ALGORITHMS.md 17, 19).
+  """Soft-label Bradley–Terry loss from the hard one (docs/algorithms.md §17, 19).
 
   ``−[p·log σ(d) + (1−p)·log σ(−d)] = −log σ(d) + (1−p)·d`` because ``log σ(d) − log σ(−d) = d``;
   so ``p = 1`` returns ``hard_loss`` exactly and ``p = 1/2`` is minimised at ``d = 0``.

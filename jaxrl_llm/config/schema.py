@@ -289,7 +289,7 @@ KL_ESTIMATORS = ("k1", "abs", "k2", "k3", "k1+", "abs+", "k2+", "k3+")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AlgorithmConfig:
-  """Which training algorithm runs and its hyperparameters (ALGORITHMS.md sections 1-11).
+  """Which training algorithm runs and its hyperparameters (docs/algorithms.md sections 1-11).
 
   ``name`` picks the algorithm; for the policy-gradient family it also picks the advantage
   estimator (``advantage=""``) and the policy loss (``policy_loss=""``: GSPO's sequence ratio for
@@ -300,7 +300,7 @@ class AlgorithmConfig:
 
   name: str = "sft"
   # token-mean: every trainable token weighs the same; seq-mean-token-mean: every sequence does;
-  # seq-mean-token-sum-norm: Dr. GRPO's constant normaliser `norm_constant` (ALGORITHMS.md 1.2).
+  # seq-mean-token-sum-norm: Dr. GRPO's constant normaliser `norm_constant` (docs/algorithms.md §1.2).
   loss_aggregation: str = "token-mean"
   norm_constant: float = 0.0  # (RL) Dr. GRPO's C; 0: rollout.max_new_tokens (constant per run).
   advantage: str = ""  # (RL) "" = the name's estimator; else one of ADVANTAGES.
@@ -335,7 +335,7 @@ class AlgorithmConfig:
   truncated_in_stats: bool = True  # (RL) truncated responses still count in group statistics.
   overlong_buffer: int = 0  # (RL) DAPO soft overlong punishment cache L_cache; 0: off.
   overlong_penalty: float = 1.0  # (RL) its penalty factor.
-  # PPO with a critic (ALGORITHMS.md 2).
+  # PPO with a critic (docs/algorithms.md §2).
   gae_lambda: float = 1.0  # (PPO) GAE λ (verl 1.0; TRL / InstructGPT 0.95).
   value_clip: float = 0.5  # (PPO) ε_v of the clipped value loss; 0: unclipped.
   vf_coef: float = 0.1  # (PPO) value-loss weight when the critic shares the policy trunk.
@@ -343,12 +343,12 @@ class AlgorithmConfig:
   critic_learning_rate: float = 0.0  # (PPO) separate critic's peak learning rate; 0: the actor's.
   critic_warmup_steps: int = 0  # (PPO) first rollout steps update only the critic.
   whiten_advantages: bool = True  # (PPO) batch-wide advantage whitening.
-  # DPO family (ALGORITHMS.md 16).
+  # DPO family (docs/algorithms.md §16).
   dpo_variant: str = "dpo"  # dpo (sigmoid), cdpo (label smoothing), rdpo (robust), ipo, hinge.
   beta: float = 0.1  # DPO β (IPO: τ).
   label_smoothing: float = 0.0  # cDPO / robust DPO flip rate ε in [0, 0.5).
   ipo_length_normalize: bool = True  # IPO on per-token mean log-ratios (TRL) instead of sums.
-  # Reward models (ALGORITHMS.md 17).
+  # Reward models (docs/algorithms.md §17).
   rm_objective: str = "pairwise"  # pairwise (Bradley–Terry), ranking (Plackett–Luce), rating.
   rm_margin: bool = False  # Subtract the row's annotated margin inside the BT sigmoid.
   rm_center_coef: float = 0.0  # η·(r_w + r_l)² centering (0.01 recommended when used).
@@ -396,7 +396,7 @@ class AlgorithmConfig:
       _fail(f("on_exhausted"), f"must be 'raise' or 'train', got {self.on_exhausted!r}")
     if self.resolved_policy_loss == "gspo" and self.loss_aggregation != "seq-mean-token-mean":
       _fail(f("loss_aggregation"), "GSPO's sequence ratio needs 'seq-mean-token-mean' "
-            f"(ALGORITHMS.md 6), got {self.loss_aggregation!r}")
+            f"(docs/algorithms.md §6), got {self.loss_aggregation!r}")
     if self.resolved_policy_loss in ("clip_cov", "kl_cov") and self.micro_batches > 1:
       _fail(f("micro_batches"), "Clip-Cov / KL-Cov select tokens over the whole minibatch; "
             "micro-batching them is not implemented (use micro_batches=1)")

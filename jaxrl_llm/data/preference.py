@@ -5,7 +5,7 @@ Three row kinds (extra fields are ignored):
 * ``pairs``: ``{"prompt": str, "chosen": str, "rejected": str, "margin": float (optional, >= 0),
   "probability": float (optional, in [0.5, 1])}``. ``chosen == rejected`` is a bad row (a tied
   pair carries no signal). An absent margin is 0. ``probability`` is a soft label
-  ``P(chosen ≻ rejected)`` (AI feedback, ALGORITHMS.md 19); absent means 1.0, a hard label.
+  ``P(chosen ≻ rejected)`` (AI feedback, docs/algorithms.md §19); absent means 1.0, a hard label.
 * ``rankings``: ``{"prompt": str, "responses": [str] * K, "ranking": [int] * K}`` with ``K >= 2``;
   ``ranking`` lists response indices best first and must be a permutation of ``0..K-1``; the
   responses must be distinct. K may differ between rows: batches are padded to the largest K.

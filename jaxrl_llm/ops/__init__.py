@@ -1,6 +1,6 @@
 """Pure loss maths (layer 1): arrays in, arrays out; no models, configs or state.
 
-Semantics follow ALGORITHMS.md. Token data is ``[B, T]`` with a mask; padded slots may hold
+Semantics follow docs/algorithms.md. Token data is ``[B, T]`` with a mask; padded slots may hold
 garbage (even NaN) and never leak into a value or a gradient. Per-token functions return
 ``(per_token, diagnostics)``; reduction is a separate, named call (:func:`aggregate_loss`).
 

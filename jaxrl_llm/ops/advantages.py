@@ -1,4 +1,4 @@
-"""Advantage estimators (ALGORITHMS.md sections 1.5, 1.6, 2-4, 7-10, 22.4).
+"""Advantage estimators (docs/algorithms.md sections 1.5, 1.6, 2-4, 7-10, 22.4).
 
 Inputs: outcome ``scores float[B]`` (NaN = unscorable: excluded from group statistics, advantage
 0), ``group_ids int32[B]`` in ``[0, num_groups)`` with ``num_groups`` static (rows need not be
@@ -80,7 +80,7 @@ def _broadcast(row_values, mask):
 
 def grpo_advantages(scores: jax.Array, group_ids: jax.Array, mask: jax.Array, *, num_groups: int,
                     normalize_std: bool = True, eps: float = 1e-6, singleton: str = "zero"):
-  """GRPO outcome advantage (Shao et al., arXiv:2402.03300; ALGORITHMS.md 3).
+  """GRPO outcome advantage (Shao et al., arXiv:2402.03300; docs/algorithms.md §3).
 
   ``A_i = (R_i − mean_g R) / (std_g R + eps)`` (unbiased std), broadcast over the row's tokens;
   with ``normalize_std=False`` it is Dr. GRPO's ``R_i − mean_g R``.
@@ -110,7 +110,7 @@ def grpo_advantages(scores: jax.Array, group_ids: jax.Array, mask: jax.Array, *,
 
 def drgrpo_advantages(scores: jax.Array, group_ids: jax.Array, mask: jax.Array, *,
                       num_groups: int, singleton: str = "zero"):
-  """Dr. GRPO advantage ``A_i = R_i − mean_g R`` (Liu et al., arXiv:2503.20783; ALGORITHMS.md 4).
+  """Dr. GRPO advantage ``A_i = R_i − mean_g R`` (Liu et al., arXiv:2503.20783; docs/algorithms.md §4).
 
   Pair it with ``aggregate_loss(..., "seq-mean-token-sum-norm", norm_constant=C)``.
   """
@@ -120,7 +120,7 @@ def drgrpo_advantages(scores: jax.Array, group_ids: jax.Array, mask: jax.Array, 
 
 def rloo_advantages(scores: jax.Array, group_ids: jax.Array, mask: jax.Array, *,
                     num_groups: int, singleton: str = "zero"):
-  """REINFORCE leave-one-out (Ahmadian et al., arXiv:2402.14740; ALGORITHMS.md 8).
+  """REINFORCE leave-one-out (Ahmadian et al., arXiv:2402.14740; docs/algorithms.md §8).
 
   ``A_i = R_i − (Σ_{j∈g, j≠i} R_j) / (n_g − 1)`` over the scorable members, which equals
   ``n_g/(n_g − 1)·(R_i − mean_g R)``. For the paper's KL-regularised reward pass
@@ -140,7 +140,7 @@ def rloo_advantages(scores: jax.Array, group_ids: jax.Array, mask: jax.Array, *,
 
 def gae_advantages(token_rewards: jax.Array, values: jax.Array, mask: jax.Array, *,
                    gamma: float = 1.0, lam: float = 1.0):
-  """Generalised advantage estimation (Schulman et al., arXiv:1506.02438; ALGORITHMS.md 2).
+  """Generalised advantage estimation (Schulman et al., arXiv:1506.02438; docs/algorithms.md §2).
 
   Right to left with ``g = 0`` and ``V_next = 0`` after the last valid token (terminal):
   ``δ_t = r_t + γ·V_next − V_t``, ``g ← δ_t + γ·λ·g``, ``A_t = g``, ``V_next ← V_t`` -- only at valid
@@ -219,7 +219,7 @@ def scores_to_token_rewards(scores: jax.Array, mask: jax.Array, *, kl: jax.Array
 
 
 def reinforce_pp_advantages(token_rewards: jax.Array, mask: jax.Array, *, gamma: float = 1.0):
-  """REINFORCE++ (Hu, arXiv:2501.03262; ALGORITHMS.md 9.1).
+  """REINFORCE++ (Hu, arXiv:2501.03262; docs/algorithms.md §9.1).
 
   Discounted return-to-go of the token rewards (build them with :func:`scores_to_token_rewards`,
   KL in the reward), then whitened over every valid token of the batch: ``A = whiten(G, m)``.
@@ -236,7 +236,7 @@ def reinforce_pp_advantages(token_rewards: jax.Array, mask: jax.Array, *, gamma:
 
 def reinforce_pp_baseline_advantages(scores: jax.Array, group_ids: jax.Array, mask: jax.Array, *,
                                      num_groups: int, singleton: str = "zero"):
-  """REINFORCE++-baseline (ALGORITHMS.md 9.2): ``Ã_i = R_i − mean_g R`` broadcast to tokens, then
+  """REINFORCE++-baseline (docs/algorithms.md §9.2): ``Ã_i = R_i − mean_g R`` broadcast to tokens, then
   whitened over every valid token of the batch (token-weighted, so an all-equal group ends with
   the small ``−μ/σ``, as in verl and OpenRLHF)."""
   centred, diag = drgrpo_advantages(scores, group_ids, mask, num_groups=num_groups,
@@ -246,7 +246,7 @@ def reinforce_pp_baseline_advantages(scores: jax.Array, group_ids: jax.Array, ma
 
 
 def remax_advantages(scores: jax.Array, baseline_scores: jax.Array, mask: jax.Array):
-  """ReMax (Li et al., arXiv:2310.10505; ALGORITHMS.md 7): return-to-go minus the greedy reward.
+  """ReMax (Li et al., arXiv:2310.10505; docs/algorithms.md §7): return-to-go minus the greedy reward.
 
   ``A[i, t] = Σ_{s≥t} r[i, s] − b_i`` on valid tokens (γ = 1, no whitening), where ``b_i`` is the
   reward of the greedy response to row i's prompt.
@@ -269,7 +269,7 @@ def prime_advantages(process_rewards: jax.Array, outcome_scores: jax.Array, grou
                      mask: jax.Array, *, num_groups: int, gamma: float = 1.0,
                      process_coef: float = 1.0, outcome_coef: float = 1.0, whiten: bool = False,
                      singleton: str = "zero"):
-  """PRIME advantage (Cui et al., arXiv:2502.01456; ALGORITHMS.md 10), leave-one-out on both parts.
+  """PRIME advantage (Cui et al., arXiv:2502.01456; docs/algorithms.md §10), leave-one-out on both parts.
 
   Process part: ``A^φ_{i,t} = Σ_{s≥t} γ^{s−t} [r_φ(y_{i,s}) − (1/(K−1)) Σ_{j≠i} r̄_φ(y_j)]`` with
   ``r̄_φ(y_j)`` the per-token mean implicit reward of row j (rows with no tokens are left out of the

@@ -1,6 +1,6 @@
 """Masked statistics, loss aggregation, log-probs/entropy from logits and the SFT loss.
 
-Conventions (ALGORITHMS.md section 0): token data is ``[B, T]`` with a ``mask`` (bool or 0/1 float).
+Conventions (docs/algorithms.md section 0): token data is ``[B, T]`` with a ``mask`` (bool or 0/1 float).
 Padded positions may hold garbage, even NaN or inf: every function here selects with ``jnp.where``
 *before* doing arithmetic, so neither values nor gradients leak out of masked slots.
 """
@@ -58,7 +58,7 @@ def masked_var(x: jax.Array, mask: jax.Array, axis=None, *, unbiased: bool = Tru
 
 def masked_whiten(x: jax.Array, mask: jax.Array, *, shift_mean: bool = True,
                   eps: float = 1e-8) -> jax.Array:
-  """Whitening over all unmasked entries (ALGORITHMS.md 1.5).
+  """Whitening over all unmasked entries (docs/algorithms.md §1.5).
 
   ``μ = Σ m·x / Σ m``, ``σ²`` the Bessel-corrected masked variance,
   ``out = (x − μ) / sqrt(σ² + eps)``; with ``shift_mean=False`` μ is added back. Statistics are
@@ -94,7 +94,7 @@ def aggregation_weights(mask: jax.Array, mode: str, *, norm_constant: float | No
   """Per-token weights ``w`` with ``aggregate_loss(ℓ, mask, mode) == Σ w·ℓ``.
 
   Computing ``w`` once over a whole optimizer-step batch and summing ``w·ℓ`` per micro-batch makes
-  gradient accumulation exact (ALGORITHMS.md 1.2, "normalizer scope"). Leading dimensions beyond
+  gradient accumulation exact (docs/algorithms.md §1.2, "normalizer scope"). Leading dimensions beyond
   ``[B, T]`` are folded into the rows (e.g. ``[A, b, T]`` micro-batches).
 
   Args:
@@ -125,7 +125,7 @@ def aggregation_weights(mask: jax.Array, mode: str, *, norm_constant: float | No
 
 def aggregate_loss(per_token: jax.Array, mask: jax.Array, mode: str, *,
                    norm_constant: float | None = None) -> jax.Array:
-  """Reduces a per-token loss ``ℓ [B, T]`` to a scalar (ALGORITHMS.md 1.2).
+  """Reduces a per-token loss ``ℓ [B, T]`` to a scalar (docs/algorithms.md §1.2).
 
   With ``L_i = Σ_t m`` and ``N_eff`` the number of rows with ``L_i > 0`` (empty rows excluded):
 
@@ -188,7 +188,7 @@ def full_kl_from_logits(logits: jax.Array, ref_logits: jax.Array, *, temperature
   """Exact per-position ``KL(π‖π_ref) = Σ_v π(v)(log π(v) − log π_ref(v))``, float32 ``[...]``.
 
   Both logit sets are divided by the same ``temperature``. This is the ``full`` KL of
-  ALGORITHMS.md 1.3; it needs full-vocabulary logits (the fused kernels compute it without
+  docs/algorithms.md §1.3; it needs full-vocabulary logits (the fused kernels compute it without
   materialising them).
   """
   chex.assert_equal_shape([logits, ref_logits])

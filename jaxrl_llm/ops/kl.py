@@ -1,4 +1,4 @@
-"""KL estimators and KL-coefficient controllers (ALGORITHMS.md 1.3).
+"""KL estimators and KL-coefficient controllers (docs/algorithms.md §1.3).
 
 Reference: Schulman (2020), "Approximating KL Divergence"; adaptive controller: Ziegler et al.,
 "Fine-Tuning Language Models from Human Preferences", arXiv:1909.08593.

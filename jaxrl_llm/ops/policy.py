@@ -1,4 +1,4 @@
-"""Policy and value losses (ALGORITHMS.md 1.1, 2, 6, 11, 12, 21).
+"""Policy and value losses (docs/algorithms.md §1.1, 2, 6, 11, 12, 21).
 
 Every loss is per-token: ``(loss float32[B, T], diagnostics)`` with 0 off the mask; reduce with
 :func:`jaxrl_llm.ops.aggregate_loss`. ``logp`` carries the gradient; ``old_logp``, advantages and
@@ -87,7 +87,7 @@ def ppo_clip_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, m
 
 def gspo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
               clip_low: float = 3e-4, clip_high: float = 4e-4):
-  """GSPO, token form (Zheng et al., arXiv:2507.18071; ALGORITHMS.md 6).
+  """GSPO, token form (Zheng et al., arXiv:2507.18071; docs/algorithms.md §6).
 
   Sequence ratio ``s_i = exp((1/L_i) Σ_t m·(logp − old_logp))`` (``max(L_i, 1)``), token ratio
   ``s_{i,t} = sg(s_i)·π_θ(y_t)/sg(π_θ(y_t))`` -- i.e. ``log s_{i,t} = sg(log s_i) + logp − sg(logp)``,
@@ -114,7 +114,7 @@ def gspo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask:
 
 
 def token_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array) -> jax.Array:
-  """``Cov_i = (logp_i − mean logp)·(A_i − mean A)`` over valid tokens, detached (ALGORITHMS.md 11).
+  """``Cov_i = (logp_i − mean logp)·(A_i − mean A)`` over valid tokens, detached (docs/algorithms.md §11).
 
   Returns float32 ``[B, T]``, 0 off the mask.
   """
@@ -141,7 +141,7 @@ def _first_k(order_key: jax.Array, eligible: jax.Array, k: jax.Array) -> jax.Arr
 def clip_cov_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
                   key: jax.Array, clip_ratio: float = 2e-4, cov_lb: float = 1.0,
                   cov_ub: float = 5.0, clip_low: float = 0.2, clip_high: float | None = None):
-  """Clip-Cov (Cui et al., arXiv:2505.22617; ALGORITHMS.md 11).
+  """Clip-Cov (Cui et al., arXiv:2505.22617; docs/algorithms.md §11).
 
   Candidates: valid tokens with ``cov_lb < Cov_i < cov_ub`` that PPO has not already clipped.
   ``k = max(⌊r·N_tok⌋, 1)`` of them (fewer if fewer exist) are drawn uniformly at random with
@@ -173,7 +173,7 @@ def clip_cov_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, m
 
 def kl_cov_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
                 kl_cov_ratio: float = 2e-3, kl_coef: float = 1.0):
-  """KL-Cov (Cui et al., arXiv:2505.22617; ALGORITHMS.md 11). Deterministic.
+  """KL-Cov (Cui et al., arXiv:2505.22617; docs/algorithms.md §11). Deterministic.
 
   The top ``k = max(⌊κ·N_tok⌋, 1)`` valid tokens by ``Cov_i`` get ``−A·ρ + β·|logp − old_logp|``,
   all others ``−A·ρ``; no PPO clipping. Ties are broken by position. κ = 2e-3 (7B), 2e-4 (32B).
@@ -194,7 +194,7 @@ def kl_cov_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mas
 def luffy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array,
                is_offpolicy: jax.Array, *, gamma: float = 0.1, clip_low: float = 0.2,
                clip_high: float | None = None, clip_on_policy: bool = True):
-  """LUFFY mixed-policy loss with policy shaping (Yan et al., arXiv:2504.14945; ALGORITHMS.md 12).
+  """LUFFY mixed-policy loss with policy shaping (Yan et al., arXiv:2504.14945; docs/algorithms.md §12).
 
   Off-policy (teacher) tokens: ``ℓ = −A·f(π_θ)``, ``f(p) = p/(p + γ)`` with ``p = exp(logp)`` and no
   clipping (the behaviour probability is taken as 1); its gradient weight is ``γp/(p + γ)²``.
@@ -224,7 +224,7 @@ def luffy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask
 
 def truncated_is_weights(logp: jax.Array, sampler_logp: jax.Array, mask: jax.Array, *,
                          cap: float = 2.0):
-  """Token-level truncated importance weights for rollout/trainer mismatch (ALGORITHMS.md 21).
+  """Token-level truncated importance weights for rollout/trainer mismatch (docs/algorithms.md §21).
 
   ``w = min(exp(logp − sampler_logp), cap)``, stop-gradient, where ``logp`` is the trainer's
   log-prob of the rollout token (usually ``old_logp``) and ``sampler_logp`` the sampler's. Multiply
@@ -250,9 +250,9 @@ def truncated_is_weights(logp: jax.Array, sampler_logp: jax.Array, mask: jax.Arr
 
 def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array, *,
                clip: float | None = 0.5):
-  """Clipped value loss (ALGORITHMS.md 2), per token.
+  """Clipped value loss (docs/algorithms.md §2), per token.
 
-  ``V_clip = V_old + clip(V − V_old, −ε_v, ε_v)``, ``ℓ = ½·max((V − R)², (V_clip − R)²)``;
+  ``V_clip = clip(V, V_old − ε_v, V_old + ε_v)``, ``ℓ = ½·max((V − R)², (V_clip − R)²)``;
   ``clip=None`` gives ``½(V − R)²``. Default ε_v = 0.5 (verl).
 
   Returns:

@@ -1,4 +1,4 @@
-"""Preference-optimisation and reward-model losses (ALGORITHMS.md 16, 17).
+"""Preference-optimisation and reward-model losses (docs/algorithms.md §16, 17).
 
 Inputs are per-example quantities: sequence log-likelihoods ``S = Σ_t m·logp`` (``[B]``, sum, not
 mean) for DPO, scalar rewards for reward models. Losses are per-example ``[B]`` plus diagnostics;
@@ -65,7 +65,7 @@ def dpo_loss(chosen_logp: jax.Array, rejected_logp: jax.Array, ref_chosen_logp: 
 
 def bradley_terry_loss(chosen: jax.Array, rejected: jax.Array, *,
                        margin: jax.Array | float | None = None, center_coef: float = 0.0):
-  """Pairwise Bradley–Terry reward-model loss (ALGORITHMS.md 17).
+  """Pairwise Bradley–Terry reward-model loss (docs/algorithms.md §17).
 
   ``ℓ = −log σ(r_w − r_l − m)`` with optional margin ``m`` (scalar or ``[B]``, Llama 2) and optional
   centering ``+ η·(r_w + r_l)²`` (``center_coef`` η; 0.01 recommended when used).
@@ -92,7 +92,7 @@ def bradley_terry_loss(chosen: jax.Array, rejected: jax.Array, *,
 
 
 def plackett_luce_loss(scores: jax.Array, ranking: jax.Array, *, valid: jax.Array | None = None):
-  """Listwise Plackett–Luce loss (ALGORITHMS.md 17; the DPO paper's listwise form with
+  """Listwise Plackett–Luce loss (docs/algorithms.md §17; the DPO paper's listwise form with
   ``scores = β·(S_θ − S_ref)``).
 
   ``ℓ = −Σ_{k=1}^{K−1} [ s_{τ(k)} − log Σ_{j=k}^{K} exp s_{τ(j)} ]``; K = 2 is Bradley–Terry.
@@ -128,7 +128,7 @@ def _valid_responses(ranking, valid_positions):
 
 def pointwise_reward_loss(scores: jax.Array, targets: jax.Array, *, kind: str = "regression",
                           thresholds: jax.Array | None = None):
-  """Pointwise reward-model losses for ratings (ALGORITHMS.md 17).
+  """Pointwise reward-model losses for ratings (docs/algorithms.md §17).
 
   * ``regression``: ``Σ_a (r_a − y_a)²`` over the trailing attribute axis (``scores``/``targets``
     ``[B]`` or ``[B, A]``).

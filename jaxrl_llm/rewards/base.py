@@ -12,7 +12,7 @@ parse text, call a verifier, or execute code in a sandbox (issue-9 rewards).
   get the failure outcome; a wrong-shaped or non-numeric result (a bug of the function) gives
   every row the outcome; a NaN/inf in a result affects only that row;
 * the outcome is ``exclude`` (NaN: the row is unscorable -- left out of group statistics and given
-  advantage 0, ALGORITHMS.md 1.6), ``fallback`` (a fixed reward) or ``raise``
+  advantage 0, docs/algorithms.md §1.6), ``fallback`` (a fixed reward) or ``raise``
   (:class:`RewardError`; the RL loop checkpoints before stopping);
 * each case is counted per row and function (``reward/<name>/errors|nonfinite|timeouts``), and
   the wall time of every call is kept (:meth:`RewardRunner.timing`: p50 / p99 per function, which
@@ -263,7 +263,7 @@ class RewardRunner:
 
 def overlong_penalty(lengths: np.ndarray, *, max_length: int, buffer: int,
                      factor: float = 1.0) -> np.ndarray:
-  """DAPO soft overlong punishment (Yu et al., arXiv:2503.14476; ALGORITHMS.md 5).
+  """DAPO soft overlong punishment (Yu et al., arXiv:2503.14476; docs/algorithms.md §5).
 
   ``R_len(y) = 0`` if ``|y| ≤ L_max − L_cache``; ``((L_max − L_cache) − |y|) / L_cache · factor`` if
   ``L_max − L_cache < |y| ≤ L_max``; ``−factor`` beyond ``L_max``. Added to the correctness reward.

@@ -1,4 +1,4 @@
-"""Code rewards: run the completion's code against unit tests, in a sandbox (ALGORITHMS.md 22.4).
+"""Code rewards: run the completion's code against unit tests, in a sandbox (docs/algorithms.md §22.4).
 
 Extraction: the last fenced code block tagged ``python`` (``py``/``python3`` too); else the last
 fenced block of any language; else the whole completion.

@@ -1,4 +1,4 @@
-"""Countdown (TinyZero-style) reward and a synthetic problem generator (ALGORITHMS.md 22.3).
+"""Countdown (TinyZero-style) reward and a synthetic problem generator (docs/algorithms.md §22.3).
 
 A problem is a list of integers ``nums`` and a ``target``; the model answers with an arithmetic
 expression in ``<answer>…</answer>`` that uses the numbers and evaluates to the target.
@@ -274,7 +274,7 @@ def score_countdown(completion: str, nums: Sequence[int], target: Fraction | int
 def countdown(prompts: list[str], completions: list[str], *, nums: Sequence[Any],
               target: Sequence[Any], format_score: float = 0.1, allow_subset: bool = False,
               last_line_only: bool = False, **_: object) -> np.ndarray:
-  """Countdown reward (ALGORITHMS.md 22.3): exact value of the last ``<answer>`` expression.
+  """Countdown reward (docs/algorithms.md §22.3): exact value of the last ``<answer>`` expression.
 
   Args:
     prompts, completions: ``B`` strings.

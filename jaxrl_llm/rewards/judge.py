@@ -1,4 +1,4 @@
-"""AI-feedback judges and preference labeling (RLAIF, ALGORITHMS.md 19).
+"""AI-feedback judges and preference labeling (RLAIF, docs/algorithms.md §19).
 
 A judge turns two candidate responses to a prompt into a soft preference label
 ``p = P(first ≻ second)``:

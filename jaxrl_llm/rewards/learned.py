@@ -6,7 +6,7 @@ was trained (``BOS prompt response EOS``), scores fixed-shape batches with one j
 (one compilation per length bucket) and optionally normalises the scores by the mean and standard
 deviation the reward model produced on its own training data (``reward_model.json`` in the run
 directory): Bradley–Terry rewards are only defined up to a shift, so centring them before RL keeps
-the advantage scale independent of where training happened to leave the bias (ALGORITHMS.md 17).
+the advantage scale independent of where training happened to leave the bias (docs/algorithms.md §17).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Verifiable math rewards: GSM8K and MATH-style answer extraction, normalisation and checking.
 
-ALGORITHMS.md 22.1-22.2. The pipeline for one completion is
+docs/algorithms.md §22.1-22.2. The pipeline for one completion is
 
 1. **clean**: strip whitespace and a trailing end-of-sequence string (``<|im_end|>``, ``</s>``);
 2. **extract** the final answer from the *tail* of the text only (bounded regex cost): the last
@@ -255,7 +255,7 @@ def _unwrap(s: str) -> str:
 
 
 def normalize_answer(answer: str) -> str:
-  """Hendrycks-style canonical form of a final answer (ALGORITHMS.md 22.2), used for equality.
+  """Hendrycks-style canonical form of a final answer (docs/algorithms.md §22.2), used for equality.
 
   Removes line breaks, ``\\!``, spacing commands, ``\\left``/``\\right``, degree marks, dollar
   signs, a right-hand ``\\text{ unit}``, percent signs and spaces; maps ``\\\\``->``\\``,
@@ -643,7 +643,7 @@ def math_answer(prompts: list[str], completions: list[str], *, answer: Sequence[
 def gsm8k_answer(prompts: list[str], completions: list[str], *, answer: Sequence[Any],
                  strict_only: bool = False, format_score: float = 0.0, tolerance: float = 1e-2,
                  **_: object) -> np.ndarray:
-  """GSM8K correctness reward (ALGORITHMS.md 22.1).
+  """GSM8K correctness reward (docs/algorithms.md §22.1).
 
   Prediction: the last ``#### x`` in the tail (strict); if none and not ``strict_only``, the last
   number in the tail (flexible). Gold: the number after the last ``####`` in ``answer`` (or the

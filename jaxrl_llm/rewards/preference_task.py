@@ -1,4 +1,4 @@
-"""Reward functions of the synthetic ``sorted_digits`` preference task (ALGORITHMS.md 17 demos).
+"""Reward functions of the synthetic ``sorted_digits`` preference task (docs/algorithms.md §17 demos).
 
 The hidden property -- an answer's digits are sorted ascending and there are as many as the prompt
 ``"n=<n>:"`` asks for -- is what human-like comparisons in the task prefer. The RLHF pipeline never

@@ -1,6 +1,6 @@
 """Comparing execution results: Spider test-suite bag semantics and BIRD set semantics.
 
-Facts followed (ALGORITHMS.md 22.5):
+Facts followed (docs/algorithms.md §22.5):
 
 * **bag** (Spider test-suite execution, Zhong et al. 2020): the same rows with the same
   multiplicities; order matters only when the gold query has a top-level ``ORDER BY``.
