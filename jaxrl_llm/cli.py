@@ -83,7 +83,32 @@ def resolve_config(args) -> "Config":  # noqa: F821
   overrides = list(args.overrides)
   if args.seed is not None:
     overrides.append(f"seed={args.seed}")
-  return apply_overrides(config, overrides) if overrides else config
+  config = apply_overrides(config, overrides) if overrides else config
+  return shrink_for_tests(config)
+
+
+def shrink_for_tests(config, env=None):
+  """With ``$JAXRL_LLM_SHRINK_STEPS=N`` (set by the tests that execute the documentation's
+  commands), every stage of a run is cut to at most N steps and 16 evaluation rows; otherwise the
+  config is returned unchanged."""
+  env = os.environ if env is None else env
+  value = env.get("JAXRL_LLM_SHRINK_STEPS", "").strip()
+  if not value:
+    return config
+  import dataclasses
+
+  n = max(1, int(value))
+  t = config.train
+  train = dataclasses.replace(
+      t, steps=min(t.steps, n), checkpoint_every=min(t.checkpoint_every, n),
+      eval_every=min(t.eval_every, n) if t.eval_every else 0,
+      eval_examples=min(t.eval_examples or 16, 16), test_examples=min(t.test_examples or 16, 16))
+  init = config.init
+  if init.sft_steps:
+    init = dataclasses.replace(init, sft_steps=min(init.sft_steps, n),
+                               sft_warmup_steps=min(init.sft_warmup_steps, max(n - 1, 0)))
+  print(f"jaxrl-llm: JAXRL_LLM_SHRINK_STEPS={n}: at most {n} steps per stage", file=sys.stderr)
+  return dataclasses.replace(config, train=train, init=init)
 
 
 def enable_compilation_cache(env=None) -> str | None:
@@ -156,6 +181,13 @@ def main(argv=None) -> int:
     return 2
   except (FileExistsError, FileNotFoundError) as e:
     print(f"jaxrl-llm: {e}", file=sys.stderr)
+    return 2
+  except Exception as e:  # noqa: BLE001 -- bad data rows: a clear message, not a traceback.
+    from jaxrl_llm.data.pipeline import BadRowError
+
+    if not isinstance(e, BadRowError):
+      raise
+    print(f"jaxrl-llm: bad data: {e}", file=sys.stderr)
     return 2
   return 1
 

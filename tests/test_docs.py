@@ -2,6 +2,10 @@
 
 import os
 import re
+import subprocess
+import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,3 +35,26 @@ def test_every_cited_section_of_the_algorithm_reference_exists():
         if name.endswith(".py"):
           with open(os.path.join(dirpath, name), encoding="utf-8") as f:
             assert "ALGORITHMS.md" not in f.read(), name
+
+
+@pytest.mark.slow
+def test_your_own_task_tutorial_runs_as_written(tmp_path):
+  """Every command block of docs/your_own_task.md, in order, in a fresh directory, with each
+  training stage cut to two steps."""
+  with open(os.path.join(REPO, "docs", "your_own_task.md"), encoding="utf-8") as f:
+    blocks = re.findall(r"^```bash\n(.*?)^```", f.read(), re.M | re.S)
+  assert len(blocks) >= 4
+  env = dict(os.environ, JAXRL_LLM_SHRINK_STEPS="2",
+             JAXRL_LLM_COMPILATION_CACHE=str(tmp_path / "xla"),
+             JAXRL_LLM_DATA_DIR=str(tmp_path / "tfds"),
+             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+             PYTHONPATH=REPO)
+  script = "set -euo pipefail\n" + "\n".join(blocks)
+  out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=900, stdin=subprocess.DEVNULL)
+  assert out.returncode == 0, out.stdout[-4000:]
+  assert "resumed from step 2 of 2" in out.stdout
+  for run in ("reverse", "reverse-again"):
+    assert os.path.exists(tmp_path / "runs" / run / "eval.json"), run
+  assert (open(tmp_path / "runs" / "reverse" / "metrics.jsonl").read() ==
+          open(tmp_path / "runs" / "reverse-again" / "metrics.jsonl").read())

@@ -358,9 +358,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   writer = MetricsWriter(run_dir, tensorboard=lc.tensorboard,
                          resume_step=start if latest is not None else None)
   progress = Progress(tc.steps, start, mode=lc.progress, log_every=lc.log_every)
-  if resume:
-    progress.message(f"resumed from step {start} of {tc.steps}" if latest is not None else
-                     "resume: no complete checkpoint yet, starting from step 0")
+  if latest is not None:
+    progress.message(f"resumed from step {start} of {tc.steps}")
   before_path = os.path.join(run_dir, "eval_before.json")
   if is_dpo and synthetic and not os.path.exists(before_path):
     before = hidden_property_rate(setup, state.params, seed=config.seed)

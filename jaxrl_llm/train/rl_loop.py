@@ -719,9 +719,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   progress = Progress(tc.steps, start, mode=lc.progress, log_every=lc.log_every)
   writer = MetricsWriter(run_dir, tensorboard=lc.tensorboard,
                          resume_step=start if latest is not None else None)
-  if resume:
-    progress.message(f"resumed from step {start} of {tc.steps}" if latest is not None else
-                     "resume: no complete checkpoint yet, starting from step 0")
+  if latest is not None:
+    progress.message(f"resumed from step {start} of {tc.steps}")
   perf_path = os.path.join(run_dir, "perf.jsonl")
   before_path = os.path.join(run_dir, "eval_before.json")
   if "test" in setup.splits and not os.path.exists(before_path):

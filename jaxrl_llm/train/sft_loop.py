@@ -201,9 +201,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   writer = MetricsWriter(run_dir, tensorboard=lc.tensorboard,
                          resume_step=start_step if latest is not None else None)
   progress = Progress(tc.steps, start_step, mode=lc.progress, log_every=lc.log_every)
-  if resume:
-    progress.message(f"resumed from step {start_step} of {tc.steps}" if latest is not None else
-                     "resume: no complete checkpoint yet, starting from step 0")
+  if latest is not None:
+    progress.message(f"resumed from step {start_step} of {tc.steps}")
   data_stats = {}
   for split in setup.splits.values():
     data_stats.update(split.stats.as_metrics(split.name))
