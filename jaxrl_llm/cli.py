@@ -87,6 +87,20 @@ def resolve_config(args) -> "Config":  # noqa: F821
   return shrink_for_tests(config)
 
 
+def remove_if_untrained(run_dir: str) -> bool:
+  """Deletes a run directory that a failed ``run`` left before any step of any stage finished
+  (no ``metrics.jsonl``, no checkpoint anywhere in it), so that ``resume`` never accepts a run
+  that never started. Returns whether it did."""
+  import shutil
+
+  for _, dirs, files in os.walk(run_dir):
+    if "metrics.jsonl" in files:
+      return False
+  shutil.rmtree(run_dir, ignore_errors=True)
+  print(f"jaxrl-llm: removed {run_dir}: the run failed before its first step", file=sys.stderr)
+  return True
+
+
 def shrink_for_tests(config, env=None):
   """With ``$JAXRL_LLM_SHRINK_STEPS=N`` (set by the tests that execute the documentation's
   commands), every stage of a run is cut to at most N steps and 16 evaluation rows; otherwise the
@@ -165,7 +179,11 @@ def main(argv=None) -> int:
       from jaxrl_llm.train import new_run_dir, run
 
       run_dir = new_run_dir(config, args.run_dir)
-      run(config, run_dir)
+      try:
+        run(config, run_dir)
+      except BaseException:
+        remove_if_untrained(run_dir)
+        raise
       return 0
     if args.command == "resume":
       from jaxrl_llm.train import resume_run

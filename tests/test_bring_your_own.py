@@ -72,6 +72,7 @@ def test_unimportable_reward_fails_before_anything_runs(data_dir, tmp_path, caps
   assert main(["run", "--config", cfg_path, "--run-dir", str(tmp_path / "run")]) == 2
   err = capsys.readouterr().err
   assert "reward.functions" in err and "not_a_module_anywhere" in err, err
+  assert not (tmp_path / "run").exists()  # nothing left that `resume` could accept.
 
 
 def _write_jsonl(path, rows):
@@ -141,3 +142,21 @@ def test_overlong_rows_error_names_the_setting_and_a_value_that_fits():
   assert report["rejected"] == 1 and report["tokens_needed"]["max"] == 34
   assert report["rows_per_bucket"] == {"16": 1, "24": 1, ">24": 1}
   assert report["suggested_length_buckets"] == [24, 40]
+
+
+def test_checkpoints_by_wall_clock_as_well_as_steps(monkeypatch):
+  from jaxrl_llm.train import checkpoint as ck
+
+  now = [1000.0]
+  monkeypatch.setattr(ck.time, "monotonic", lambda: now[0])
+  cadence = ck.CheckpointCadence(every_steps=500, every_minutes=10)
+  assert not cadence.due(1, final=False)
+  now[0] += 599
+  assert not cadence.due(2, final=False)
+  now[0] += 2  # ten minutes since the start
+  assert cadence.due(3, final=False)
+  assert not cadence.due(4, final=False)  # the clock restarted at step 3
+  assert cadence.due(500, final=False) and cadence.due(7, final=True)
+  steps_only = ck.CheckpointCadence(every_steps=5, every_minutes=0)
+  now[0] += 10 ** 6
+  assert not steps_only.due(3, final=False) and steps_only.due(5, final=False)

@@ -563,6 +563,9 @@ class TrainConfig:
   batch_size: int = 64  # SFT: examples per optimizer step (RL: rollout.* and algorithm.* instead).
   grad_accum_steps: int = 1  # SFT: micro-batches per step (RL: algorithm.micro_batches).
   checkpoint_every: int = 200
+  # Also checkpoint when this many minutes have passed since the last one (0: steps only), so
+  # that a run of any length can be resumed after a crash.
+  checkpoint_minutes: float = 10.0
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
   eval_every: int = 200  # Greedy accuracy on the validation split; 0 disables.
@@ -578,7 +581,7 @@ class TrainConfig:
     _positive("train", self, "steps", "batch_size", "grad_accum_steps", "checkpoint_every",
               "keep_checkpoints", "eval_batch_size")
     _positive("train", self, "eval_every", "eval_examples", "test_examples", "max_new_tokens",
-              "eval_temperature", allow_zero=True)
+              "eval_temperature", "checkpoint_minutes", allow_zero=True)
     if self.batch_size % self.grad_accum_steps:
       _fail("train.grad_accum_steps", f"must divide train.batch_size={self.batch_size}, "
             f"got {self.grad_accum_steps}")

@@ -9,6 +9,7 @@ host before :meth:`Checkpointer.save` returns, and the files are written in the 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import jax
@@ -56,3 +57,23 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """``ShapeDtypeStruct`` tree carrying ``shardings``, for :meth:`Checkpointer.restore`."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
                       shardings)
+
+
+class CheckpointCadence:
+  """When to checkpoint: every ``every_steps`` steps, when ``every_minutes`` of wall clock have
+  passed since the last checkpoint (0: never by time), and at the end of the run. What a
+  checkpoint holds does not depend on when it was taken, so results stay identical."""
+
+  def __init__(self, every_steps: int, every_minutes: float):
+    self.every_steps = int(every_steps)
+    self.every_s = float(every_minutes) * 60.0
+    self._last = time.monotonic()
+
+  def due(self, done: int, final: bool) -> bool:
+    """Whether to save after step ``done``; resets the clock when it says yes."""
+    now = time.monotonic()
+    yes = (final or done % self.every_steps == 0 or
+           (self.every_s > 0 and now - self._last >= self.every_s))
+    if yes:
+      self._last = now
+    return yes

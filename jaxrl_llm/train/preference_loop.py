@@ -46,7 +46,7 @@ from jaxrl_llm.models import Decoder, init_params
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
 from jaxrl_llm.parallel import make_mesh, replicated, tree_shardings
 from jaxrl_llm.train import sft_loop
-from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxrl_llm.train.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
 
 STATS_FILE = "reward_model.json"
@@ -345,6 +345,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
                                       rng_lib.purpose_key(config.seed, "init"), setup.algo)
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
                       async_save=tc.async_checkpointing)
+  cadence = CheckpointCadence(tc.checkpoint_every, tc.checkpoint_minutes)
   latest = ckpt.latest_step() if resume else None
   if latest is not None:
     abstract = abstract_with_shardings(jax.eval_shape(setup.make_state, start_params),
@@ -396,7 +397,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
       line.update({f"test/{k}": v for k, v in after.items()})
     writer.write(done, line, extra_tb={"perf/rows_per_s": rows_per_s})
     progress.update(done, line["train/loss"], rows_per_s)
-    if done % tc.checkpoint_every == 0 or final:
+    if cadence.due(done, final):
       ckpt.save(done, state, {"step": done, "data_position": position}, force=final)
     if final:
       if not is_dpo:

@@ -53,7 +53,7 @@ from jaxrl_llm.rewards import (RewardError, RewardRunner, RewardSpec, get_reward
 from jaxrl_llm.rollout import Sampler, SamplingConfig
 from jaxrl_llm.rollout.sampler import pad_prompts
 from jaxrl_llm.train import sft_loop
-from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxrl_llm.train.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import decode_texts, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
 
@@ -703,6 +703,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   setup.reference = jax.tree.map(jnp.copy, init) if ac.uses_reference else None
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
                       async_save=tc.async_checkpointing)
+  cadence = CheckpointCadence(tc.checkpoint_every, tc.checkpoint_minutes)
   latest = ckpt.latest_step() if resume else None
   kl_state = setup.kl_controller.init()
   counts: dict = {}
@@ -798,7 +799,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     progress.update(done, line["train/loss"], perf["perf/tokens_per_s"],
                     {"reward": line["reward/mean"]} |
                     ({"acc": line["reward/accuracy"]} if "reward/accuracy" in line else {}))
-    if done % tc.checkpoint_every == 0 or final:
+    if cadence.due(done, final):
       ckpt.save(done, state, extra_state(done, position, kl_state, counts), force=final)
     metrics_host = line
     if final:

@@ -33,7 +33,7 @@ from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load
 from jaxrl_llm.models import Decoder, init_params
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
 from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_shardings
-from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxrl_llm.train.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import exact_match, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
 
@@ -190,6 +190,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   tc, lc = config.train, config.logging
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
                       async_save=tc.async_checkpointing)
+  cadence = CheckpointCadence(tc.checkpoint_every, tc.checkpoint_minutes)
   start_step, position = 0, 0
   latest = ckpt.latest_step() if resume else None
   if latest is not None:
@@ -238,7 +239,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
       line["test/examples"] = ev["examples"]
     writer.write(done, line, extra_tb={"perf/tokens_per_s": tokens_per_s})
     progress.update(done, metrics_host["train/loss"], tokens_per_s)
-    if done % tc.checkpoint_every == 0 or final:
+    if cadence.due(done, final):
       ckpt.save(done, state, {"step": done, "data_position": position}, force=final)
     if final:
       _finish(run_dir, line, progress)
