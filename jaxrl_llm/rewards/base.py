@@ -147,7 +147,8 @@ class RewardRunner:
                                                    workers=min(2, max_row_workers))
 
   def close(self) -> None:
-    """Stops the worker processes of process-isolated functions (idempotent)."""
+    """Stops the worker processes of process-isolated functions (idempotent); later calls run
+    those functions on threads."""
     for worker in self._workers.values():
       worker.close()
     self._workers = {}

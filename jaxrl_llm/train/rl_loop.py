@@ -751,6 +751,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
         ckpt.save(step, state, extra_state(step, position, kl_state, counts), force=True)
       ckpt.close()
       writer.close()
+      setup.rewards.close()
       raise
     position = new_position
     _add_counts(counts, info["reward_counts"])
@@ -807,6 +808,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   ckpt.close()
   writer.close()
   progress.close()
+  setup.rewards.close()  # reward worker processes; later calls run on threads.
   return {"state": state, "metrics": metrics_host, "run_dir": run_dir, "setup": setup}
 
 
