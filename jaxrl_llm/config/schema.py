@@ -167,8 +167,8 @@ class DataConfig:
   data_dir: str = ""
   # jsonl: a directory with train.jsonl, validation.jsonl and test.jsonl ({"prompt", "answer"} rows;
   # other fields travel to the reward functions; preference rows: see jaxrl_llm.data.preference).
-  # A missing validation.jsonl / test.jsonl is held out of train.jsonl: validation_size / test_size
-  # rows chosen by dataset_seed (never shared with train).
+  # With task="custom", a missing validation.jsonl / test.jsonl is held out of train.jsonl:
+  # validation_size / test_size rows chosen by dataset_seed (never shared with train).
   jsonl_dir: str = ""
   # spider / bird: the dataset's root directory (questions JSON + database/ folders).
   text2sql_root: str = ""

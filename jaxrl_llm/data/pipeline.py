@@ -457,12 +457,16 @@ def holdout_indices(config: DataConfig, num_rows: int) -> dict[str, np.ndarray]:
 
 
 def _jsonl_rows(config: DataConfig, split: str) -> list[Any]:
-  """``split`` of a JSONL directory: ``<split>.jsonl``, or (for validation / test without a file)
-  rows held out of train.jsonl by :func:`holdout_indices`."""
+  """``split`` of a JSONL directory: ``<split>.jsonl``; for ``data.task='custom'`` a validation /
+  test split without a file is held out of train.jsonl by :func:`holdout_indices`."""
   path = os.path.join(config.jsonl_dir, f"{split}.jsonl")
   train_path = os.path.join(config.jsonl_dir, "train.jsonl")
   if split not in HOLDOUT_SPLITS + ("train",):
     raise ValueError(f"unknown split {split!r}")
+  if config.task != "custom":  # the other tasks read exactly the files they are given.
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"data.jsonl_dir: {path} does not exist")
+    return _read_jsonl(config, path, split)
   if split != "train" and os.path.exists(path):
     return _read_jsonl(config, path, split)
   if not os.path.exists(train_path):
