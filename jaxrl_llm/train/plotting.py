@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
 from jaxrl_llm.train.tracking import read_metrics
 
+# Curves a reader looks at first, in this order (a metric matches the first pattern it contains);
+# everything else follows alphabetically.
+PRIORITY = ("reward/accuracy", "reward/mean", "eval/", "test/", "train/loss", "kl/ref",
+            "train/kl", "train/entropy", "entropy", "rollout/response_length", "length",
+            "rm/accuracy", "dpo/accuracy", "dpo/margin", "train/learning_rate")
+
+
+def _rank(key: str) -> tuple[int, str]:
+  for i, pattern in enumerate(PRIORITY):
+    if pattern in key:
+      return i, key
+  return len(PRIORITY), key
+
 
 def plot_run(run_dir: str, out: str | None = None) -> str:
-  """Draws every numeric metric against step, one panel each; returns the PNG path.
+  """Draws the numeric metrics against step, most important first; returns the PNG path.
 
-  Default output: ``RUN_DIR/plots/curves.png``.
+  Order: accuracy and reward, held-out evaluation (with the before-training point of
+  ``eval_before.json`` at step 0), loss, KL, entropy, response length, then the rest. A series
+  that never changes gets no panel: constant series are listed in one small table panel at the
+  end (and ``plots/constants.json``). Default output: ``RUN_DIR/plots/curves.png``.
   """
   import matplotlib
 
@@ -21,24 +38,47 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
   rows = read_metrics(run_dir)
   if not rows:
     raise FileNotFoundError(f"{run_dir}/metrics.jsonl is missing or empty")
-  keys = sorted({k for r in rows for k, v in r.items()
-                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and not k.startswith("data/")})
-  cols = min(3, len(keys))
-  nrows = math.ceil(len(keys) / cols)
+  series: dict[str, list[tuple[int, float]]] = {}
+  for r in rows:
+    for k, v in r.items():
+      if (k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+          and not k.startswith("data/")):
+        series.setdefault(k, []).append((r["step"], float(v)))
+  before_path = os.path.join(run_dir, "eval_before.json")
+  if os.path.exists(before_path):
+    with open(before_path) as f:
+      for k, v in json.load(f).items():
+        if k in series and isinstance(v, (int, float)):
+          series[k].insert(0, (0, float(v)))
+  constants = {k: pts[0][1] for k, pts in series.items()
+               if len(pts) > 1 and all(y == pts[0][1] for _, y in pts)}
+  keys = sorted((k for k in series if k not in constants), key=_rank)
+  panels = len(keys) + (1 if constants else 0)
+  cols = min(3, max(panels, 1))
+  nrows = math.ceil(max(panels, 1) / cols)
   fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.0 * nrows), squeeze=False)
-  for ax, key in zip(axes.flat, keys):
-    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-    xs, ys = zip(*pts)
-    ax.plot(xs, ys, marker="o" if len(pts) < 20 else None, linewidth=1.2)
+  flat = list(axes.flat)
+  for ax, key in zip(flat, keys):
+    xs, ys = zip(*series[key])
+    ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, linewidth=1.2)
     ax.set_title(key, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[len(keys):]:
+  if constants:
+    ax = flat[len(keys)]
+    ax.axis("off")
+    ax.set_title("constant over the run", fontsize=9)
+    lines = [f"{k} = {v:.6g}" for k, v in sorted(constants.items())]
+    ax.text(0.0, 1.0, "\n".join(lines[:24] + ([f"... {len(lines) - 24} more"]
+                                                if len(lines) > 24 else [])),
+            va="top", ha="left", fontsize=7, family="monospace", transform=ax.transAxes)
+  for ax in flat[panels:]:
     ax.axis("off")
   fig.tight_layout()
   out = out or os.path.join(run_dir, "plots", "curves.png")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   fig.savefig(out, dpi=100)
   plt.close(fig)
+  with open(os.path.join(os.path.dirname(out), "constants.json"), "w") as f:
+    json.dump(constants, f, indent=1, sort_keys=True)
   return out
