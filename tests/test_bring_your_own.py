@@ -160,3 +160,18 @@ def test_checkpoints_by_wall_clock_as_well_as_steps(monkeypatch):
   steps_only = ck.CheckpointCadence(every_steps=5, every_minutes=0)
   now[0] += 10 ** 6
   assert not steps_only.due(3, final=False) and steps_only.due(5, final=False)
+
+
+def test_plot_puts_important_curves_first_and_tables_constants(tmp_path):
+  from jaxrl_llm.train.plotting import _rank, plot_run
+
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for step in (1, 2, 3):
+      f.write(json.dumps({"step": step, "zz/other": step * 1.5, "train/skipped": 0,
+                          "reward/accuracy": 0.1 * step, "train/loss": 1.0 / step}) + "\n")
+  (tmp_path / "eval_before.json").write_text(json.dumps({"test/accuracy": 0.2}))
+  out = plot_run(str(tmp_path))
+  assert os.path.getsize(out) > 1000
+  assert json.load(open(tmp_path / "plots" / "constants.json")) == {"train/skipped": 0.0}
+  assert sorted(["zz/other", "train/loss", "reward/accuracy"], key=_rank) == [
+      "reward/accuracy", "train/loss", "zz/other"]
