@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
   lab.add_argument("--pairs", default="all", choices=["all", "adjacent"],
                    help="label every pair of a row's responses, or only neighbours")
   lab.add_argument("--cache", help="label cache JSONL (default DIR/label_cache.jsonl)")
+  lab.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="fraction of prompts whose pairs go to DIR/validation.jsonl")
+  lab.add_argument("--test-fraction", type=float, default=0.1,
+                   help="fraction of prompts whose pairs go to DIR/test.jsonl")
   sub.add_parser("list", help="list the available experiments")
   return p
 
@@ -233,7 +237,13 @@ def _label(args) -> int:
     print(f"jaxrl-llm: {e}", file=sys.stderr)
     return 2
   stats = dict(stats, judge=args.judge, input=os.path.abspath(args.input))
-  path = judge_lib.write_labeled(args.output, pairs, stats)
+  try:
+    path = judge_lib.write_labeled(args.output, pairs, stats,
+                                   validation_fraction=args.validation_fraction,
+                                   test_fraction=args.test_fraction)
+  except ValueError as e:
+    print(f"jaxrl-llm: {e}", file=sys.stderr)
+    return 2
   print(json.dumps({"output": path, **{k: stats[k] for k in ("rows", "pairs", "kept",
                                                               "identical", "low_confidence",
                                                               "cache_hits", "judged")}}))

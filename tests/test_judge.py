@@ -218,7 +218,7 @@ def test_label_cli_with_a_reward_model_run(tmp_path, capsys):
   cand.write_text("".join(json.dumps(r) + "\n" for r in rows))
   out = tmp_path / "labeled"
   assert cli.main(["label", "--judge", f"rm:{run_dir}", "--input", str(cand),
-                   "--output", str(out)]) == 0
+                   "--output", str(out), "--validation-fraction", "0", "--test-fraction", "0"]) == 0
   labels = json.loads((out / "labels.json").read_text())
   assert labels["kept"] == 4 and labels["judge_id"].startswith("rm:")
   pairs = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
@@ -255,3 +255,40 @@ def test_label_cli_with_a_reward_model_run(tmp_path, capsys):
                    str(out)]) == 2
   assert "reward/value model" in capsys.readouterr().err
   assert os.path.exists(out / "label_cache.jsonl")
+
+
+def test_labeled_pairs_are_split_by_prompt(tmp_path):
+  """label writes held-out splits: every pair of a prompt lands in one split, deterministically,
+  in about the requested fractions."""
+  rows = [{"prompt": f"n={i}:", "chosen": "12", "rejected": "21", "probability": 0.9}
+          for i in range(400) for _ in range(2)]
+  J.write_labeled(str(tmp_path), rows, {"kept": len(rows)}, validation_fraction=0.1,
+                  test_fraction=0.2)
+  split_of = {}
+  for split in ("train", "validation", "test"):
+    for line in (tmp_path / f"{split}.jsonl").read_text().splitlines():
+      prompt = json.loads(line)["prompt"]
+      assert split_of.setdefault(prompt, split) == split
+  counts = json.loads((tmp_path / "labels.json").read_text())["split_pairs"]
+  assert sum(counts.values()) == 800
+  assert 40 <= counts["validation"] // 2 <= 80 and 60 <= counts["test"] // 2 <= 100
+  assert J.holdout_split("n=7:", validation_fraction=0.1, test_fraction=0.2) == split_of["n=7:"]
+  with pytest.raises(ValueError, match="fractions"):
+    J.write_labeled(str(tmp_path), rows, {}, validation_fraction=0.6, test_fraction=0.5)
+
+
+def test_warm_start_of_labeled_pairs_uses_the_tasks_demonstrations(tmp_path):
+  """The README's RLAIF follow-up: a reward model on `label`'s pairs warm-starts on the synthetic
+  task's demonstrations, never on the pairs file; a task without demonstrations says what to set."""
+  from experiments import get_experiment
+  from jaxrl_llm.config import ConfigError, apply_overrides
+  from jaxrl_llm.train.sft_loop import warm_start_config
+
+  cfg = apply_overrides(get_experiment("reward-model-sorted-digits"),
+                        ["data.source=jsonl", f"data.jsonl_dir={tmp_path}",
+                         "data.preference_kind=pairs"])
+  sft = warm_start_config(cfg)
+  assert sft.data.source == "tfds" and sft.data.preference_kind == "" and sft.data.jsonl_dir == ""
+  custom = apply_overrides(cfg, ["data.task=custom"])
+  with pytest.raises(ConfigError, match="init.sft_steps.*init.policy_run"):
+    warm_start_config(custom)

@@ -523,19 +523,41 @@ def read_candidates(path: str) -> list[dict[str, Any]]:
   return rows
 
 
-def write_labeled(out_dir: str, pair_rows: Sequence[dict[str, Any]], stats: dict[str, Any]
-                  ) -> str:
-  """Writes ``out_dir/train.jsonl`` (pair rows) and ``out_dir/labels.json`` (stats, judge id);
-  returns the JSONL path. The directory then trains a reward model or DPO with
-  ``data.source=jsonl data.jsonl_dir=out_dir data.preference_kind=pairs``."""
+def holdout_split(prompt: str, *, validation_fraction: float, test_fraction: float) -> str:
+  """The split of a prompt's pairs: ``"validation"``, ``"test"`` or ``"train"``, from a hash of the
+  prompt text (deterministic, and all pairs of one prompt land in the same split)."""
+  u = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+  if u < validation_fraction:
+    return "validation"
+  if u < validation_fraction + test_fraction:
+    return "test"
+  return "train"
+
+
+def write_labeled(out_dir: str, pair_rows: Sequence[dict[str, Any]], stats: dict[str, Any], *,
+                  validation_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
+  """Writes ``out_dir/{train,validation,test}.jsonl`` (pair rows; a prompt's pairs all go to the
+  split :func:`holdout_split` gives it) and ``out_dir/labels.json`` (stats with rows per split,
+  judge id); returns the train JSONL path. The directory then trains a reward model or DPO with
+  ``data.source=jsonl data.jsonl_dir=out_dir data.preference_kind=pairs``, held-out metrics
+  included."""
+  if not (0 <= validation_fraction < 1 and 0 <= test_fraction < 1 and
+          validation_fraction + test_fraction < 1):
+    raise ValueError("validation and test fractions must be in [0, 1) with a sum below 1, got "
+                     f"{validation_fraction} and {test_fraction}")
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "train.jsonl")
-  with open(path, "w", encoding="utf-8") as f:
-    for row in pair_rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  splits: dict[str, list] = {"train": [], "validation": [], "test": []}
+  for row in pair_rows:
+    splits[holdout_split(str(row["prompt"]), validation_fraction=validation_fraction,
+                         test_fraction=test_fraction)].append(row)
+  for split, rows in splits.items():
+    with open(os.path.join(out_dir, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+      for row in rows:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  stats = dict(stats, split_pairs={k: len(v) for k, v in splits.items()})
   with open(os.path.join(out_dir, "labels.json"), "w", encoding="utf-8") as f:
     json.dump(stats, f, indent=2, sort_keys=True)
-  return path
+  return os.path.join(out_dir, "train.jsonl")
 
 
 def make_judge(spec: str, *, template: str | None = None) -> Judge:

@@ -268,13 +268,25 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
 def warm_start_config(config: Config) -> Config:
   """The SFT run that warm-starts ``config``'s policy (``init.sft_*``; same model, data, seed).
 
-  Preference data (``data.preference_kind``) is swapped for the task's demonstrations.
+  Preference data (``data.preference_kind``) is swapped for the task's demonstrations; preference
+  pairs from JSONL (e.g. ``jaxrl-llm label``'s output) use the synthetic task's generated
+  demonstrations, and a ConfigError for tasks that have none.
   """
   ic = config.init
+  data = dataclasses.replace(config.data, preference_kind="")
+  if config.data.preference_kind and config.data.source == "jsonl":
+    # Preference pairs are not demonstrations: a synthetic task has its own (generated locally);
+    # for anything else the user must start from a policy.
+    if config.data.task in ("arithmetic", "custom", "math"):
+      raise ConfigError(
+          "config field 'init.sft_steps': the SFT warm start needs demonstrations, but "
+          "data.jsonl_dir holds preference pairs; set init.sft_steps=0 and init.policy_run=RUN "
+          "(a trained policy run) or init.hf_checkpoint=DIR")
+    data = dataclasses.replace(data, source="tfds", jsonl_dir="")
   return dataclasses.replace(
       config, experiment=f"{config.experiment}-sft",
       algorithm=AlgorithmConfig(name="sft"),
-      data=dataclasses.replace(config.data, preference_kind=""),
+      data=data,
       optimizer=dataclasses.replace(config.optimizer, learning_rate=ic.sft_learning_rate,
                                     warmup_steps=ic.sft_warmup_steps),
       train=dataclasses.replace(config.train, steps=ic.sft_steps, batch_size=ic.sft_batch_size,
