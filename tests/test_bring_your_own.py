@@ -175,3 +175,20 @@ def test_plot_puts_important_curves_first_and_tables_constants(tmp_path):
   assert json.load(open(tmp_path / "plots" / "constants.json")) == {"train/skipped": 0.0}
   assert sorted(["zz/other", "train/loss", "reward/accuracy"], key=_rank) == [
       "reward/accuracy", "train/loss", "zz/other"]
+
+
+def test_hf_checkpoint_errors_name_the_model_and_the_file(tmp_path, data_dir, capsys):
+  from jaxrl_llm.cli import main
+  from jaxrl_llm.config import InitConfig
+
+  missing = tmp_path / "Qwen2.5-Coder-0.5B-Instruct"
+  cfg = replace(tiny_rl_config(data_dir), init=InitConfig(hf_checkpoint=str(missing)))
+  cfg_path = str(tmp_path / "a.json")
+  save_json(cfg, cfg_path)
+  assert main(["run", "--config", cfg_path, "--run-dir", str(tmp_path / "r1")]) == 2
+  assert "hf download Qwen/Qwen2.5-Coder-0.5B-Instruct" in capsys.readouterr().err
+  missing.mkdir()
+  (missing / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+  assert main(["run", "--config", cfg_path, "--run-dir", str(tmp_path / "r2")]) == 2
+  err = capsys.readouterr().err
+  assert "init.hf_checkpoint" in err and "config.json" in err and "missing key" in err, err

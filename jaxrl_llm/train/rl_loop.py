@@ -666,15 +666,23 @@ def _hf_model(config: Config):
   if not path:
     return None, None
   if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
+    name = os.path.basename(os.path.normpath(path)) or "MODEL"
+    repo = f"Qwen/{name}" if name.lower().startswith("qwen") else f"ORG/{name}"
     raise FileNotFoundError(
         f"init.hf_checkpoint: {path!r} is not a directory with a Hugging Face config.json "
-        "(download the model yourself, e.g. `hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir "
-        "DIR`, then pass --set init.hf_checkpoint=DIR)")
+        f"(download the model yourself, e.g. `hf download {repo} --local-dir {path}`, or pass "
+        "--set init.hf_checkpoint=DIR)")
   from jaxrl_llm.models.hf import config_from_hf
 
-  with open(os.path.join(path, "config.json")) as f:
-    model_config = config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
-                                  dtype=config.model.dtype)
+  config_path = os.path.join(path, "config.json")
+  try:
+    with open(config_path) as f:
+      model_config = config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
+                                    dtype=config.model.dtype)
+  except (KeyError, ValueError, TypeError) as e:
+    detail = f"missing key {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+    raise ConfigError(f"config field 'init.hf_checkpoint': {config_path} is not a usable Hugging "
+                      f"Face model config ({type(e).__name__}: {detail})") from None
   return model_config, load_tokenizer(path)
 
 
