@@ -8,7 +8,7 @@ Full mode runs ``arithmetic-grpo`` and ``sft-arithmetic`` exactly as ``jaxrl-llm
 between the ``headline`` markers from it; ``tests/test_reproduce.py`` checks that the README block is
 the rendering of that file, so the README cannot quote numbers the script did not produce.
 
-Short mode runs a shortened ``arithmetic-grpo`` (150 SFT steps, 20 GRPO steps, 200 test rows) on 8
+Short mode runs a shortened ``arithmetic-grpo`` (300 SFT steps, 30 GRPO steps, 300 test rows) on 8
 fake CPU devices, the test suite's layout, and writes ``benchmarks/short_run.json``. The slow test
 reruns it and compares: exactly when the CPU model is the one recorded, within ``TOLERANCE``
 otherwise. A change that moves the numbers must rerun this script (and say why in RESULTS.md).
@@ -33,8 +33,8 @@ START, END = "<!-- headline:start (benchmarks/reproduce.py writes this block) --
     "<!-- headline:end -->"
 TOLERANCE = 0.05  # accuracy, when the CPU model differs from the recorded one.
 
-SHORT_OVERRIDES = ["init.sft_steps=150", "init.sft_warmup_steps=20", "train.steps=20",
-                   "train.eval_every=0", "train.test_examples=200", "train.checkpoint_every=20",
+SHORT_OVERRIDES = ["init.sft_steps=300", "init.sft_warmup_steps=30", "train.steps=30",
+                   "train.eval_every=0", "train.test_examples=300", "train.checkpoint_every=30",
                    "logging.progress=off", "logging.tensorboard=false"]
 
 
