@@ -20,11 +20,8 @@ Several workers (``workers``) serve concurrent calls (the runner's row-by-row re
 from __future__ import annotations
 
 import importlib
-import os
 import pickle
 import queue
-import select
-import signal
 import struct
 import subprocess
 import sys
@@ -33,6 +30,8 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from jaxrl_llm.subproc import kill_worker, read_some
 
 _HEADER = struct.Struct("<cQ")  # kind (b"V" values, b"E" error, b"T" bad result, b"R" ready), size
 
@@ -129,12 +128,10 @@ class _Worker:
     self.proc.stdin.flush()
 
   def _fill(self, n: int, deadline: float) -> bool:
-    fd = self.proc.stdout.fileno()
     while len(self.buf) < n:
-      left = deadline - time.monotonic()
-      if left <= 0 or not select.select([fd], [], [], left)[0]:
+      chunk = read_some(self.proc.stdout.fileno(), deadline, max(1 << 16, n - len(self.buf)))
+      if chunk is None:
         return False
-      chunk = os.read(fd, max(1 << 16, n - len(self.buf)))
       if not chunk:
         raise EOFError
       self.buf += chunk
@@ -152,16 +149,7 @@ class _Worker:
     return kind, data
 
   def kill(self) -> None:
-    try:
-      os.killpg(self.proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-      pass
-    self.proc.wait()
-    for f in (self.proc.stdin, self.proc.stdout):
-      try:
-        f.close()
-      except OSError:
-        pass
+    kill_worker(self.proc)
 
 
 class ProcessRewardFn:

@@ -26,8 +26,6 @@ import dataclasses
 import json
 import os
 import queue
-import select
-import signal
 import subprocess
 import sys
 import threading
@@ -35,9 +33,10 @@ import time
 from typing import Any, Sequence
 
 from jaxrl_llm.envs.text2sql.execution import RUNTIME, TIMEOUT, ExecutionResult
+from jaxrl_llm.subproc import kill_worker, read_some
 
 _WORKER = r'''
-import importlib.util, json, math, os, resource, sys
+import importlib.util, json, os, resource, sys
 mem = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -107,29 +106,16 @@ class _Worker:
       raise RuntimeError("the SQL worker process did not start")
 
   def readline(self, deadline: float) -> bytes | None:
-    fd = self.proc.stdout.fileno()
     while b"\n" not in self.buf:
-      left = deadline - time.monotonic()
-      if left <= 0 or not select.select([fd], [], [], left)[0]:
-        return None
-      chunk = os.read(fd, 1 << 16)
-      if not chunk:
+      chunk = read_some(self.proc.stdout.fileno(), deadline)
+      if not chunk:  # time-out (None) or a dead worker (b"").
         return None
       self.buf += chunk
     line, _, self.buf = self.buf.partition(b"\n")
     return line
 
   def kill(self) -> None:
-    try:
-      os.killpg(self.proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-      pass
-    self.proc.wait()
-    for f in (self.proc.stdin, self.proc.stdout):
-      try:
-        f.close()
-      except OSError:
-        pass
+    kill_worker(self.proc)
 
 
 @dataclasses.dataclass(frozen=True)
