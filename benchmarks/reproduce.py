@@ -10,8 +10,8 @@ the rendering of that file, so the README cannot quote numbers the script did no
 
 Short mode runs a shortened ``arithmetic-grpo`` (300 SFT steps, 30 GRPO steps, 300 test rows) on 8
 fake CPU devices, the test suite's layout, and writes ``benchmarks/short_run.json``. The slow test
-reruns it and compares: exactly when the CPU model is the one recorded, within ``TOLERANCE``
-otherwise. A change that moves the numbers must rerun this script (and say why in RESULTS.md).
+reruns it and compares: exactly when the CPU (model and feature flags) and the jax version are the
+ones recorded, within ``TOLERANCE`` otherwise. A change that moves the numbers must rerun this script (and say why in RESULTS.md).
 """
 
 import argparse
@@ -39,20 +39,30 @@ SHORT_OVERRIDES = ["init.sft_steps=300", "init.sft_warmup_steps=30", "train.step
 
 
 def machine() -> dict:
-  """The CPU model (``/proc/cpuinfo``), core count, Python and jax versions."""
-  model = platform.processor() or platform.machine()
+  """The CPU model and a hash of its feature flags (``/proc/cpuinfo``: XLA's CPU code depends on
+  the instruction set, and a cloud CPU's model name can be as vague as "AMD EPYC"), core count,
+  Python and jax versions."""
+  import hashlib
+
+  fields: dict[str, str] = {}
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-          break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's entries.
   except OSError:
     pass
+  model = fields.get("model name") or platform.processor() or platform.machine()
+  flags = " ".join(sorted(fields.get("flags", "").split()))
   import jax
 
-  return {"cpu_model": model, "cores": os.cpu_count(), "python": platform.python_version(),
-          "jax": jax.__version__}
+  return {"cpu_model": model, "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+          "cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__}
+
+
+def same_cpu(a: dict, b: dict) -> bool:
+  """Whether two :func:`machine` records name the same CPU model with the same feature flags."""
+  return all(a.get(k) == b.get(k) for k in ("cpu_model", "cpu_flags_sha256", "jax"))
 
 
 def commit() -> str:

@@ -1,6 +1,6 @@
 """Numbers that stay true: README's headline block is rendered from benchmarks/headline.json (what
 benchmarks/reproduce.py measured), and a shortened default experiment reproduces its recorded
-numbers (exactly on the recorded CPU model, within a tolerance elsewhere)."""
+numbers (exactly on the recorded CPU and jax version, within a tolerance elsewhere)."""
 
 import json
 import os
@@ -38,7 +38,7 @@ def test_shortened_default_experiment_reproduces_its_recorded_numbers(tmp_path, 
                                  str(tmp_path / "short"))
   want = recorded["result"]
   keys = ("test/accuracy_before", "test/accuracy")
-  if reproduce.machine()["cpu_model"] == recorded["machine"]["cpu_model"]:
+  if reproduce.same_cpu(reproduce.machine(), recorded["machine"]):
     assert {k: got[k] for k in keys} == {k: want[k] for k in keys}, (
         "the shortened default experiment moved: if intended, rerun "
         "`python benchmarks/reproduce.py --short` (and the full run) and record why")
