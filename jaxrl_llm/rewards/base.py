@@ -152,6 +152,7 @@ class RewardRunner:
     for worker in self._workers.values():
       worker.close()
     self._workers = {}
+
   def _failed_value(self, spec: RewardSpec, what: str, cause: BaseException | str):
     if self.on_error == "raise":
       raise RewardError(f"reward function {spec.name!r} {what}: {cause!r}") from (
