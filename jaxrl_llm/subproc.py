@@ -4,6 +4,7 @@ reading a pipe against a deadline and killing a worker's whole process group."""
 from __future__ import annotations
 
 import os
+import queue
 import select
 import signal
 import subprocess
@@ -33,3 +34,15 @@ def kill_worker(proc: subprocess.Popen) -> None:
         f.close()
       except OSError:
         pass
+
+
+def kill_idle(slots: queue.Queue) -> None:
+  """Empties a pool's queue of idle workers (None marks a slot whose worker has not started),
+  killing each worker (anything with a ``kill()``)."""
+  while True:
+    try:
+      worker = slots.get_nowait()
+    except queue.Empty:
+      return
+    if worker is not None:
+      worker.kill()

@@ -74,7 +74,7 @@ def write_data_report(run_dir: str, splits: dict[str, "EncodedSplit"],
       text += f", tokens p50/p99/max {t['p50']}/{t['p99']}/{t['max']}"
     parts.append(text + (f" ({', '.join(dropped)})" if dropped else ""))
   return (f"data (buckets {list(buckets)}): " + "; ".join(parts) +
-          f"  [data_report.json]")
+          "  [data_report.json]")
 
 
 def length_report(split: "EncodedSplit", buckets: Sequence[int]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxrl_llm.data.pipeline import BadRowError, DataStats, EpochOrder, pick_bucket
-from jaxrl_llm.data.sorted_digits import has_hidden_property, hidden_score, prompt_digits
+from jaxrl_llm.data.sorted_digits import has_hidden_property, hidden_score, prompt_digits  # noqa: F401 -- part of this module's API
 
 KINDS = ("pairs", "rankings", "ratings")
 SPLITS = ("train", "validation", "test")
@@ -635,9 +635,8 @@ def eval_batches(encoded: EncodedPreferenceSplit, batch_size: int, *, buckets: S
 
 
 # ----------------------------------------------------------------------------------------------
-# The synthetic preference task: "n=<n>:" -> n digits; hidden property = sorted ascending.
-
-_DIGITS = frozenset("0123456789")
+# The synthetic preference task: "n=<n>:" -> n digits; hidden property = sorted ascending
+# (jaxrl_llm.data.sorted_digits).
 
 
 def synthetic_prompt(n: int) -> str:

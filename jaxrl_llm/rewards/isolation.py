@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from jaxrl_llm.subproc import kill_worker, read_some
+from jaxrl_llm.subproc import kill_idle, kill_worker, read_some
 
 _HEADER = struct.Struct("<cQ")  # kind (b"V" values, b"E" error, b"T" bad result, b"R" ready), size
 
@@ -210,10 +210,4 @@ class ProcessRewardFn:
 
   def close(self) -> None:
     """Stops the idle workers."""
-    while True:
-      try:
-        worker = self._idle.get_nowait()
-      except queue.Empty:
-        return
-      if worker is not None:
-        worker.kill()
+    kill_idle(self._idle)

@@ -33,7 +33,7 @@ import time
 from typing import Any, Sequence
 
 from jaxrl_llm.envs.text2sql.execution import RUNTIME, TIMEOUT, ExecutionResult
-from jaxrl_llm.subproc import kill_worker, read_some
+from jaxrl_llm.subproc import kill_idle, kill_worker, read_some
 
 _WORKER = r'''
 import importlib.util, json, os, resource, sys
@@ -218,13 +218,7 @@ class SQLWorkerPool:
       return
     self._closed = True
     self._executor.shutdown(wait=True)
-    while True:
-      try:
-        worker = self._idle.get_nowait()
-      except queue.Empty:
-        break
-      if worker is not None:
-        worker.kill()
+    kill_idle(self._idle)
 
   def __enter__(self) -> SQLWorkerPool:
     return self
