@@ -42,7 +42,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxrl_llm.data.pipeline import BadRowError, DataStats, EpochOrder, pick_bucket
-from jaxrl_llm.data.sorted_digits import has_hidden_property, hidden_score, prompt_digits  # noqa: F401 -- part of this module's API
+# prompt_digits stays importable from here (part of this module's API).
+from jaxrl_llm.data.sorted_digits import (has_hidden_property, hidden_score,  # noqa: F401
+                                          prompt_digits)
 
 KINDS = ("pairs", "rankings", "ratings")
 SPLITS = ("train", "validation", "test")
