@@ -37,10 +37,20 @@ def user_dir(tmp_path_factory):
       def config():
         return Config(experiment="mine", seed=3)
       '''))
+  (root / "my_tasks.py").write_text(textwrap.dedent('''\
+      def rows(split, config):
+        start = {"train": 0, "validation": 100, "test": 200}[split]
+        n = 0 if split == "validation" else 20
+        return [{"question": f"{i}*2", "response": str(2 * i), "level": i % 3}
+                for i in range(start, start + n)]
+
+      def render(row):
+        return "Q: " + row["question"] + " ="
+      '''))
   sys.path.insert(0, str(root))
   yield root
   sys.path.remove(str(root))
-  for name in ("my_rewards", "my_experiment"):
+  for name in ("my_rewards", "my_experiment", "my_tasks"):
     sys.modules.pop(name, None)
 
 
@@ -108,6 +118,48 @@ def test_custom_task_holds_out_missing_splits(tmp_path):
     DataConfig(task="custom")
 
 
+def test_data_builders_and_prompt_templates_by_import_path(user_dir, tmp_path):
+  from jaxrl_llm.config import ConfigError, DataConfig
+  from jaxrl_llm.data import BadRowError, build_char_tokenizer, encode_split, load_rows
+  from jaxrl_llm.data.pipeline import auto_buckets, has_split
+
+  dc = DataConfig(task="my_tasks:rows", prompt_template="my_tasks:render")
+  rows = load_rows(dc, "test")
+  assert rows[0]["prompt"] == "Q: 200*2 =" and rows[0]["answer"] == "400"
+  assert has_split(dc, "test") and not has_split(dc, "validation")
+  split = encode_split(rows, build_char_tokenizer(), split="test", max_len=64,
+                       on_bad_row="raise", on_overlong="reject")
+  assert split.answer_texts[1] == "402" and split.columns["level"][:3] == ["2", "0", "1"]
+  assert "response" not in split.columns and "question" in split.columns
+  # A str.format template over the row's fields; a field it names that a row lacks is an error
+  # naming the row, the field and the setting.
+  fmt = DataConfig(task="my_tasks:rows", prompt_template="[{level}] {question} =")
+  assert load_rows(fmt, "train")[4]["prompt"] == "[1] 4*2 ="
+  with pytest.raises(BadRowError, match=r"train row 0 field 'nope'.*data.prompt_template"):
+    load_rows(DataConfig(task="my_tasks:rows", prompt_template="{nope}"), "train")
+  with pytest.raises(ValueError, match=r"data.task.*no attribute"):
+    load_rows(DataConfig(task="my_tasks:missing"), "train")
+  with pytest.raises(ConfigError, match="data.task"):
+    DataConfig(task="not_a_task")
+  # SFT JSONL with prompt/response rows.
+  _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "response": "b"}] * 30)
+  sft = load_rows(DataConfig(task="custom", source="jsonl", jsonl_dir=str(tmp_path),
+                             validation_size=5, test_size=5), "train")
+  assert len(sft) == 20
+  enc = encode_split(sft, build_char_tokenizer(), split="train", max_len=8, on_bad_row="raise",
+                     on_overlong="reject")
+  assert enc.answer_texts[0] == "b" and not enc.columns
+  # "auto" buckets: the median and the longest row, rounded up to multiples of 8, capped.
+  assert auto_buckets([enc], 64) == (8,)
+  assert auto_buckets([split], 64) == (16,)
+  long = encode_split([{"prompt": "x" * n, "answer": "y"} for n in range(1, 40)],
+                      build_char_tokenizer(), split="train", max_len=30, on_bad_row="raise",
+                      on_overlong="truncate")
+  assert auto_buckets([long], 30) == (24, 30)
+  with pytest.raises(ConfigError, match="length_buckets.*'auto'"):
+    DataConfig(length_buckets="big")
+
+
 @pytest.mark.slow
 def test_custom_task_trains_with_grpo(tmp_path, data_dir):
   from jaxrl_llm.config import DataConfig
@@ -117,12 +169,18 @@ def test_custom_task_trains_with_grpo(tmp_path, data_dir):
                [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(40)])
   cfg = replace(tiny_rl_config(data_dir), experiment="custom-task",
                 data=DataConfig(task="custom", source="jsonl", jsonl_dir=str(tmp_path),
-                                validation_size=4, test_size=8, length_buckets=(8, 12)))
+                                validation_size=4, test_size=8, length_buckets="auto",
+                                prompt_template="{prompt}"))
   run_dir = new_run_dir(cfg, str(tmp_path / "run"))
   out = run(cfg, run_dir)
   assert out["metrics"]["test/examples"] == 8 and "test/accuracy" in out["metrics"]
   report = json.load(open(os.path.join(run_dir, "data_report.json")))
   assert report["train"]["rows"] == 28 and report["test"]["rows"] == 8
+  # BOS + "i+i=" is at most 7 tokens: one bucket of 8, recorded for whoever loads the run.
+  assert report["length_buckets"] == [8]
+  from jaxrl_llm.train.artifacts import load_run
+
+  assert load_run(run_dir, restore=False).config.data.length_buckets == (8,)
 
 
 def test_overlong_rows_error_names_the_setting_and_a_value_that_fits():

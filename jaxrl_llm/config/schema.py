@@ -15,6 +15,8 @@ import dataclasses
 import math
 from typing import Literal
 
+from jaxrl_llm.imports import is_import_path
+
 
 class ConfigError(ValueError):
   """A configuration value or key is invalid. The message names the dotted field."""
@@ -160,8 +162,10 @@ class DataConfig:
   # fields, the final answer extracted by jaxrl_llm.rewards.math.load_math_jsonl).
   # custom: your own JSONL (data.source="jsonl"): {"prompt", "answer"} rows for RL and SFT (any
   # other fields reach the reward functions as keyword columns), or preference rows.
-  task: Literal["arithmetic", "countdown", "text2sql", "sorted_digits", "math",
-                "custom"] = "arithmetic"
+  # Or your own data builder by import path, "mypkg.tasks:rows": a callable (split, data_config)
+  # -> rows for "train" / "validation" / "test" (an empty result: no such split), each row
+  # {"prompt", "answer" (or "response"), ...} as for "custom".
+  task: str = "arithmetic"
   source: Literal["tfds", "jsonl", "spider", "bird"] = "tfds"
   # tfds: where the locally generated dataset lives ("" -> $JAXRL_LLM_DATA_DIR or ~/.cache/jaxrl_llm/tfds).
   data_dir: str = ""
@@ -184,16 +188,24 @@ class DataConfig:
   validation_size: int = 500
   test_size: int = 500
   dataset_seed: int = 0  # Which problems are generated; independent of the run's seed.
-  # Batching.
-  length_buckets: tuple[int, ...] = (16, 32)
+  # Batching: padded sequence lengths (each batch pads to the smallest that holds it), or "auto":
+  # picked before training from the token lengths of the data (the median and the longest row,
+  # rounded up to multiples of 8, capped by model.max_seq_len); the run dir's config.json and
+  # data_report.json record the buckets chosen.
+  length_buckets: tuple[int, ...] | str = (16, 32)
   shuffle: bool = True
   on_bad_row: Literal["raise", "skip"] = "raise"
   on_overlong: Literal["truncate", "reject"] = "reject"
   chat_template: bool = False  # Render prompts with the tokenizer's chat template (instruct models).
+  # How a row becomes the prompt text: "" (its "prompt" field as is), a str.format template over
+  # the row's fields ("Question: {prompt}\nAnswer:"), or a callable's import path
+  # ("mypkg.templates:render", row dict -> str). Applied before the chat template.
+  prompt_template: str = ""
 
   def __post_init__(self):
-    if self.task not in TASKS:
-      _fail("data.task", f"unknown task {self.task!r}; known: {TASKS}")
+    if self.task not in TASKS and not is_import_path(self.task):
+      _fail("data.task", f"unknown task {self.task!r}; known: {TASKS}, or a data builder of your "
+            "own by import path ('mypkg.tasks:rows')")
     if self.source not in ("tfds", "jsonl", "spider", "bird"):
       _fail("data.source", f"must be 'tfds', 'jsonl', 'spider' or 'bird', got {self.source!r}")
     if self.source == "jsonl" and not self.jsonl_dir:
@@ -231,11 +243,15 @@ class DataConfig:
     if self.task == "arithmetic" and self.source == "tfds" and wanted > space:
       _fail("data.train_size", f"train_size + validation_size + test_size = {wanted} distinct "
             f"problems, but digits={self.digits} with operators {self.operators!r} only has {space}")
-    if not self.length_buckets:
+    if isinstance(self.length_buckets, str):
+      if self.length_buckets != "auto":
+        _fail("data.length_buckets", f"must be a list of lengths or 'auto', got "
+              f"{self.length_buckets!r}")
+    elif not self.length_buckets:
       _fail("data.length_buckets", "must not be empty")
-    if any(b <= 1 for b in self.length_buckets):
+    elif any(b <= 1 for b in self.length_buckets):
       _fail("data.length_buckets", f"every bucket must be > 1, got {self.length_buckets}")
-    if list(self.length_buckets) != sorted(set(self.length_buckets)):
+    elif list(self.length_buckets) != sorted(set(self.length_buckets)):
       _fail("data.length_buckets", f"must be strictly increasing, got {self.length_buckets}")
     if self.on_bad_row not in ("raise", "skip"):
       _fail("data.on_bad_row", f"must be 'raise' or 'skip', got {self.on_bad_row!r}")
@@ -667,6 +683,7 @@ class Config:
     if self.init.reward_model_steps and self.reward.model_run:
       _fail("init.reward_model_steps", "give either reward.model_run or "
             "init.reward_model_steps, not both")
-    if max(self.data.length_buckets) > self.model.max_seq_len:
+    if (not isinstance(self.data.length_buckets, str) and
+        max(self.data.length_buckets) > self.model.max_seq_len):
       _fail("data.length_buckets", f"largest bucket {max(self.data.length_buckets)} exceeds "
             f"model.max_seq_len={self.model.max_seq_len}")

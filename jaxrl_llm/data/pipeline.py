@@ -56,6 +56,30 @@ def suggest_buckets(needed: Sequence[int]) -> tuple[int, ...]:
   return (large,) if small >= large else (max(small, 8), large)
 
 
+def auto_buckets(splits: Iterable[Any], cap: int) -> tuple[int, ...]:
+  """``data.length_buckets="auto"``: :func:`suggest_buckets` over the tokens every row of
+  ``splits`` (encoded with the largest possible bucket ``cap``) needs, capped at ``cap``."""
+  needed = [n for split in splits for n in split.needed]
+  return tuple(sorted({min(b, cap) for b in suggest_buckets(needed) or (cap,)}))
+
+
+def resolve_buckets(config, splits: dict[str, Any], cap: int):
+  """``config`` with ``data.length_buckets="auto"`` replaced by :func:`auto_buckets` of
+  ``splits`` (unchanged when the buckets are given)."""
+  if not isinstance(config.data.length_buckets, str):
+    return config
+  buckets = auto_buckets(splits.values(), cap)
+  return dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                              length_buckets=buckets))
+
+
+def bucket_cap(config, room: int) -> int:
+  """The largest bucket the loop may use: ``data.length_buckets``' last, or ``room`` (what the
+  model's positions allow) for ``"auto"``."""
+  buckets = config.data.length_buckets
+  return room if isinstance(buckets, str) else buckets[-1]
+
+
 def write_data_report(run_dir: str, splits: dict[str, "EncodedSplit"],
                       buckets: Sequence[int]) -> str:
   """Writes ``RUN_DIR/data_report.json`` (:func:`length_report` per split) and returns a one-line
@@ -159,12 +183,14 @@ def extra_columns(row: Any) -> dict[str, str]:
   """The fields of ``row`` other than prompt and answer, as text (JSON for non-strings)."""
   if not isinstance(row, dict) or isinstance(row, _Unparsable):
     return {}
-  return {k: _column_text(v) for k, v in row.items() if k not in FIELDS}
+  return {k: _column_text(v) for k, v in _with_answer(row).items() if k not in FIELDS}
 
 
 def validate_row(row: Any, index: int, split: str) -> tuple[str, str]:
   """Returns ``(prompt, answer)`` text or raises :class:`BadRowError` naming the offending field."""
   prompt = _text(row, index, "prompt", split)
+  if isinstance(row, dict) and "answer" not in row and "response" in row:
+    row = _with_answer(row)
   answer = _text(row, index, "answer", split)
   if not answer:
     raise BadRowError(f"{split} row {index} field 'answer': empty")
@@ -375,7 +401,106 @@ def prompt_batches(split: EncodedSplit, *, batch_size: int, buckets: Sequence[in
 
 
 def load_rows(config: DataConfig, split: str) -> Sequence[Any]:
-  """Raw rows of ``split`` from the configured source (TFDS array_record, or user JSONL)."""
+  """Rows of ``split`` from the configured source -- TFDS array_record, user JSONL, or a data
+  builder named by import path in ``data.task`` -- with ``data.prompt_template`` applied and an
+  SFT row's ``response`` field read as its ``answer``."""
+  rows = _source_rows(config, split)
+  render = prompt_renderer(config.prompt_template)
+  if render is None:  # validate_row / extra_columns read a "response" field as the answer.
+    return rows
+  out = []
+  for i, row in enumerate(rows):
+    if isinstance(row, dict) and not isinstance(row, _Unparsable):
+      row = _with_answer(row)
+      if render is not None:
+        row = dict(row, prompt=render(row, i, split))
+    out.append(row)
+  return out
+
+
+def _with_answer(row: dict) -> dict:
+  """SFT data often names the target ``response`` (prompt/response JSONL): read it as ``answer``."""
+  if "answer" in row or "response" not in row:
+    return row
+  row = dict(row)
+  row["answer"] = row.pop("response")
+  return row
+
+
+def prompt_renderer(template: str):
+  """``data.prompt_template`` as a function ``(row, index, split) -> prompt text``, or None for
+  ``""``. A template is a ``str.format`` string over the row's fields (``"Q: {prompt}\nA:"``) or the
+  import path of a callable ``row -> str``; a row the template cannot render raises
+  :class:`BadRowError` naming the row, the field and the setting."""
+  if not template:
+    return None
+  from jaxrl_llm.imports import import_object, is_import_path
+
+  if is_import_path(template):
+    try:
+      fn = import_object(template)
+    except ImportError as e:
+      raise ValueError(f"config field 'data.prompt_template': {e}") from None
+    if not callable(fn):
+      raise ValueError(f"config field 'data.prompt_template': {template!r} is a "
+                       f"{type(fn).__name__}, not a callable row -> str")
+  else:
+    fn = lambda row: template.format_map({k: _as_str(v) if isinstance(v, (bytes, np.bytes_))  # noqa: E731
+                                          else v for k, v in row.items()})
+
+  def render(row: dict, index: int, split: str) -> str:
+    try:
+      text = fn(row)
+    except KeyError as e:
+      raise BadRowError(f"{split} row {index} field {e.args[0]!r}: missing (data.prompt_template "
+                        f"{template!r} uses it)") from None
+    except Exception as e:  # noqa: BLE001 -- the user's template failed on this row.
+      raise BadRowError(f"{split} row {index}: data.prompt_template {template!r} failed: "
+                        f"{type(e).__name__}: {e}") from None
+    if not isinstance(text, str):
+      raise BadRowError(f"{split} row {index}: data.prompt_template {template!r} returned "
+                        f"{type(text).__name__}, not str")
+    return text
+
+  return render
+
+
+def _builder_rows(config: DataConfig, split: str) -> list[Any]:
+  """Rows from the user's data builder ``data.task="package.module:fn"``, called as
+  ``fn(split, data_config)``."""
+  from jaxrl_llm.imports import import_object
+
+  try:
+    builder = import_object(config.task)
+  except ImportError as e:
+    raise ValueError(f"config field 'data.task': {e}") from None
+  if not callable(builder):
+    raise ValueError(f"config field 'data.task': {config.task!r} is a "
+                     f"{type(builder).__name__}, not a data builder (split, data_config) -> rows")
+  rows = builder(split, config)
+  if rows is None:
+    return []
+  try:
+    return list(rows)
+  except TypeError:
+    raise ValueError(f"config field 'data.task': {config.task!r} returned "
+                     f"{type(rows).__name__} for split {split!r}, not a sequence of rows") from None
+
+
+def has_split(config: DataConfig, split: str) -> bool:
+  """Whether the configured data has a ``split`` (validation / test) to evaluate on."""
+  from jaxrl_llm.imports import is_import_path
+
+  if is_import_path(config.task):
+    return bool(_builder_rows(config, split))
+  return bool(config.source == "jsonl" or getattr(config, f"{split}_size"))
+
+
+def _source_rows(config: DataConfig, split: str) -> Sequence[Any]:
+  from jaxrl_llm.imports import is_import_path
+
+  if is_import_path(config.task):
+    return _builder_rows(config, split)
   if config.source == "jsonl":
     return _jsonl_rows(config, split)
   if config.task == "text2sql" and config.source in ("spider", "bird"):

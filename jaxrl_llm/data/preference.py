@@ -411,6 +411,8 @@ class EncodedPreferenceSplit:
   response_texts: list[list[str]]
   stats: DataStats
   probabilities: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+  # Tokens each valid row needs (prompt + its longest response), kept or not.
+  needed: list[int] = dataclasses.field(default_factory=list)
 
   def __len__(self) -> int:
     return len(self.prompts)
@@ -470,6 +472,7 @@ def encode_preference_split(rows: Sequence[Any], tokenizer, *, kind: str, split:
     cursor += len(texts)
     p = head + list(p)
     room = max_len - max(len(a) for a in resps)
+    out.needed.append(len(p) + max_len - room)
     if len(p) > room:
       if on_overlong == "reject" or room < len(head) + 1:
         stats.rejected += 1

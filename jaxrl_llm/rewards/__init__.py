@@ -10,8 +10,8 @@ built from the config instead of looked up: ``reward_model`` (a trained reward-m
 failure policy (time-outs, exceptions, NaN).
 """
 
-import importlib
 
+from jaxrl_llm.imports import import_object
 from jaxrl_llm.rewards import arithmetic, code, countdown, math, preference_task, text2sql
 from jaxrl_llm.rewards.base import (RewardError, RewardFn, RewardResult, RewardRunner, RewardSpec,
                                     call_with_timeout, overlong_penalty)
@@ -32,30 +32,6 @@ REWARD_FUNCTIONS = {
     "text2sql_execution": text2sql.text2sql_execution,
     "sql_format": text2sql.sql_format,
 }
-
-
-def import_object(path: str):
-  """The object named by an import path ``"package.module:attr"`` (``attr`` may be dotted).
-
-  Raises:
-    ImportError: the module cannot be imported (the cause is chained and named), or has no
-      such attribute.
-  """
-  module_name, _, attr = path.partition(":")
-  if not module_name or not attr:
-    raise ImportError(f"{path!r} is not an import path of the form 'package.module:name'")
-  try:
-    obj = importlib.import_module(module_name)
-  except Exception as e:  # noqa: BLE001 -- any failure of user code while importing.
-    raise ImportError(f"cannot import module {module_name!r} for {path!r}: "
-                      f"{type(e).__name__}: {e}") from e
-  for part in attr.split("."):
-    try:
-      obj = getattr(obj, part)
-    except AttributeError:
-      raise ImportError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})"
-                        ) from None
-  return obj
 
 
 def get_reward_function(name: str) -> RewardFn:

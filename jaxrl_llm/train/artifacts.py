@@ -84,6 +84,13 @@ def load_run(run_dir: str, *, restore: bool = True) -> RunArtifacts:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{run_dir!r} has no config.json; is it a run directory?")
   config = load_json(path)
+  if isinstance(config.data.length_buckets, str):  # "auto": the buckets the run chose.
+    report = os.path.join(run_dir, "data_report.json")
+    if os.path.exists(report):
+      with open(report) as f:
+        buckets = tuple(json.load(f)["length_buckets"])
+      config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                    length_buckets=buckets))
   tok_dir = os.path.join(run_dir, "tokenizer")
   if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
     raise FileNotFoundError(f"{run_dir!r} has no tokenizer/ directory")

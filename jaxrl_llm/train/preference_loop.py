@@ -42,6 +42,7 @@ from jaxrl_llm.config import Config, ConfigError, save_json
 from jaxrl_llm.data import build_char_tokenizer, load_tokenizer, save_tokenizer
 from jaxrl_llm.data import preference as pref
 from jaxrl_llm.data.arithmetic import default_data_dir
+from jaxrl_llm.data.pipeline import bucket_cap, resolve_buckets
 from jaxrl_llm.models import Decoder, init_params
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
 from jaxrl_llm.parallel import make_mesh, replicated, tree_shardings
@@ -170,12 +171,14 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
       tokenizer = build_char_tokenizer()
       save_tokenizer(tokenizer, tok_dir)
     model_config = config.model.with_vocab(len(tokenizer))
-  max_len = dc.length_buckets[-1]
+  max_len = bucket_cap(config, model_config.max_seq_len)
   rows = preference_rows(config, kind)
   splits = {name: pref.encode_preference_split(r, tokenizer, kind=kind, split=name,
                                                max_len=max_len, on_bad_row=dc.on_bad_row,
                                                on_overlong=dc.on_overlong)
             for name, r in rows.items() if r}
+  config = resolve_buckets(config, splits, max_len)
+  dc = config.data
   num_responses = 1 if kind == "ratings" else max(s.max_responses for s in splits.values())
   batcher = pref.PreferenceBatcher(
       splits["train"], batch_size=tc.batch_size, buckets=dc.length_buckets,

@@ -41,7 +41,7 @@ from jaxrl_llm.algorithms import policy_gradient as pg
 from jaxrl_llm.algorithms import ppo
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, InitConfig, save_json
-from jaxrl_llm.data.pipeline import write_data_report
+from jaxrl_llm.data.pipeline import bucket_cap, has_split, resolve_buckets, write_data_report
 from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
                             save_tokenizer)
 from jaxrl_llm.models import Decoder, init_params
@@ -260,7 +260,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   if model_config is None:
     model_config = config.model.with_vocab(len(tokenizer))
   dc, tc, rc, ac = config.data, config.train, config.rollout, config.algorithm
-  max_len = dc.length_buckets[-1]
+  max_len = bucket_cap(config, model_config.max_seq_len - rc.max_new_tokens)
   if model_config.positions == "learned" and max_len + rc.max_new_tokens > model_config.max_seq_len:
     raise ConfigError(f"config field 'rollout.max_new_tokens': largest prompt bucket {max_len} + "
                       f"{rc.max_new_tokens} exceeds model.max_seq_len={model_config.max_seq_len}")
@@ -268,11 +268,13 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                                   max_len=max_len, on_bad_row=dc.on_bad_row,
                                   on_overlong=dc.on_overlong, answer_budget=0,
                                   chat_template=dc.chat_template)}
-  for name, size in (("validation", dc.validation_size), ("test", dc.test_size)):
-    if size or dc.source == "jsonl":
+  for name in ("validation", "test"):
+    if has_split(dc, name):
       splits[name] = encode_split(load_rows(dc, name), tokenizer, split=name, max_len=max_len,
                                   on_bad_row=dc.on_bad_row, on_overlong=dc.on_overlong,
                                   answer_budget=0, chat_template=dc.chat_template)
+  config = resolve_buckets(config, splits, max_len)
+  dc = config.data
   prompt_texts = tokenizer.batch_decode([p.tolist() for p in splits["train"].prompts],
                                         skip_special_tokens=True)
   specs = list(reward_fns) if reward_fns is not None else reward_specs(config)
@@ -740,7 +742,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
                      f"({ev['examples']} examples)")
   if start == 0:
     progress.message(f"run dir: {run_dir}")
-    progress.message(write_data_report(run_dir, setup.splits, config.data.length_buckets))
+    progress.message(write_data_report(run_dir, setup.splits, setup.config.data.length_buckets))
   last = stop_after if stop_after is not None else tc.steps
   metrics_host: dict[str, Any] = {}
 

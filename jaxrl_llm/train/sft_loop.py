@@ -27,7 +27,7 @@ from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import sft
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, load_json, save_json
-from jaxrl_llm.data.pipeline import write_data_report
+from jaxrl_llm.data.pipeline import bucket_cap, has_split, resolve_buckets, write_data_report
 from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load_rows,
                             load_tokenizer, save_tokenizer)
 from jaxrl_llm.models import Decoder, init_params
@@ -95,8 +95,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
     save_tokenizer(tokenizer, tok_dir)
   model_config = config.model.with_vocab(len(tokenizer))
   dc, tc = config.data, config.train
-  buckets = dc.length_buckets
-  max_len = buckets[-1]
+  max_len = bucket_cap(config, model_config.max_seq_len)
 
   train = encode_split(load_rows(dc, "train"), tokenizer, split="train", max_len=max_len,
                        on_bad_row=dc.on_bad_row, on_overlong=dc.on_overlong)
@@ -106,12 +105,15 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
     raise ConfigError(f"config field 'train.max_new_tokens': {max_new_tokens} leaves no room for "
                       f"a prompt in the largest bucket {max_len}")
   splits = {"train": train}
-  for name, size in (("validation", dc.validation_size), ("test", dc.test_size)):
-    if size or dc.source == "jsonl":
+  for name in ("validation", "test"):
+    if has_split(dc, name):
       # Evaluation prompts plus the decode budget must fit the largest bucket.
       splits[name] = encode_split(load_rows(dc, name), tokenizer, split=name,
                                   max_len=max_len, on_bad_row=dc.on_bad_row,
                                   on_overlong=dc.on_overlong, answer_budget=max_new_tokens)
+  config = resolve_buckets(config, splits, max_len)
+  dc = config.data
+  buckets = dc.length_buckets
 
   batcher = SFTBatcher(train, batch_size=tc.batch_size, grad_accum_steps=tc.grad_accum_steps,
                        buckets=buckets, pad_id=tokenizer.pad_token_id,
@@ -209,7 +211,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     data_stats.update(split.stats.as_metrics(split.name))
   if start_step == 0:
     progress.message(f"run dir: {run_dir}")
-    progress.message(write_data_report(run_dir, setup.splits, config.data.length_buckets))
+    progress.message(write_data_report(run_dir, setup.splits, setup.config.data.length_buckets))
   if start_step >= tc.steps:
     progress.message(f"{run_dir} is already complete ({start_step}/{tc.steps} steps)")
   last = stop_after if stop_after is not None else tc.steps
@@ -277,7 +279,7 @@ def warm_start_config(config: Config) -> Config:
   if config.data.preference_kind and config.data.source == "jsonl":
     # Preference pairs are not demonstrations: a synthetic task has its own (generated locally);
     # for anything else the user must start from a policy.
-    if config.data.task in ("arithmetic", "custom", "math"):
+    if config.data.task in ("arithmetic", "custom", "math") or ":" in config.data.task:
       raise ConfigError(
           "config field 'init.sft_steps': the SFT warm start needs demonstrations, but "
           "data.jsonl_dir holds preference pairs; set init.sft_steps=0 and init.policy_run=RUN "
