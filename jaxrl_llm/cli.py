@@ -1,4 +1,4 @@
-"""``jaxrl-llm``: run, resume, evaluate, plot and list experiments.
+"""``jaxrl-llm``: run, resume, evaluate, plot and list experiments::
 
   jaxrl-llm run EXPERIMENT [--set key.path=value ...] [--seed N] [--run-dir DIR]
   jaxrl-llm run --config RUN_DIR/config.json [--set ...] [--run-dir DIR]
@@ -7,6 +7,7 @@
   jaxrl-llm plot RUN_DIR [--out FILE]
   jaxrl-llm label --judge rm:RUN_DIR|lm:RUN_DIR --input CANDIDATES.jsonl --output DIR
                   [--min-confidence X] [--template-file F] [--pairs all|adjacent] [--cache F]
+                  [--holdout-by prompt|row] [--validation-fraction X] [--test-fraction X]
   jaxrl-llm list
 
 Configuration errors (unknown key, wrong type, invalid value) are reported with the offending
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
   lab.add_argument("--pairs", default="all", choices=["all", "adjacent"],
                    help="label every pair of a row's responses, or only neighbours")
   lab.add_argument("--cache", help="label cache JSONL (default DIR/label_cache.jsonl)")
+  lab.add_argument("--holdout-by", default="prompt", choices=["prompt", "row"],
+                   help="hold out whole prompts (default) or whole candidate rows (tasks with "
+                   "few distinct prompts)")
   lab.add_argument("--validation-fraction", type=float, default=0.1,
                    help="fraction of prompts whose pairs go to DIR/validation.jsonl")
   lab.add_argument("--test-fraction", type=float, default=0.1,
@@ -88,6 +92,8 @@ def resolve_config(args) -> "Config":  # noqa: F821
   if args.seed is not None:
     overrides.append(f"seed={args.seed}")
   config = apply_overrides(config, overrides) if overrides else config
+  from jaxrl_llm.config.io import shrink_for_tests
+
   return shrink_for_tests(config)
 
 
@@ -103,30 +109,6 @@ def remove_if_untrained(run_dir: str) -> bool:
   shutil.rmtree(run_dir, ignore_errors=True)
   print(f"jaxrl-llm: removed {run_dir}: the run failed before its first step", file=sys.stderr)
   return True
-
-
-def shrink_for_tests(config, env=None):
-  """With ``$JAXRL_LLM_SHRINK_STEPS=N`` (set by the tests that execute the documentation's
-  commands), every stage of a run is cut to at most N steps and 16 evaluation rows; otherwise the
-  config is returned unchanged."""
-  env = os.environ if env is None else env
-  value = env.get("JAXRL_LLM_SHRINK_STEPS", "").strip()
-  if not value:
-    return config
-  import dataclasses
-
-  n = max(1, int(value))
-  t = config.train
-  train = dataclasses.replace(
-      t, steps=min(t.steps, n), checkpoint_every=min(t.checkpoint_every, n),
-      eval_every=min(t.eval_every, n) if t.eval_every else 0,
-      eval_examples=min(t.eval_examples or 16, 16), test_examples=min(t.test_examples or 16, 16))
-  init = config.init
-  if init.sft_steps:
-    init = dataclasses.replace(init, sft_steps=min(init.sft_steps, n),
-                               sft_warmup_steps=min(init.sft_warmup_steps, max(n - 1, 0)))
-  print(f"jaxrl-llm: JAXRL_LLM_SHRINK_STEPS={n}: at most {n} steps per stage", file=sys.stderr)
-  return dataclasses.replace(config, train=train, init=init)
 
 
 def enable_compilation_cache(env=None) -> str | None:
@@ -240,10 +222,18 @@ def _label(args) -> int:
   try:
     path = judge_lib.write_labeled(args.output, pairs, stats,
                                    validation_fraction=args.validation_fraction,
-                                   test_fraction=args.test_fraction)
+                                   test_fraction=args.test_fraction, holdout_by=args.holdout_by)
   except ValueError as e:
     print(f"jaxrl-llm: {e}", file=sys.stderr)
     return 2
+  with open(os.path.join(args.output, "labels.json"), encoding="utf-8") as f:
+    split_pairs = json.load(f)["split_pairs"]
+  for split, fraction in (("validation", args.validation_fraction), ("test", args.test_fraction)):
+    if fraction > 0 and not split_pairs[split]:
+      prompts = len({p["prompt"] for p in pairs})
+      print(f"jaxrl-llm: label: the {split} split is empty (--{split}-fraction {fraction} of "
+            f"{prompts} distinct prompts); --holdout-by row holds out candidate rows instead",
+            file=sys.stderr)
   print(json.dumps({"output": path, **{k: stats[k] for k in ("rows", "pairs", "kept",
                                                               "identical", "low_confidence",
                                                               "cache_hits", "judged")}}))

@@ -275,6 +275,18 @@ def test_labeled_pairs_are_split_by_prompt(tmp_path):
   assert J.holdout_split("n=7:", validation_fraction=0.1, test_fraction=0.2) == split_of["n=7:"]
   with pytest.raises(ValueError, match="fractions"):
     J.write_labeled(str(tmp_path), rows, {}, validation_fraction=0.6, test_fraction=0.5)
+  # Few distinct prompts (a task whose prompt is a length): hold out candidate rows instead,
+  # every pair of one candidate row in one split.
+  same = [{"prompt": "n=3:", "chosen": "123", "rejected": "321", "probability": 0.9}] * 600
+  sources = [i // 3 for i in range(600)]
+  J.write_labeled(str(tmp_path / "rows"), same, {"pair_rows": sources}, validation_fraction=0.1,
+                  test_fraction=0.2, holdout_by="row")
+  by_row = json.loads((tmp_path / "rows" / "labels.json").read_text())
+  assert by_row["holdout_by"] == "row" and "pair_rows" not in by_row
+  assert 60 <= by_row["split_pairs"]["test"] <= 180 and by_row["split_pairs"]["test"] % 3 == 0
+  J.write_labeled(str(tmp_path / "prompts"), same, {"pair_rows": sources})
+  assert json.loads((tmp_path / "prompts" / "labels.json").read_text())["split_pairs"][
+      "train"] in (0, 600)
 
 
 def test_warm_start_of_labeled_pairs_uses_the_tasks_demonstrations(tmp_path):

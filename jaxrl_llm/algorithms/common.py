@@ -83,7 +83,7 @@ def make_optimizer(config: OptimizerConfig, total_steps: int):
   global-norm clipping.
 
   Returns:
-    (tx, schedule): the optax chain and the learning-rate schedule ``step -> float``.
+    ``(tx, schedule)``, the optax chain and the learning-rate schedule ``step -> float``.
   """
   warmup = min(config.warmup_steps, max(total_steps - 1, 0))
   schedule = warmup_cosine_schedule(config.learning_rate, warmup, total_steps,

@@ -87,7 +87,7 @@ def _config_error(field: str, msg: str):
 class Config:
   """DPO-family hyperparameters (hashable: closed over by jitted functions).
 
-  Fields:
+  Attributes:
     variant: one of :data:`VARIANTS`.
     beta: β (τ for IPO), > 0. Paper default 0.1 (0.5 for TL;DR summarisation).
     label_smoothing: the flip rate ε of ``cdpo`` / ``rdpo``, in ``[0, 0.5)``; must be 0 for the

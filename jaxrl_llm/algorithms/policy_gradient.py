@@ -290,20 +290,23 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
 
   Args:
     apply_fn: the decoder's ``apply`` (must accept ``return_hidden=True``).
-    tx, schedule: the optax chain and its learning-rate schedule (for the metric).
+    tx: the optax chain.
+    schedule: its learning-rate schedule (for the metric).
+
   The batch (``N`` rows, response length ``T``, ``L = P + T``):
     ``tokens int32[N, L]``, ``attention_mask bool[N, L]``, ``mask bool[N, T]`` (trainable
     tokens), ``advantages``, ``old_logp``, ``ref_logp``, ``sampler_logp`` float32 ``[N, T]``
     (``sampler_logp``: the sampler's log-probs under the full temperature-scaled distribution,
     for the sampler-trainer gap metric; optional ``behaviour_logp``: under the truncated
     distribution actually sampled from, for truncated importance sampling).
+
   ``N`` must divide into ``minibatches × micro_batches`` equal parts.
 
   Metrics (float32 scalars, means over the optimizer steps of this call unless noted):
   ``train/loss``, ``train/pg_loss``, ``train/entropy``, ``train/clipfrac`` (token clip, high
   side or any), ``train/clipfrac_lower`` (dual clip), ``train/approx_kl_old`` (mean old − new),
   ``train/kl_ref`` (KL term, when in the loss), ``train/grad_norm``, ``train/learning_rate``,
-  ``train/ratio_first_max_dev`` (max |ρ − 1| at the first minibatch: 0 on-policy),
+  ``train/ratio_first_max_dev`` (max ``|ρ − 1|`` at the first minibatch: 0 on-policy),
   ``train/sampler_gap_k1`` and ``train/sampler_gap_abs_max`` (trainer ``old_logp`` vs sampler),
   ``train/skipped`` (optimizer steps skipped as non-finite in this call), ``train/skipped_total``.
   """

@@ -11,7 +11,7 @@ per-token actor loss :func:`policy_gradient.token_loss` is reused unchanged):
   ``minibatches`` optimizer steps (each optionally accumulated over ``micro_batches``), actor and
   critic on the same shuffled minibatches, all inside one jitted ``lax.scan``.
 
-**Maths.** With ``m`` the response mask and ``R_i`` the outcome score (NaN = unscorable):
+**Maths.** With ``m`` the response mask and ``R_i`` the outcome score (NaN = unscorable)::
 
   r_t   = −β·k1(old, ref)_t·m_t  +  R_i·[t = L_i − 1]          (KL in the reward; placement A)
   δ_t   = r_t + γ·V_next − V_t,   g ← δ_t + γλ·g,   A_t = g      (right to left over valid tokens;
@@ -94,7 +94,7 @@ class Config:
   :func:`prepare` as ``kl_coef`` so a controller can move it; ``kl_coef`` here only switches the
   term on), dual clip 3, value clip 0.5, γ = λ = 1 (TRL / InstructGPT use λ = 0.95).
 
-  PPO fields:
+  Attributes:
     gae_lambda, gamma: GAE λ and discount.
     value_clip: ε_v of the clipped value loss; 0 = unclipped ``½(V − Ret)²``.
     vf_coef: c_v, weight of the value loss on a shared trunk (ignored with a separate critic).
@@ -286,7 +286,7 @@ def rollout_logprobs_and_values(policy_apply: Callable, model_config: ModelConfi
 class PPOState:
   """Actor and critic training states (a pytree; checkpoint it whole).
 
-  Fields:
+  Attributes:
     actor: ``TrainState``; params are the decoder's (separate critic) or
       ``{"policy", "value_head"}`` (shared trunk).
     critic: ``TrainState`` of the value-head model ``{"trunk", "head"}``, or None (shared).

@@ -254,12 +254,14 @@ def _list_fields(batch: dict):
 def batch_weights(batch: dict, config: Config) -> dict:
   """Loss and metric weights over a whole batch (any leading dims, e.g. ``[A, b]``).
 
-  Returns dict of float32 arrays:
-    ``row``: ``[...]`` loss weight per prompt (``1 / counted prompts``);
-    ``pair``: ``[..., P]`` per ranked pair, ``1 / counted pairs`` (metrics); for ``pairwise``
-      also ``pair_loss`` ``[..., P]`` = row weight / the prompt's pair count (the loss);
-    ``resp``: ``[..., K]`` per response index (``1 / counted responses``), score statistics.
-    For ``rating``: ``row`` and ``resp`` are both ``[...]``.
+  Returns a dict of float32 arrays:
+
+  * ``row``: ``[...]`` loss weight per prompt (``1 / counted prompts``);
+  * ``pair``: ``[..., P]`` per ranked pair, ``1 / counted pairs`` (metrics); for ``pairwise``
+    also ``pair_loss`` ``[..., P]`` = row weight / the prompt's pair count (the loss);
+  * ``resp``: ``[..., K]`` per response index (``1 / counted responses``), score statistics.
+
+  For ``rating``: ``row`` and ``resp`` are both ``[...]``.
   """
   norm = lambda x: x.astype(jnp.float32) / jnp.maximum(jnp.sum(x.astype(jnp.float32)), 1.0)
   if config.objective == "rating":

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import os
+import sys
 import typing
 from typing import Any, Iterable
 
@@ -181,4 +182,29 @@ def load_json(path: str | os.PathLike) -> Config:
   return from_dict(data)
 
 
-__all__ = ["to_dict", "from_dict", "apply_overrides", "parse_override", "save_json", "load_json"]
+def shrink_for_tests(config, env=None):
+  """With ``$JAXRL_LLM_SHRINK_STEPS=N`` (set by the tests that execute the documentation's
+  commands; the CLI and every training loop apply it), every stage of a run is cut to at most N steps and 16 evaluation rows; otherwise the
+  config is returned unchanged."""
+  env = os.environ if env is None else env
+  value = env.get("JAXRL_LLM_SHRINK_STEPS", "").strip()
+  if not value:
+    return config
+  n = max(1, int(value))
+  t = config.train
+  train = dataclasses.replace(
+      t, steps=min(t.steps, n), checkpoint_every=min(t.checkpoint_every, n),
+      eval_every=min(t.eval_every, n) if t.eval_every else 0,
+      eval_examples=min(t.eval_examples or 16, 16), test_examples=min(t.test_examples or 16, 16))
+  init = config.init
+  if init.sft_steps:
+    init = dataclasses.replace(init, sft_steps=min(init.sft_steps, n),
+                               sft_warmup_steps=min(init.sft_warmup_steps, max(n - 1, 0)))
+  shrunk = dataclasses.replace(config, train=train, init=init)
+  if shrunk != config:
+    print(f"jaxrl-llm: JAXRL_LLM_SHRINK_STEPS={n}: at most {n} steps per stage", file=sys.stderr)
+  return shrunk
+
+
+__all__ = ["to_dict", "from_dict", "apply_overrides", "parse_override", "save_json", "load_json",
+           "shrink_for_tests"]

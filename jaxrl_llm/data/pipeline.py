@@ -429,7 +429,7 @@ def _with_answer(row: dict) -> dict:
 
 def prompt_renderer(template: str):
   """``data.prompt_template`` as a function ``(row, index, split) -> prompt text``, or None for
-  ``""``. A template is a ``str.format`` string over the row's fields (``"Q: {prompt}\nA:"``) or the
+  ``""``. A template is a ``str.format`` string over the row's fields (``"Question: {prompt} Answer:"``) or the
   import path of a callable ``row -> str``; a row the template cannot render raises
   :class:`BadRowError` naming the row, the field and the setting."""
   if not template:

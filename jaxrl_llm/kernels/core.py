@@ -6,13 +6,15 @@ the log-sum-exp and (with a reference ``(h_ref, w_ref)``) the full ``KL(π‖π_
 exact transform the sampler applies. ``[N, V]`` logits are never materialised: the vocabulary is
 tiled (:mod:`jaxrl_llm.kernels.tiles`) and the backward recomputes tile logits.
 
-Paths (``impl=``):
+Paths (``impl=``)::
+
   ``"chunked"``    plain ``jnp``, ``lax.scan`` over vocabulary tiles. Default on every backend.
   ``"pallas"``     the Pallas family for the backend: ``"pallas_tpu"`` on TPU, ``"pallas_gpu"``
                    elsewhere (``interpret=True`` on CPU).
   ``"pallas_gpu"`` loop-in-kernel family, Triton layout (:mod:`jaxrl_llm.kernels.pallas_kernels`).
   ``"pallas_tpu"`` grid-pipelined family, Mosaic layout (:mod:`jaxrl_llm.kernels.pallas_tpu`).
   ``"reference"``  naive full logits, for tests and benchmarks.
+
 Both Pallas families are numerically verified in interpret mode and lowered for their platform
 (CUDA/Triton, TPU/Mosaic) by the tests on a CPU-only machine, but neither has yet been compiled and
 timed on its hardware, so neither is a default yet.

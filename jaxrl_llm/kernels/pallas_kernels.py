@@ -12,12 +12,14 @@ chunked path agree by construction and a test checks they agree numerically.
 
 Triton constraints, met by construction (``tests/test_kernels.py`` lowers these kernels for CUDA
 through ``jax.export`` on a CPU-only machine, which runs the whole Pallas→Triton lowering):
+
   * every array a kernel touches has power-of-two dimensions: vocabulary tiles are the largest
     power of two ≤ ``block_v``; the contraction over ``D`` runs in chunks of ``dk`` (the largest
     power of two ≤ 128 dividing ``D``; ``D`` is zero-padded to a multiple of 16 first when it is
     not one, which is exact); ``dh``/``dW`` are read-modified-written chunk by chunk;
   * per-row statistics are written row by row into a transposed ``[K, N]`` layout (Triton's
     lowering has no general ``stack``).
+
 Nothing is read or written out of bounds (Triton does not mask a block that reaches past its
 array, so a partial last block would read, or write, the next row): every vocabulary tile is the
 shifted tile of :func:`jaxrl_llm.kernels.tiles.tile_geometry` and rows are padded to ``block_n``;

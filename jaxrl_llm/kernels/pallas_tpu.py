@@ -6,7 +6,9 @@ stays resident in VMEM and can accumulate. These kernels use that instead of loo
 kernel: the grid is ``(row blocks, vocabulary tiles)`` (``parallel``, ``arbitrary``) and each step
 sees one ``(D, block_v)`` tile of ``W`` -- the weight is never one VMEM block, so any vocabulary
 fits (the "loop" family of :mod:`jaxrl_llm.kernels.pallas_kernels` takes ``W`` whole, which is a
-pointer on a GPU but would have to fit VMEM on a TPU).
+pointer on a GPU but would have to fit VMEM on a TPU). The kernels:
+
+::
 
   forward   grid (i rows, j tiles): running statistics live in the resident ``[8, block_n]``
             output block (transposed, so per-row vectors lie along lanes).

@@ -6,10 +6,12 @@ sum, so only ``[rows, block_v]`` logits exist at a time. Tile ``i`` covers colum
 shifted left to end at ``V`` (so it never reads past the array) and its columns already covered by
 tile ``i − 1`` are masked out ("fresh" columns only). No padding copy of the weight is ever made.
 
-Per row the forward keeps (all float32):
+Per row the forward keeps (all float32)::
+
   m   running max of z            s   Σ exp(z − m)            pz  Σ exp(z − m)·(z − m)
   zy  z at the target column      mq, sq  the same max/sum for the reference logits zq
   pd  Σ exp(z − m)·(z − zq)
+
 and :func:`finalize` turns them into ``lse = m + log s``, ``entropy = log s − pz/s`` (``pz`` is
 kept relative to the running max, so large logits do not cancel catastrophically),
 ``logp = zy − lse`` and ``KL(π‖π_ref) = pd/s − lse + lse_q``. Partial statistics of disjoint

@@ -34,7 +34,7 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, kind: str, *, mask: jax.Arr
                ) -> jax.Array:
   """Per-token KL estimate from sampled-token log-probs, ``δ = logp − ref_logp``.
 
-  * ``k1`` = δ (unbiased, can be negative) · ``abs`` = |δ| · ``k2`` = ½δ² (its gradient is the
+  * ``k1`` = δ (unbiased, can be negative) · ``abs`` = ``|δ|`` · ``k2`` = ½δ² (its gradient is the
     reverse-KL gradient) · ``k3`` = exp(−δ) − 1 + δ (unbiased, non-negative; clamped as verl does).
   * ``X+`` (``k1+``, ``k3+``, ...): the value of estimator X with the gradient of k2 —
     ``k2 − sg(k2) + sg(kX)`` (verl's straight-through form).

@@ -61,8 +61,8 @@ def extract_code(completion: str) -> tuple[str, bool]:
   Args:
     completion: decoded response text.
   Returns:
-    (code, fenced): the last ```python block, else the last fenced block of any language, else the
-    whole completion (``fenced`` False).
+    ``(code, fenced)``, the last Markdown code fence marked ``python``, else the last fenced block
+    of any language, else the whole completion (``fenced`` False).
   """
   blocks = _FENCE.findall(completion)
   for tag, body in reversed(blocks):

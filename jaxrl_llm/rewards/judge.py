@@ -450,6 +450,7 @@ def label_pairs(judge: Judge, rows: Sequence[dict[str, Any]], *, min_confidence:
   stats: dict[str, Any] = {"rows": 0, "pairs": 0, "identical": 0, "empty": 0,
                            "low_confidence": 0, "kept": 0, "cache_hits": 0, "judged": 0}
   todo: list[tuple[str, str, str, str]] = []  # (key, prompt, a, b), in order.
+  sources: list[int] = []  # the candidate row of each pair in `todo`
   for index, row in enumerate(rows):
     prompt, responses = _candidate_row(row, index)
     stats["rows"] += 1
@@ -465,6 +466,7 @@ def label_pairs(judge: Judge, rows: Sequence[dict[str, Any]], *, min_confidence:
         stats["identical"] += 1
       else:
         todo.append((cache_key(judge_id, template, prompt, a, b), prompt, a, b))
+        sources.append(index)
   cached = _read_cache(cache_path)
   missing = list(dict.fromkeys(key for key, *_ in todo if key not in cached))
   stats["cache_hits"] = sum(key in cached for key, *_ in todo)
@@ -487,12 +489,13 @@ def label_pairs(judge: Judge, rows: Sequence[dict[str, Any]], *, min_confidence:
       with open(cache_path, "a", encoding="utf-8") as f:
         for key, p in fresh.items():
           f.write(json.dumps({"key": key, "p": p, "judge": judge_id}) + "\n")
-  out = []
-  for key, prompt, a, b in todo:
+  out, out_rows = [], []
+  for (key, prompt, a, b), source in zip(todo, sources):
     p = cached[key]
     if abs(p - 0.5) < min_confidence:
       stats["low_confidence"] += 1
       continue
+    out_rows.append(source)
     chosen, rejected, prob = (a, b, p) if p >= 0.5 else (b, a, 1.0 - p)
     out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
                 "probability": float(min(max(prob, 0.5), 1.0)), "labeler": judge_id})
@@ -500,6 +503,7 @@ def label_pairs(judge: Judge, rows: Sequence[dict[str, Any]], *, min_confidence:
   stats["mean_probability"] = (float(np.mean([r["probability"] for r in out])) if out
                                else None)
   stats["judge_id"] = judge_id
+  stats["pair_rows"] = out_rows  # the candidate row each kept pair came from (for hold-outs).
   return out, stats
 
 
@@ -535,26 +539,40 @@ def holdout_split(prompt: str, *, validation_fraction: float, test_fraction: flo
 
 
 def write_labeled(out_dir: str, pair_rows: Sequence[dict[str, Any]], stats: dict[str, Any], *,
-                  validation_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
-  """Writes ``out_dir/{train,validation,test}.jsonl`` (pair rows; a prompt's pairs all go to the
-  split :func:`holdout_split` gives it) and ``out_dir/labels.json`` (stats with rows per split,
-  judge id); returns the train JSONL path. The directory then trains a reward model or DPO with
+                  validation_fraction: float = 0.1, test_fraction: float = 0.1,
+                  holdout_by: str = "prompt") -> str:
+  """Writes ``out_dir/{train,validation,test}.jsonl`` (pair rows; all pairs of a prompt -- or,
+  with ``holdout_by="row"``, of a candidate row, from ``stats["pair_rows"]`` -- go to the split
+  :func:`holdout_split` gives it) and ``out_dir/labels.json`` (stats with rows per split, judge
+  id); returns the train JSONL path. ``"row"`` is for tasks with few distinct prompts (a
+  synthetic task whose prompt is a length), where holding out whole prompts leaves a split
+  empty. The directory then trains a reward model or DPO with
   ``data.source=jsonl data.jsonl_dir=out_dir data.preference_kind=pairs``, held-out metrics
   included."""
   if not (0 <= validation_fraction < 1 and 0 <= test_fraction < 1 and
           validation_fraction + test_fraction < 1):
     raise ValueError("validation and test fractions must be in [0, 1) with a sum below 1, got "
                      f"{validation_fraction} and {test_fraction}")
+  if holdout_by not in ("prompt", "row"):
+    raise ValueError(f"holdout_by must be 'prompt' or 'row', got {holdout_by!r}")
+  stats = dict(stats)
+  sources = stats.pop("pair_rows", None)
+  if holdout_by == "row":
+    if sources is None or len(sources) != len(pair_rows):
+      raise ValueError("holdout_by='row' needs stats['pair_rows'] from label_pairs")
+    keys = [f"row {s}" for s in sources]
+  else:
+    keys = [str(row["prompt"]) for row in pair_rows]
   os.makedirs(out_dir, exist_ok=True)
   splits: dict[str, list] = {"train": [], "validation": [], "test": []}
-  for row in pair_rows:
-    splits[holdout_split(str(row["prompt"]), validation_fraction=validation_fraction,
+  for row, key in zip(pair_rows, keys):
+    splits[holdout_split(key, validation_fraction=validation_fraction,
                          test_fraction=test_fraction)].append(row)
   for split, rows in splits.items():
     with open(os.path.join(out_dir, f"{split}.jsonl"), "w", encoding="utf-8") as f:
       for row in rows:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  stats = dict(stats, split_pairs={k: len(v) for k, v in splits.items()})
+  stats = dict(stats, split_pairs={k: len(v) for k, v in splits.items()}, holdout_by=holdout_by)
   with open(os.path.join(out_dir, "labels.json"), "w", encoding="utf-8") as f:
     json.dump(stats, f, indent=2, sort_keys=True)
   return os.path.join(out_dir, "train.jsonl")

@@ -10,26 +10,26 @@ value).
 
 Encoding (each value is a two-element JSON list ``[tag, payload]``):
 
-=====  ============================  ======================================
-tag    type                          payload
-=====  ============================  ======================================
-``n``  ``None``                      ``0``
-``b``  ``bool``                      ``true`` / ``false``
-``i``  ``int``                       decimal string (at most ``MAX_INT_DIGITS``)
-``f``  ``float``                     ``repr`` (round-trips; ``nan``/``inf`` included)
-``c``  ``complex``                   ``[repr(real), repr(imag)]``
-``s``  ``str``                       the string
-``y``  ``bytes``                     hex string
-``l``  ``list``                      list of encoded items
-``t``  ``tuple``                     list of encoded items
-``S``  ``set`` / ``F`` ``frozenset`` list of encoded items
-``d``  ``dict``                      list of ``[key, value]`` encoded pairs
-``O``  ``collections.OrderedDict``   as ``d``
-``C``  ``collections.Counter``       as ``d``
-``D``  ``collections.defaultdict``   as ``d`` (decoded as a plain ``dict``)
-``q``  ``collections.deque``         list of encoded items
-``h``  a handle                      integer id (only where the caller allows handles)
-=====  ============================  ======================================
+=====  =============================  ======================================
+tag    type                           payload
+=====  =============================  ======================================
+``n``  ``None``                       ``0``
+``b``  ``bool``                       ``true`` / ``false``
+``i``  ``int``                        decimal string (at most ``MAX_INT_DIGITS``)
+``f``  ``float``                      ``repr`` (round-trips; ``nan``/``inf`` included)
+``c``  ``complex``                    ``[repr(real), repr(imag)]``
+``s``  ``str``                        the string
+``y``  ``bytes``                      hex string
+``l``  ``list``                       list of encoded items
+``t``  ``tuple``                      list of encoded items
+``S``  ``set`` / ``F`` ``frozenset``  list of encoded items
+``d``  ``dict``                       list of ``[key, value]`` encoded pairs
+``O``  ``collections.OrderedDict``    as ``d``
+``C``  ``collections.Counter``        as ``d``
+``D``  ``collections.defaultdict``    as ``d`` (decoded as a plain ``dict``)
+``q``  ``collections.deque``          list of encoded items
+``h``  a handle                       integer id (only where the caller allows handles)
+=====  =============================  ======================================
 
 Size is bounded on both sides: at most ``max_nodes`` values and ``max_depth`` nesting; a longer
 text is rejected by the reader before it is parsed. This file is also sent as source text to the

@@ -38,7 +38,7 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores ``(state, extra)``. ``abstract_state`` holds ``ShapeDtypeStruct``s with shardings,
+    """Restores ``(state, extra)``. ``abstract_state`` holds ``ShapeDtypeStruct`` leaves with shardings,
     so arrays land directly in their target sharding."""
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))

@@ -38,6 +38,7 @@ from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import dpo as dpo_lib
 from jaxrl_llm.algorithms import reward_model as rm_lib
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
+from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import Config, ConfigError, save_json
 from jaxrl_llm.data import build_char_tokenizer, load_tokenizer, save_tokenizer
 from jaxrl_llm.data import preference as pref
@@ -332,6 +333,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     resume: continue from the newest complete checkpoint (fresh start if none).
     stop_after: stop after this step (tests); checkpoints are still written on schedule.
   """
+  config = shrink_for_tests(config)
   os.makedirs(run_dir, exist_ok=True)
   setup = build(config, run_dir, devices=devices)
   if not resume:

@@ -40,6 +40,7 @@ from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import policy_gradient as pg
 from jaxrl_llm.algorithms import ppo
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
+from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, InitConfig, save_json
 from jaxrl_llm.data.pipeline import bucket_cap, has_split, resolve_buckets, write_data_report
 from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
@@ -698,6 +699,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     stop_after: stop after this RL step (tests); checkpoints are still written on schedule.
     reward_fns: reward functions to use instead of the configured names.
   """
+  config = shrink_for_tests(config)
   hf_model_config, hf_tokenizer = _hf_model(config)
   _validate(config, make_mesh(config.mesh, devices))  # Before any stage runs.
   os.makedirs(run_dir, exist_ok=True)

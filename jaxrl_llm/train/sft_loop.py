@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import sft
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
+from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, load_json, save_json
 from jaxrl_llm.data.pipeline import bucket_cap, has_split, resolve_buckets, write_data_report
 from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load_rows,
@@ -186,6 +187,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     final_eval: evaluate the test split after the last step (the RL warm start skips it: the RL
       loop measures its own starting point).
   """
+  config = shrink_for_tests(config)
   setup = build(config, run_dir, devices=devices)
   if not resume:
     save_json(config, os.path.join(run_dir, "config.json"))

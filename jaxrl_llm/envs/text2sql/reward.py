@@ -41,7 +41,7 @@ _FORMAT_MAX_CHARS = 10_000
 def extract_sql(completion: str) -> str:
   """The SQL in a completion.
 
-  The body of the last closed ```` ```sql ```` fence; else, if a ```` ```sql ```` fence was opened
+  The body of the last closed Markdown code fence marked ``sql``; else, if such a fence was opened
   and never closed (a truncated generation), everything after it; else the whole completion.
   Surrounding whitespace and trailing semicolons are removed. Never raises (non-strings give "").
 
