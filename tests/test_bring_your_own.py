@@ -250,3 +250,49 @@ def test_hf_checkpoint_errors_name_the_model_and_the_file(tmp_path, data_dir, ca
   assert main(["run", "--config", cfg_path, "--run-dir", str(tmp_path / "r2")]) == 2
   err = capsys.readouterr().err
   assert "init.hf_checkpoint" in err and "config.json" in err and "missing key" in err, err
+
+
+def test_sft_starts_from_a_hugging_face_checkpoint_or_another_run(data_dir, tmp_path):
+  """SFT on prompt/response JSONL from a local Hugging Face checkpoint (its config and tokenizer),
+  then a second SFT run from the first one's policy (``init.policy_run``): each starts exactly
+  at its source's weights."""
+  import jax
+  import numpy as np
+
+  from conftest import tiny_config
+  from jaxrl_llm.config import DataConfig, InitConfig
+  from jaxrl_llm.data import build_char_tokenizer, save_tokenizer
+  from jaxrl_llm.models import init_params
+  from jaxrl_llm.models.hf import load_hf, save_hf
+  from jaxrl_llm.models.presets import tiny
+  from jaxrl_llm.train import sft_loop
+  from jaxrl_llm.train.artifacts import load_run
+
+  hf_dir = str(tmp_path / "hf")
+  model_config = tiny("qwen2", vocab_size=104, max_seq_len=64)
+  from test_rl import ONE_DEVICE
+
+  params, _ = init_params(model_config, jax.random.PRNGKey(5), ONE_DEVICE)
+  save_hf(params, model_config, hf_dir)
+  save_tokenizer(build_char_tokenizer(), hf_dir)
+  (tmp_path / "data").mkdir()
+  _write_jsonl(tmp_path / "data" / "train.jsonl",
+               [{"prompt": f"{i}+1=", "response": str(i + 1)} for i in range(40)])
+  cfg = replace(tiny_config(data_dir, steps=2, checkpoint_every=2, eval_every=0),
+                data=DataConfig(task="custom", source="jsonl", jsonl_dir=str(tmp_path / "data"),
+                                validation_size=4, test_size=4, length_buckets="auto"),
+                init=InitConfig(hf_checkpoint=hf_dir))
+  setup = sft_loop.build(cfg, str(tmp_path / "a"))
+  assert setup.model_config.family == "qwen2" and setup.model_config.attention_bias
+  start = jax.device_get(setup.init_state().params)
+  expected, _ = load_hf(hf_dir)
+  for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(jax.device_get(expected))):
+    np.testing.assert_array_equal(a, b)
+  out = sft_loop.train(cfg, str(tmp_path / "a"))
+  assert out["run_dir"] and json.load(open(tmp_path / "a" / "eval.json"))["test/examples"] == 4
+  second = replace(cfg, init=InitConfig(policy_run=str(tmp_path / "a")))
+  setup2 = sft_loop.build(second, str(tmp_path / "b"))
+  trained = load_run(str(tmp_path / "a")).policy_params()
+  for a, b in zip(jax.tree.leaves(jax.device_get(setup2.init_state().params)),
+                  jax.tree.leaves(trained)):
+    np.testing.assert_array_equal(a, b)

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from jaxrl_llm.config import Config, load_json
+from jaxrl_llm.config import Config, ConfigError, load_json
 from jaxrl_llm.data import load_tokenizer
 from jaxrl_llm.train.checkpoint import Checkpointer
 
@@ -110,3 +110,39 @@ def load_run(run_dir: str, *, restore: bool = True) -> RunArtifacts:
       ckpt.close()
   return RunArtifacts(run_dir=run_dir, config=config, model_config=model_config,
                       tokenizer=tokenizer, state=state, extra=extra, step=step)
+
+
+def policy_source(config: Config):
+  """``(model_config, tokenizer)`` of the policy a run starts from: ``init.policy_run`` or
+  ``init.hf_checkpoint`` (a local Hugging Face directory), or ``(None, None)`` for a fresh model.
+
+  Raises:
+    FileNotFoundError: the checkpoint directory or its config.json is missing (with a download
+      hint naming the model).
+    ConfigError: its config.json is not a usable model config.
+  """
+  if config.init.policy_run:
+    art = load_run(config.init.policy_run, restore=False)
+    return art.model_config, art.tokenizer
+  path = config.init.hf_checkpoint
+  if not path:
+    return None, None
+  if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
+    name = os.path.basename(os.path.normpath(path)) or "MODEL"
+    repo = f"Qwen/{name}" if name.lower().startswith("qwen") else f"ORG/{name}"
+    raise FileNotFoundError(
+        f"init.hf_checkpoint: {path!r} is not a directory with a Hugging Face config.json "
+        f"(download the model yourself, e.g. `hf download {repo} --local-dir {path}`, or pass "
+        "--set init.hf_checkpoint=DIR)")
+  from jaxrl_llm.models.hf import config_from_hf
+
+  config_path = os.path.join(path, "config.json")
+  try:
+    with open(config_path) as f:
+      model_config = config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
+                                    dtype=config.model.dtype)
+  except (KeyError, ValueError, TypeError) as e:
+    detail = f"missing key {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+    raise ConfigError(f"config field 'init.hf_checkpoint': {config_path} is not a usable Hugging "
+                      f"Face model config ({type(e).__name__}: {detail})") from None
+  return model_config, load_tokenizer(path)

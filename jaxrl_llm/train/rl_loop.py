@@ -54,6 +54,7 @@ from jaxrl_llm.rewards import (RewardError, RewardRunner, RewardSpec, get_reward
 from jaxrl_llm.rollout import Sampler, SamplingConfig
 from jaxrl_llm.rollout.sampler import pad_prompts
 from jaxrl_llm.train import sft_loop
+from jaxrl_llm.train.artifacts import policy_source
 from jaxrl_llm.train.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import decode_texts, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
@@ -658,37 +659,6 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
   return setup.policy_params(setup.init_state())
 
 
-def _hf_model(config: Config):
-  """(model_config, tokenizer) of ``init.hf_checkpoint`` or ``init.policy_run``, or (None, None)."""
-  if config.init.policy_run:
-    from jaxrl_llm.train.artifacts import load_run
-
-    art = load_run(config.init.policy_run, restore=False)
-    return art.model_config, art.tokenizer
-  path = config.init.hf_checkpoint
-  if not path:
-    return None, None
-  if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
-    name = os.path.basename(os.path.normpath(path)) or "MODEL"
-    repo = f"Qwen/{name}" if name.lower().startswith("qwen") else f"ORG/{name}"
-    raise FileNotFoundError(
-        f"init.hf_checkpoint: {path!r} is not a directory with a Hugging Face config.json "
-        f"(download the model yourself, e.g. `hf download {repo} --local-dir {path}`, or pass "
-        "--set init.hf_checkpoint=DIR)")
-  from jaxrl_llm.models.hf import config_from_hf
-
-  config_path = os.path.join(path, "config.json")
-  try:
-    with open(config_path) as f:
-      model_config = config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
-                                    dtype=config.model.dtype)
-  except (KeyError, ValueError, TypeError) as e:
-    detail = f"missing key {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
-    raise ConfigError(f"config field 'init.hf_checkpoint': {config_path} is not a usable Hugging "
-                      f"Face model config ({type(e).__name__}: {detail})") from None
-  return model_config, load_tokenizer(path)
-
-
 def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
           stop_after: int | None = None, reward_fns: Sequence[RewardSpec] | None = None
           ) -> dict[str, Any]:
@@ -700,7 +670,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     reward_fns: reward functions to use instead of the configured names.
   """
   config = shrink_for_tests(config)
-  hf_model_config, hf_tokenizer = _hf_model(config)
+  hf_model_config, hf_tokenizer = policy_source(config)
   _validate(config, make_mesh(config.mesh, devices))  # Before any stage runs.
   os.makedirs(run_dir, exist_ok=True)
   if not resume:
@@ -850,7 +820,7 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
 
 def build_for_eval(config: Config, run_dir: str, **kwargs) -> RLSetup:
   """:func:`build` for a run directory's config, Hugging Face start included (``jaxrl-llm eval``)."""
-  hf_model_config, hf_tokenizer = _hf_model(config)
+  hf_model_config, hf_tokenizer = policy_source(config)
   return build(staged_config(config, run_dir), run_dir, model_config=hf_model_config,
                tokenizer=hf_tokenizer, **kwargs)
 

@@ -89,17 +89,22 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   mesh = make_mesh(config.mesh, devices)
   validate_geometry(config, mesh)
   tok_dir = os.path.join(run_dir, "tokenizer")
+  # Starting from another run's policy or a Hugging Face checkpoint: its model and tokenizer.
+  from jaxrl_llm.train.artifacts import policy_source
+
+  source_model, source_tokenizer = policy_source(config)
   if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
     tokenizer = load_tokenizer(tok_dir)
   else:
-    tokenizer = build_char_tokenizer()
+    tokenizer = source_tokenizer or build_char_tokenizer()
     save_tokenizer(tokenizer, tok_dir)
-  model_config = config.model.with_vocab(len(tokenizer))
+  model_config = source_model or config.model.with_vocab(len(tokenizer))
   dc, tc = config.data, config.train
   max_len = bucket_cap(config, model_config.max_seq_len)
 
   train = encode_split(load_rows(dc, "train"), tokenizer, split="train", max_len=max_len,
-                       on_bad_row=dc.on_bad_row, on_overlong=dc.on_overlong)
+                       on_bad_row=dc.on_bad_row, on_overlong=dc.on_overlong,
+                       chat_template=dc.chat_template)
   longest_answer = max(len(a) for a in train.answers)
   max_new_tokens = tc.max_new_tokens or longest_answer + 1
   if max_new_tokens >= max_len:
@@ -111,7 +116,8 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
       # Evaluation prompts plus the decode budget must fit the largest bucket.
       splits[name] = encode_split(load_rows(dc, name), tokenizer, split=name,
                                   max_len=max_len, on_bad_row=dc.on_bad_row,
-                                  on_overlong=dc.on_overlong, answer_budget=max_new_tokens)
+                                  on_overlong=dc.on_overlong, answer_budget=max_new_tokens,
+                                  chat_template=dc.chat_template)
   config = resolve_buckets(config, splits, max_len)
   dc = config.data
   buckets = dc.length_buckets
@@ -133,7 +139,18 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   state_shardings = train_state_shardings(tx, abstract, param_shardings, mesh)
 
   def init_state():
-    params, _ = init_params(model_config, init_key, mesh)
+    ic = config.init
+    if ic.policy_run:
+      from jaxrl_llm.train.artifacts import load_run
+
+      params = jax.device_put(load_run(ic.policy_run).policy_params(), param_shardings)
+    elif ic.hf_checkpoint:
+      from jaxrl_llm.models.hf import load_hf
+
+      params, _ = load_hf(ic.hf_checkpoint, mesh=mesh, param_dtype=config.model.param_dtype,
+                          dtype=config.model.dtype)
+    else:
+      params, _ = init_params(model_config, init_key, mesh)
     return jax.jit(make_state, out_shardings=state_shardings)(params)
 
   algo = sft.Config(loss_aggregation=config.algorithm.loss_aggregation,
