@@ -148,7 +148,7 @@ class ModelConfig:
     return dataclasses.replace(self, vocab_size=size)
 
 
-TASKS = ("arithmetic", "countdown", "text2sql", "sorted_digits", "math", "custom")
+TASKS = ("arithmetic", "countdown", "text2sql", "sorted_digits", "math", "custom", "chain")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -181,6 +181,16 @@ class DataConfig:
   # Countdown: how many numbers each problem gives, and their range.
   countdown_numbers: int = 3
   countdown_max_number: int = 20
+  # chain: the reasoning task with teacher traces (jaxrl_llm.data.reasoning): multi-operand
+  # arithmetic over `operators`, operands in [0, chain_max_operand]; `chain_level` picks the easy
+  # (chain_easy_operands) or hard (chain_hard_operands) problems for every split.
+  chain_level: Literal["easy", "hard"] = "easy"
+  chain_easy_operands: int = 3
+  chain_hard_operands: int = 5
+  chain_max_operand: int = 20
+  # What SFT trains on: the row's "answer", its "demonstration" (teacher trace; one training row
+  # per demonstration), or "auto" (demonstrations when the rows carry them).
+  sft_target: Literal["auto", "answer", "demonstration"] = "auto"
   # Synthetic arithmetic task.
   digits: int = 2
   operators: str = "+-"
@@ -228,6 +238,16 @@ class DataConfig:
     if self.preference_kind and self.task not in ("sorted_digits",) and self.source != "jsonl":
       _fail("data.preference_kind", "preference data comes from the synthetic 'sorted_digits' "
             "task or from data.source='jsonl'")
+    if self.chain_level not in ("easy", "hard"):
+      _fail("data.chain_level", f"must be 'easy' or 'hard', got {self.chain_level!r}")
+    if not 2 <= self.chain_easy_operands <= self.chain_hard_operands <= 12:
+      _fail("data.chain_hard_operands", "need 2 <= chain_easy_operands <= chain_hard_operands "
+            f"<= 12, got {self.chain_easy_operands} and {self.chain_hard_operands}")
+    if not 1 <= self.chain_max_operand <= 999:
+      _fail("data.chain_max_operand", f"must be in [1, 999], got {self.chain_max_operand}")
+    if self.sft_target not in ("auto", "answer", "demonstration"):
+      _fail("data.sft_target", "must be 'auto', 'answer' or 'demonstration', got "
+            f"{self.sft_target!r}")
     if not 2 <= self.countdown_numbers <= 6:
       _fail("data.countdown_numbers", f"must be in [2, 6], got {self.countdown_numbers}")
     if self.countdown_max_number < 2:
@@ -550,6 +570,9 @@ class InitConfig:
   sft_learning_rate: float = 1e-3
   sft_warmup_steps: int = 50
   sft_batch_size: int = 64
+  # Overrides ("key.path=value", as --set) for the warm-start SFT run only, e.g.
+  # ("data.chain_level=easy",) to warm-start on easy problems before RL on hard ones.
+  sft_overrides: tuple[str, ...] = ()
   hf_checkpoint: str = ""  # A local directory with config.json + safetensors (+ tokenizer).
   # A run directory of ours (SFT, RL, DPO): its newest checkpoint's policy is the starting point,
   # and its tokenizer is reused. Pipelines chain stages this way.

@@ -26,6 +26,8 @@ from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.config.schema import DataConfig
 
 FIELDS = ("prompt", "answer")
+# Row fields that are not reward columns: the teacher traces of a demonstration task.
+DEMONSTRATION = "demonstration"
 
 
 class BadRowError(ValueError):
@@ -137,6 +139,8 @@ class EncodedSplit:
   columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)
   # Tokens each valid row needs in a bucket (kept, truncated and rejected rows alike).
   needed: list[int] = dataclasses.field(default_factory=list)
+  # Teacher traces per kept row (text, one or several), when the rows carry a "demonstration".
+  demonstrations: list[list[str]] | None = None
 
   def row_columns(self, indices: Sequence[int]) -> dict[str, list[str]]:
     """``{"answer": [...], <column>: [...]}`` for the rows ``indices`` (repeats allowed)."""
@@ -183,7 +187,57 @@ def extra_columns(row: Any) -> dict[str, str]:
   """The fields of ``row`` other than prompt and answer, as text (JSON for non-strings)."""
   if not isinstance(row, dict) or isinstance(row, _Unparsable):
     return {}
-  return {k: _column_text(v) for k, v in _with_answer(row).items() if k not in FIELDS}
+  return {k: _column_text(v) for k, v in _with_answer(row).items()
+          if k not in FIELDS and k != DEMONSTRATION}
+
+
+def demonstration_list(row: Any, index: int, split: str) -> list[str] | None:
+  """The teacher traces of ``row`` (its ``demonstration`` field: one string or a non-empty list of
+  them), or None when it has none. Raises :class:`BadRowError` naming the row and field."""
+  if not isinstance(row, dict) or isinstance(row, _Unparsable) or DEMONSTRATION not in row:
+    return None
+  value = row[DEMONSTRATION]
+  values = list(value) if isinstance(value, (list, tuple)) else [value]
+  out = []
+  for v in values:
+    if isinstance(v, (bytes, np.bytes_)):
+      try:
+        v = bytes(v).decode("utf-8")
+      except UnicodeDecodeError:
+        v = None
+    if not isinstance(v, str) or not v.strip():
+      raise BadRowError(f"{split} row {index} field '{DEMONSTRATION}': expected a non-empty "
+                        "string or a non-empty list of them")
+    out.append(v)
+  if not out:
+    raise BadRowError(f"{split} row {index} field '{DEMONSTRATION}': empty list")
+  return out
+
+
+def sft_rows(rows: Sequence[Any], config: DataConfig, split: str) -> Sequence[Any]:
+  """The SFT view of ``rows`` (``data.sft_target``): with demonstrations, one row per teacher
+  trace, the trace as the target ``answer`` and the original answer kept as the ``gold_answer``
+  column; otherwise ``rows`` unchanged."""
+  target = config.sft_target
+  if target == "auto":
+    first = next((r for r in rows if isinstance(r, dict) and not isinstance(r, _Unparsable)), {})
+    target = DEMONSTRATION if DEMONSTRATION in first else "answer"
+  if target == "answer":
+    return rows
+  out = []
+  for i, row in enumerate(rows):
+    demos = demonstration_list(row, i, split)
+    if demos is None:
+      raise BadRowError(f"{split} row {i} field '{DEMONSTRATION}': missing (data.sft_target="
+                        f"{config.sft_target!r} trains on demonstrations)")
+    base = {k: v for k, v in _with_answer(row).items() if k != DEMONSTRATION}
+    gold = base.pop("answer", None)
+    for demo in demos:
+      new = dict(base, answer=demo)
+      if gold is not None:
+        new["gold_answer"] = gold
+      out.append(new)
+  return out
 
 
 def validate_row(row: Any, index: int, split: str) -> tuple[str, str]:
@@ -213,15 +267,23 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
   stats = DataStats()
   texts: list[tuple[str, str]] = []
   extras: list[dict[str, str]] = []
+  demos: list[list[str] | None] = []
   for i, row in enumerate(rows):
     stats.rows += 1
     try:
-      texts.append(validate_row(row, i, split))
+      pair = validate_row(row, i, split)
+      demo = demonstration_list(row, i, split)
       extras.append(extra_columns(row))
+      texts.append(pair)
+      demos.append(demo)
     except BadRowError:
       if on_bad_row == "raise":
         raise
       stats.bad_rows += 1
+  with_demos = sum(d is not None for d in demos)
+  if 0 < with_demos < len(demos):
+    first = next(i for i, d in enumerate(demos) if d is None)
+    raise BadRowError(f"{split} row {first} field '{DEMONSTRATION}': missing (other rows have it)")
   prompts, answers, answer_texts = [], [], []
   names = sorted({k for e in extras for k in e})
   columns: dict[str, list[str]] = {k: [] for k in names}
@@ -246,7 +308,8 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
   # Qwen-style tokenizers have no BOS; a chat template writes its own header.
   head = [] if bos is None or chat_template else [bos]
   needed: list[int] = []
-  for (prompt_text, answer_text), extra, p, a in zip(texts, extras, p_ids, a_ids):
+  kept_demos: list[list[str]] = []
+  for (prompt_text, answer_text), extra, demo, p, a in zip(texts, extras, demos, p_ids, a_ids):
     p = head + list(p)
     a = list(a) + [eos]
     if answer_budget is None:
@@ -263,6 +326,8 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
     prompts.append(np.asarray(p, np.int32))
     answers.append(np.asarray(a, np.int32))
     answer_texts.append(answer_text)
+    if demo is not None:
+      kept_demos.append(demo)
     for k in names:
       columns[k].append(extra[k])
   stats.longest = max(needed, default=0)
@@ -277,7 +342,8 @@ def encode_split(rows: Sequence[Any], tokenizer, *, split: str, max_len: int, on
               " (or data.on_overlong=truncate to cut prompts from the left)")
     raise BadRowError(f"{split}: no usable rows left out of {stats.rows} "
                       f"(bad={stats.bad_rows}, rejected as over-long={stats.rejected}){hint}")
-  return EncodedSplit(split, prompts, answers, answer_texts, stats, columns, needed)
+  return EncodedSplit(split, prompts, answers, answer_texts, stats, columns, needed,
+                      kept_demos if with_demos else None)
 
 
 def pick_bucket(length: int, buckets: Sequence[int]) -> int:
@@ -517,9 +583,10 @@ def _source_rows(config: DataConfig, split: str) -> Sequence[Any]:
     sources = prepare_arithmetic(data_dir, builder_config)
   else:
     sources, builder_config = _prepare_synthetic(config, data_dir)
-  if split not in sources:
+  name = f"{split}_hard" if config.task == "chain" and config.chain_level == "hard" else split
+  if name not in sources:
     raise ValueError(f"split {split!r} is empty; set data.{split}_size > 0")
-  source = sources[split]
+  source = sources[name]
   rows = source.__getitems__(list(range(len(source))))
   if config.task == "text2sql":
     # Rewards execute SQL against the row's database: give them its path.
@@ -619,6 +686,10 @@ def _prepare_synthetic(config: DataConfig, data_dir: str):
                             "test_size": config.test_size}
   if config.task == "countdown":
     params.update(numbers=config.countdown_numbers, max_number=config.countdown_max_number)
+  elif config.task == "chain":
+    params.update(easy_operands=config.chain_easy_operands,
+                  hard_operands=config.chain_hard_operands,
+                  max_operand=config.chain_max_operand, operators=config.operators)
   elif config.task == "sorted_digits":
     params.update(sorted_fraction=0.2)
   return prepare_synthetic(data_dir, config.task, params)

@@ -16,6 +16,9 @@ Tasks:
   :func:`text2sql_database_dir` finds them; they are rebuilt if missing.
 * ``sorted_digits`` -- the synthetic preference task's SFT demonstrations
   (:mod:`jaxrl_llm.data.preference`); fields prompt, answer.
+* ``chain`` -- multi-operand arithmetic with step-by-step teacher traces
+  (:mod:`jaxrl_llm.data.reasoning`); fields prompt, answer, demonstration, level; splits
+  ``train`` / ``validation`` / ``test`` (easy) and the same with ``_hard``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,15 @@ def _sorted_digits(params: dict) -> dict[str, list[dict]]:
   return out
 
 
+def _chain(params: dict) -> dict[str, list[dict]]:
+  from jaxrl_llm.data.reasoning import generate
+
+  sizes = {s: params[f"{s}_size"] for s in SPLITS}
+  return generate({"easy": sizes, "hard": sizes}, seed=params["seed"],
+                  easy_operands=params["easy_operands"], hard_operands=params["hard_operands"],
+                  max_operand=params["max_operand"], operators=params["operators"])
+
+
 def _split(rows: list[dict], sizes: list[int]) -> dict[str, list[dict]]:
   out, start = {}, 0
   for name, size in zip(SPLITS, sizes):
@@ -71,12 +83,14 @@ GENERATORS: dict[str, Callable[[dict], dict[str, list[dict]]]] = {
     "countdown": _countdown,
     "text2sql": _text2sql,
     "sorted_digits": _sorted_digits,
+    "chain": _chain,
 }
 # The text fields of each task's rows (the TFDS feature dict).
 FIELDS: dict[str, tuple[str, ...]] = {
     "countdown": ("prompt", "answer", "nums", "target"),
     "text2sql": ("prompt", "answer", "db_id"),
     "sorted_digits": ("prompt", "answer"),
+    "chain": ("prompt", "answer", "demonstration", "level"),
 }
 
 

@@ -12,7 +12,8 @@ failure policy (time-outs, exceptions, NaN).
 
 
 from jaxrl_llm.imports import import_object
-from jaxrl_llm.rewards import arithmetic, code, countdown, math, preference_task, text2sql
+from jaxrl_llm.rewards import (arithmetic, code, countdown, math, preference_task, reasoning,
+                               text2sql)
 from jaxrl_llm.rewards.base import (RewardError, RewardFn, RewardResult, RewardRunner, RewardSpec,
                                     call_with_timeout, overlong_penalty)
 
@@ -31,6 +32,8 @@ REWARD_FUNCTIONS = {
     "code_unit_tests": code.code_unit_tests,
     "text2sql_execution": text2sql.text2sql_execution,
     "sql_format": text2sql.sql_format,
+    "final_answer": reasoning.final_answer_match,
+    "final_answer_partial": reasoning.final_answer_partial,
 }
 
 

@@ -28,7 +28,8 @@ from jaxrl_llm.algorithms import sft
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, load_json, save_json
-from jaxrl_llm.data.pipeline import bucket_cap, has_split, resolve_buckets, write_data_report
+from jaxrl_llm.data.pipeline import (bucket_cap, has_split, resolve_buckets, sft_rows,
+                                     write_data_report)
 from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load_rows,
                             load_tokenizer, save_tokenizer)
 from jaxrl_llm.models import Decoder, init_params
@@ -102,7 +103,8 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   dc, tc = config.data, config.train
   max_len = bucket_cap(config, model_config.max_seq_len)
 
-  train = encode_split(load_rows(dc, "train"), tokenizer, split="train", max_len=max_len,
+  train = encode_split(sft_rows(load_rows(dc, "train"), dc, "train"), tokenizer, split="train",
+                       max_len=max_len,
                        on_bad_row=dc.on_bad_row, on_overlong=dc.on_overlong,
                        chat_template=dc.chat_template)
   longest_answer = max(len(a) for a in train.answers)
@@ -114,7 +116,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   for name in ("validation", "test"):
     if has_split(dc, name):
       # Evaluation prompts plus the decode budget must fit the largest bucket.
-      splits[name] = encode_split(load_rows(dc, name), tokenizer, split=name,
+      splits[name] = encode_split(sft_rows(load_rows(dc, name), dc, name), tokenizer, split=name,
                                   max_len=max_len, on_bad_row=dc.on_bad_row,
                                   on_overlong=dc.on_overlong, answer_budget=max_new_tokens,
                                   chat_template=dc.chat_template)
@@ -304,7 +306,7 @@ def warm_start_config(config: Config) -> Config:
           "data.jsonl_dir holds preference pairs; set init.sft_steps=0 and init.policy_run=RUN "
           "(a trained policy run) or init.hf_checkpoint=DIR")
     data = dataclasses.replace(data, source="tfds", jsonl_dir="")
-  return dataclasses.replace(
+  warm = dataclasses.replace(
       config, experiment=f"{config.experiment}-sft",
       algorithm=AlgorithmConfig(name="sft"),
       data=data,
@@ -313,6 +315,14 @@ def warm_start_config(config: Config) -> Config:
       train=dataclasses.replace(config.train, steps=ic.sft_steps, batch_size=ic.sft_batch_size,
                                 grad_accum_steps=1, eval_every=0,
                                 checkpoint_every=max(ic.sft_steps // 2, 1), keep_checkpoints=1))
+  if ic.sft_overrides:
+    from jaxrl_llm.config import apply_overrides
+
+    try:
+      warm = apply_overrides(warm, ic.sft_overrides)
+    except ConfigError as e:
+      raise ConfigError(f"config field 'init.sft_overrides': {e}") from None
+  return warm
 
 
 def warm_start(config: Config, run_dir: str, *, devices=None):
