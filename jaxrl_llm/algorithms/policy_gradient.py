@@ -81,6 +81,9 @@ class Config:
   micro_batches: int = 1
   shuffle_minibatches: bool = True
   temperature: float = 1.0
+  luffy_gamma: float = 0.1
+  clip_on_policy: bool = True
+  adv_stats: str = "group"
 
   @property
   def kl_in_loss(self) -> bool:
@@ -114,6 +117,11 @@ PRESETS: dict[str, dict] = {
                      clip_low=1.0, clip_high=1.0, kl_coef=0.0, clip_cov_ratio=2e-4),
     "kl_cov": dict(name="grpo", policy_loss="kl_cov", loss_aggregation="token-mean",
                    kl_coef=0.0, kl_cov_ratio=2e-3, kl_cov_coef=1.0),
+    # The paper's settings (std-normalised group advantages over on- and off-policy rows,
+    # token-mean, clipped on-policy term); the released script's are advantage="drgrpo",
+    # loss_aggregation="seq-mean-token-sum-norm", clip_on_policy=False, entropy_coef=0.001.
+    "luffy": dict(name="luffy", loss_aggregation="token-mean", clip_low=0.2, clip_high=0.2,
+                  kl_coef=0.0, luffy_gamma=0.1, clip_on_policy=True, adv_stats="group"),
 }
 
 
@@ -131,7 +139,9 @@ def config_from(algorithm: AlgorithmConfig, *, temperature: float, max_new_token
       clip_cov_ub=algorithm.clip_cov_ub, kl_cov_ratio=algorithm.kl_cov_ratio,
       kl_cov_coef=algorithm.kl_cov_coef, tis_cap=algorithm.tis_cap, epochs=algorithm.epochs,
       minibatches=algorithm.minibatches, micro_batches=algorithm.micro_batches,
-      shuffle_minibatches=algorithm.shuffle_minibatches, temperature=temperature)
+      shuffle_minibatches=algorithm.shuffle_minibatches, temperature=temperature,
+      luffy_gamma=algorithm.luffy_gamma, clip_on_policy=algorithm.clip_on_policy,
+      adv_stats=algorithm.adv_stats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +213,13 @@ def prepare(inputs: dict, config: Config, *, num_groups: int):
     token_rewards = ops.scores_to_token_rewards(scores, m)
   est = config.advantage
   group_kw = dict(num_groups=num_groups, singleton=config.singleton)
-  if est == "grpo":
+  if config.adv_stats == "on_policy" and est in ("grpo", "drgrpo"):
+    # LUFFY's grpo_split: the group's mean / std come from its on-policy rows only; every row
+    # (teacher traces included) is centred and scaled by them.
+    adv, d = on_policy_group_advantages(seq_scores, gid, m, inputs["is_demonstration"],
+                                        num_groups=num_groups, eps=config.adv_eps,
+                                        normalize_std=est == "grpo")
+  elif est == "grpo":
     adv, d = ops.grpo_advantages(seq_scores, gid, m, eps=config.adv_eps, **group_kw)
   elif est == "drgrpo":
     adv, d = ops.drgrpo_advantages(seq_scores, gid, m, **group_kw)
@@ -226,6 +242,35 @@ def prepare(inputs: dict, config: Config, *, num_groups: int):
   diag["adv/mean"] = ops.masked_mean(adv, m)
   diag["adv/abs_mean"] = ops.masked_mean(jnp.abs(adv), m)
   return jnp.where(m, adv, 0.0), diag
+
+
+def on_policy_group_advantages(scores: jax.Array, group_ids: jax.Array, mask: jax.Array,
+                               is_demonstration: jax.Array, *, num_groups: int,
+                               eps: float = 1e-6, normalize_std: bool = True):
+  """LUFFY's ``grpo_split`` (docs/algorithms.md §12): ``A_i = (R_i − mean_on) / (std_on + eps)``
+  for every row of a group, the statistics over its scorable on-policy rows only.
+
+  Where the on-policy rows are constant (all failed, the case teacher traces are for) the std is
+  0; we then use ``R_i − mean_on`` unscaled, so a correct trace among failed samples gets
+  ``+1`` rather than ``1/eps`` (our choice: the paper leaves it open).
+
+  Args:
+    scores: float ``[N]`` (NaN = unscorable); group_ids: int32 ``[N]``; mask: ``[N, T]``;
+    is_demonstration: bool ``[N]``.
+  Returns:
+    (advantages float32 ``[N, T]``, diagnostics).
+  """
+  chex.assert_rank([scores, group_ids, is_demonstration, mask], [1, 1, 1, 2])
+  valid = jnp.isfinite(scores)
+  on = valid & ~is_demonstration.astype(bool)
+  stats = ops.group_stats(scores, group_ids, num_groups=num_groups, valid=on)
+  s = jnp.where(valid, scores, 0.0).astype(jnp.float32)
+  centred = s - stats.mean[group_ids]
+  spread = (stats.count[group_ids] > 1) & ~stats.constant[group_ids]
+  adv = jnp.where(spread & normalize_std, centred / (stats.std[group_ids] + eps), centred)
+  adv = jnp.where(valid & (stats.count[group_ids] > 0), adv, 0.0)
+  return jnp.broadcast_to(adv[:, None], mask.shape) * mask, {
+      "groups_constant_on_policy": jnp.mean(stats.constant.astype(jnp.float32))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,6 +303,12 @@ def token_loss(config: Config, logp, entropy, mb: dict, *, on_policy: jax.Array,
   elif config.policy_loss == "kl_cov":
     pg, diag = ops.kl_cov_loss(logp, old, adv, m, kl_cov_ratio=config.kl_cov_ratio,
                                kl_coef=config.kl_cov_coef)
+  elif config.policy_loss == "luffy":
+    # Teacher tokens: -A·f(π), no ratio, no clip; the policy's own tokens: the surrogate.
+    off = mb.get("off_policy", jnp.zeros_like(m))
+    pg, diag = ops.luffy_loss(logp, old, adv, m, off, gamma=config.luffy_gamma,
+                              clip_low=config.clip_low, clip_high=config.clip_high,
+                              clip_on_policy=config.clip_on_policy)
   else:
     raise ValueError(f"unknown policy loss {config.policy_loss!r}")
   if config.tis_cap:
@@ -281,7 +332,7 @@ def token_loss(config: Config, logp, entropy, mb: dict, *, on_policy: jax.Array,
 
 _AVERAGED = ("clipfrac", "clipfrac_lower", "approx_kl", "ratio_mean", "kl_loss", "pg_loss_mean",
              "is_weight_mean", "is_capped_fraction", "seq_ratio_mean", "clip_cov_selected",
-             "kl_cov_selected")
+             "kl_cov_selected", "offpolicy_fraction", "offpolicy_prob_mean")
 
 
 def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.GradientTransformation,
@@ -375,7 +426,9 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     else:
       perms = jnp.tile(jnp.arange(n), (e_count, 1))
     order = perms.reshape(e_count * m_count, n // m_count)
-    _, gap = ops.truncated_is_weights(batch["old_logp"], batch["sampler_logp"], batch["mask"],
+    # The sampler-trainer gap over the policy's own tokens (teacher tokens were not sampled).
+    sampled = batch["mask"] & ~batch["off_policy"] if "off_policy" in batch else batch["mask"]
+    _, gap = ops.truncated_is_weights(batch["old_logp"], batch["sampler_logp"], sampled,
                                       cap=max(config.tis_cap, 1.0))
 
     def body(state, xs):
@@ -412,6 +465,9 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
       metrics["train/clip_cov_selected"] = mean(per_step["clip_cov_selected"])
     if config.policy_loss == "kl_cov":
       metrics["train/kl_cov_selected"] = mean(per_step["kl_cov_selected"])
+    if config.policy_loss == "luffy":
+      metrics["train/offpolicy_fraction"] = mean(per_step["offpolicy_fraction"])
+      metrics["train/offpolicy_prob_mean"] = mean(per_step["offpolicy_prob_mean"])
     return state, metrics
 
   return update

@@ -306,7 +306,7 @@ class OptimizerConfig:
 
 
 ALGORITHMS = ("sft", "grpo", "drgrpo", "dapo", "gspo", "rloo", "reinforce_pp",
-              "reinforce_pp_baseline", "remax", "ppo", "dpo", "reward_model")
+              "reinforce_pp_baseline", "remax", "luffy", "ppo", "dpo", "reward_model")
 # Trained from a fixed dataset of preferences rather than online rollouts.
 PREFERENCE_ALGORITHMS = ("dpo", "reward_model")
 DPO_VARIANTS = ("dpo", "cdpo", "rdpo", "ipo", "hinge")
@@ -315,9 +315,11 @@ RM_OBJECTIVES = ("pairwise", "ranking", "rating")
 DEFAULT_ADVANTAGE = {"grpo": "grpo", "drgrpo": "drgrpo", "dapo": "grpo", "gspo": "grpo",
                      "rloo": "rloo", "reinforce_pp": "reinforce_pp",
                      "reinforce_pp_baseline": "reinforce_pp_baseline", "remax": "remax",
-                     "ppo": "gae"}
+                     "luffy": "grpo", "ppo": "gae"}
 ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax")
-POLICY_LOSSES = ("ppo", "gspo", "clip_cov", "kl_cov")
+POLICY_LOSSES = ("ppo", "gspo", "clip_cov", "kl_cov", "luffy")
+# Losses that train on teacher (off-policy) tokens without an importance ratio.
+OFF_POLICY_LOSSES = ("luffy",)
 AGGREGATIONS = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
                 "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "abs", "k2", "k3", "k1+", "abs+", "k2+", "k3+")
@@ -365,6 +367,13 @@ class AlgorithmConfig:
   micro_batches: int = 1  # (RL) gradient-accumulation chunks per minibatch (memory only).
   shuffle_minibatches: bool = True  # (RL) re-shuffle rows into minibatches every epoch.
   dynamic_sampling: bool = False  # (RL) DAPO: drop groups whose accuracy is constant, refill.
+  # LUFFY (docs/algorithms.md §12): teacher tokens get -A·p/(p + luffy_gamma), no clip; on-policy
+  # tokens the clipped surrogate (clip_on_policy=false: the released script's unclipped -A·ρ).
+  luffy_gamma: float = 0.1
+  clip_on_policy: bool = True
+  # (RL) Group statistics of the advantage over "group" (every scorable row, demonstrations
+  # included: LUFFY's paper) or "on_policy" rows only (LUFFY's grpo_split).
+  adv_stats: str = "group"
   max_gen_rounds: int = 10  # (RL) generation rounds per step before dynamic sampling gives up.
   on_exhausted: str = "raise"  # (RL) after max_gen_rounds: "raise" or "train" on what survived.
   overlong_filter: bool = False  # (RL) DAPO: truncated responses get no loss.
@@ -428,6 +437,10 @@ class AlgorithmConfig:
       _fail(f("gamma"), f"must be in (0, 1], got {self.gamma}")
     if self.clip_cov_lb >= self.clip_cov_ub:
       _fail(f("clip_cov_lb"), f"must be < clip_cov_ub={self.clip_cov_ub}, got {self.clip_cov_lb}")
+    if not self.luffy_gamma > 0:
+      _fail(f("luffy_gamma"), f"must be > 0, got {self.luffy_gamma}")
+    if self.adv_stats not in ("group", "on_policy"):
+      _fail(f("adv_stats"), f"must be 'group' or 'on_policy', got {self.adv_stats!r}")
     if self.on_exhausted not in ("raise", "train"):
       _fail(f("on_exhausted"), f"must be 'raise' or 'train', got {self.on_exhausted!r}")
     if self.resolved_policy_loss == "gspo" and self.loss_aggregation != "seq-mean-token-mean":
@@ -473,7 +486,7 @@ class AlgorithmConfig:
   def resolved_policy_loss(self) -> str:
     if self.policy_loss:
       return self.policy_loss
-    return "gspo" if self.name == "gspo" else "ppo"
+    return {"gspo": "gspo", "luffy": "luffy"}.get(self.name, "ppo")
 
   @property
   def uses_reference(self) -> bool:
@@ -493,10 +506,32 @@ class RolloutConfig:
   top_k: int = 0
   top_p: float = 1.0
   min_p: float = 0.0
+  # The rollout stage (jaxrl_llm.train.experience): where rows come from and which groups are
+  # kept. Sources: "policy" (G samples per prompt), "demonstrations" (the rows' teacher traces,
+  # off-policy); filters: "nonconstant_groups" (DAPO; algorithm.dynamic_sampling adds it),
+  # "verified_demonstrations", "accuracy_band"; or your own by import path "mypkg.mod:fn".
+  sources: tuple[str, ...] = ("policy",)
+  filters: tuple[str, ...] = ()
+  demonstrations_per_prompt: int = 1  # Teacher traces per group with the "demonstrations" source.
+  # LUFFY's prefix mode: each trace is cut to a random fraction in [min, max] of its tokens and the
+  # policy writes the rest; 1.0 / 1.0 = whole traces.
+  prefix_ratio_min: float = 1.0
+  prefix_ratio_max: float = 1.0
+  accuracy_band_low: float = 0.0  # "accuracy_band" filter: kept mean on-policy accuracy range.
+  accuracy_band_high: float = 1.0
 
   def __post_init__(self):
     _positive("rollout", self, "prompts_per_step", "samples_per_prompt", "max_new_tokens",
-              "temperature")
+              "temperature", "demonstrations_per_prompt")
+    if not self.sources:
+      _fail("rollout.sources", "must name at least one source (e.g. 'policy')")
+    if len(set(self.sources)) != len(self.sources):
+      _fail("rollout.sources", f"names a source twice: {self.sources}")
+    if not 0.0 <= self.prefix_ratio_min <= self.prefix_ratio_max <= 1.0:
+      _fail("rollout.prefix_ratio_min", "need 0 <= prefix_ratio_min <= prefix_ratio_max <= 1, "
+            f"got {self.prefix_ratio_min} and {self.prefix_ratio_max}")
+    if not 0.0 <= self.accuracy_band_low <= self.accuracy_band_high <= 1.0:
+      _fail("rollout.accuracy_band_low", "need 0 <= accuracy_band_low <= accuracy_band_high <= 1")
     _positive("rollout", self, "gen_prompts", "top_k", "min_p", allow_zero=True)
     if not 0.0 < self.top_p <= 1.0:
       _fail("rollout.top_p", f"must be in (0, 1], got {self.top_p}")

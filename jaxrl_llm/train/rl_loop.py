@@ -42,6 +42,7 @@ from jaxrl_llm.algorithms import ppo
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, InitConfig, save_json
+from jaxrl_llm.config.schema import OFF_POLICY_LOSSES
 from jaxrl_llm.data.pipeline import bucket_cap, has_split, resolve_buckets, write_data_report
 from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
                             save_tokenizer)
@@ -49,11 +50,12 @@ from jaxrl_llm.models import Decoder, init_params
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
 from jaxrl_llm.ops import AdaptiveKLController, FixedKLController
 from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_shardings
-from jaxrl_llm.rewards import (RewardError, RewardRunner, RewardSpec, get_reward_function,
-                               overlong_penalty)
+from jaxrl_llm.rewards import RewardError, RewardRunner, RewardSpec, get_reward_function
 from jaxrl_llm.rollout import Sampler, SamplingConfig
-from jaxrl_llm.rollout.sampler import pad_prompts
-from jaxrl_llm.train import sft_loop
+from jaxrl_llm.train import experience, sft_loop
+from jaxrl_llm.train.experience.core import add_counts
+from jaxrl_llm.train.experience.filters import FILTERS, group_std
+from jaxrl_llm.train.experience.sources import SOURCES
 from jaxrl_llm.train.artifacts import policy_source
 from jaxrl_llm.train.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import decode_texts, make_greedy_decode
@@ -120,6 +122,9 @@ class RLSetup:
   reference: Any = None  # frozen reference params (None when algorithm.kl_coef == 0)
   ppo_config: Any = None  # ppo.Config when algorithm.name == "ppo"
   rollout_values: Any = None  # PPO: jitted (state, tokens, attention, mask) -> (old_logp, V_old)
+  # The rollout stage: ([(name, source)], [(name, filter)]) (jaxrl_llm.train.experience).
+  experience: Any = None
+  demo_token_cache: dict = dataclasses.field(default_factory=dict)
 
   def policy_params(self, state):
     """The decoder params that sample and are evaluated (PPO: the actor's policy part)."""
@@ -158,10 +163,12 @@ def _validate(config: Config, mesh) -> None:
     raise ConfigError(f"config field 'algorithm.name': the RL loop needs an RL algorithm, got "
                       f"{a.name!r} (use the SFT loop)")
   shards = batch_size_multiple(mesh)
-  rows = r.prompts_per_step * r.samples_per_prompt
+  per_group = r.samples_per_prompt * ("policy" in r.sources) + (
+      r.demonstrations_per_prompt * ("demonstrations" in r.sources))
+  rows = r.prompts_per_step * per_group
   if rows % shards:
     raise ConfigError(f"config field 'rollout.prompts_per_step': {r.prompts_per_step} prompts x "
-                      f"{r.samples_per_prompt} samples = {rows} rows must be a multiple of the "
+                      f"{per_group} rows per prompt = {rows} rows must be a multiple of the "
                       f"{shards} batch shards (mesh data x fsdp)")
   parts = a.minibatches * a.micro_batches
   if rows % parts:
@@ -183,6 +190,29 @@ def _validate(config: Config, mesh) -> None:
   if config.train.eval_batch_size % shards:
     raise ConfigError(f"config field 'train.eval_batch_size': must be a multiple of the {shards} "
                       "batch shards")
+
+
+def experience_stage(config: Config, train_split) -> tuple[list, list]:
+  """The configured sources and filters (``rollout.sources`` / ``rollout.filters``, plus DAPO's
+  ``"nonconstant_groups"`` when ``algorithm.dynamic_sampling``), checked before compiling."""
+  rc, ac = config.rollout, config.algorithm
+  names = list(rc.filters)
+  if ac.dynamic_sampling and "nonconstant_groups" not in names:
+    names.insert(0, "nonconstant_groups")
+  sources = experience.resolve("sources", rc.sources, SOURCES)
+  filters = experience.resolve("filters", names, FILTERS)
+  if "demonstrations" in rc.sources:
+    if train_split.demonstrations is None:
+      raise ConfigError("config field 'rollout.sources': 'demonstrations' needs training rows with "
+                        "a 'demonstration' field (data.task='chain', or your JSONL's "
+                        "'demonstration')")
+    if ac.resolved_policy_loss not in OFF_POLICY_LOSSES:
+      raise ConfigError(f"config field 'algorithm.policy_loss': teacher tokens have no behaviour "
+                        f"probability, so they need a ratio-free loss ({OFF_POLICY_LOSSES}), got "
+                        f"{ac.resolved_policy_loss!r}")
+    if config.algorithm.name == "ppo":
+      raise ConfigError("config field 'rollout.sources': PPO trains on its own samples only")
+  return sources, filters
 
 
 def reward_model_stage_config(config: Config, run_dir: str) -> Config:
@@ -289,6 +319,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   if config.reward.accuracy and config.reward.accuracy not in names:
     raise ConfigError(f"config field 'reward.accuracy': {config.reward.accuracy!r} is not one of "
                       f"the reward functions {names}")
+  stage = experience_stage(config, splits["train"])
 
   model = Decoder(model_config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps * ac.epochs * ac.minibatches)
@@ -357,168 +388,25 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                  sampling=sampling, rewards=runner, prompts=prompts, update=update,
                  prepare=prepare, logprobs=logprobs, decode=decode, kl_controller=kl_controller,
                  make_state=make_state, init_state=init_state, ppo_config=ppo_config,
-                 rollout_values=rollout_values)
+                 rollout_values=rollout_values, experience=stage)
 
 
 # --------------------------------------------------------------------------------------------
 # Rollout assembly (host side).
 
 
-def _left_pad(batch: dict, width: int, pad_id: int) -> dict:
-  """Left-pads the prompt region of a host rollout dict to ``width`` prompt columns."""
-  extra = width - batch["prompt_width"]
-  if extra == 0:
-    return batch
-  n = batch["tokens"].shape[0]
-  out = dict(batch, prompt_width=width)
-  out["tokens"] = np.concatenate([np.full((n, extra), pad_id, np.int32), batch["tokens"]], 1)
-  for k in ("prompt_mask", "response_mask"):
-    out[k] = np.concatenate([np.zeros((n, extra), bool), batch[k]], 1)
-  return out
-
-
-def _concat(parts: list[dict], pad_id: int) -> dict:
-  width = max(p["prompt_width"] for p in parts)
-  parts = [_left_pad(p, width, pad_id) for p in parts]
-  out = {"prompt_width": width}
-  for k in parts[0]:
-    if k != "prompt_width":
-      out[k] = np.concatenate([p[k] for p in parts], 0)
-  return out
-
-
-def _group_std(values: np.ndarray, groups: np.ndarray, num_groups: int) -> np.ndarray:
-  """Population std of the finite values of each group (NaN where a group has none)."""
-  out = np.full((num_groups,), np.nan)
-  for g in range(num_groups):
-    v = values[groups == g]
-    v = v[np.isfinite(v)]
-    if len(v):
-      out[g] = float(np.std(v))
-  return out
-
-
 def collect_rollout(setup: RLSetup, params, step: int, position: int):
-  """Generates, decodes and scores one step's batch (dynamic sampling and ReMax included).
+  """One step's batch from the rollout stage (:func:`jaxrl_llm.train.experience.collect`: sources,
+  scoring, baseline, filters).
 
   Returns:
     (host batch dict, next prompt position, info dict, timings dict). The batch holds
     ``tokens int32[N, L]``, ``prompt_mask``, ``response_mask`` bool ``[N, L]``, ``sampler_logp
     float32[N, T]``, ``lengths``, ``finished``, ``group_ids`` (0..B−1), ``scores`` (total reward,
-    NaN = unscorable), ``accuracy``, per-function rewards ``reward/<name>``, ``baseline_scores``.
+    NaN = unscorable), ``accuracy``, per-function rewards ``reward/<name>``, ``baseline_scores``,
+    ``trainable``, ``is_demonstration`` and ``off_policy`` (teacher tokens).
   """
-  cfg = setup.config
-  rc, ac = cfg.rollout, cfg.algorithm
-  tok = setup.tokenizer
-  g = rc.samples_per_prompt
-  want = rc.prompts_per_step
-  per_round = rc.gen_prompts or want
-  split = setup.splits["train"]
-  base_key = rng_lib.step_key(rng_lib.purpose_key(cfg.seed, "sampling"), step)
-  kept: list[dict] = []
-  n_kept = 0
-  rounds = 0
-  info = {"reward_counts": {}, "dropped_groups": 0, "generated_groups": 0}
-  t_gen = t_rew = 0.0
-  while n_kept < want:
-    if rounds >= ac.max_gen_rounds:
-      if ac.on_exhausted == "raise":
-        raise RuntimeError(
-            f"dynamic sampling: only {n_kept} of {want} groups had non-constant accuracy after "
-            f"algorithm.max_gen_rounds={ac.max_gen_rounds} generation rounds at step {step}; "
-            "raise max_gen_rounds, or set algorithm.on_exhausted='train'")
-      break
-    idx, position = setup.prompts.indices(position, per_round)
-    prompts, lengths = pad_prompts([split.prompts[i] for i in idx], cfg.data.length_buckets,
-                                   tok.pad_token_id)
-    t0 = time.perf_counter()
-    key = jax.random.fold_in(base_key, rounds)
-    ro = setup.sampler.generate(params, prompts, lengths, sampling=setup.sampling,
-                                max_new_tokens=rc.max_new_tokens,
-                                stop_token_ids=[tok.eos_token_id], rng=key, num_samples=g)
-    ro = jax.device_get(ro)
-    baseline = None
-    if ac.resolved_advantage == "remax":
-      greedy = setup.sampler.generate(params, prompts, lengths,
-                                      sampling=SamplingConfig(greedy=True),
-                                      max_new_tokens=rc.max_new_tokens,
-                                      stop_token_ids=[tok.eos_token_id], rng=key, num_samples=1)
-      greedy = jax.device_get(greedy)
-    t_gen += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    width = prompts.shape[1]
-    completions = decode_texts(tok, ro.tokens[:, width:], tok.eos_token_id)
-    prompt_text = [setup.prompt_texts[i] for i in np.repeat(idx, g)]
-    result = setup.rewards(prompt_text, completions, split.row_columns(np.repeat(idx, g)))
-    _add_counts(info["reward_counts"], result.counts)
-    scores = result.total.copy()
-    per_fn = dict(result.per_function)
-    if ac.overlong_buffer:
-      pen = overlong_penalty(ro.lengths, max_length=rc.max_new_tokens, buffer=ac.overlong_buffer,
-                             factor=ac.overlong_penalty)
-      per_fn["overlong"] = pen
-      scores = scores + pen
-    if ac.resolved_advantage == "remax":
-      g_text = decode_texts(tok, greedy.tokens[:, width:], tok.eos_token_id)
-      g_res = setup.rewards([setup.prompt_texts[i] for i in idx], g_text,
-                            split.row_columns(idx))
-      _add_counts(info["reward_counts"], g_res.counts)
-      baseline = np.repeat(g_res.total, g)
-      if ac.overlong_buffer:
-        baseline = baseline + np.repeat(overlong_penalty(
-            greedy.lengths, max_length=rc.max_new_tokens, buffer=ac.overlong_buffer,
-            factor=ac.overlong_penalty), g)
-    t_rew += time.perf_counter() - t0
-    accuracy = per_fn[cfg.reward.accuracy] if cfg.reward.accuracy else np.full_like(scores, np.nan)
-    batch = {
-        "prompt_width": width, "tokens": np.asarray(ro.tokens),
-        "prompt_mask": np.asarray(ro.prompt_mask), "response_mask": np.asarray(ro.response_mask),
-        "sampler_logp": np.asarray(ro.sampler_logprobs),
-        "behaviour_logp": np.asarray(ro.sampler_logprobs_truncated),
-        "lengths": np.asarray(ro.lengths),
-        "finished": np.asarray(ro.finished), "group_ids": np.asarray(ro.group_ids),
-        "scores": scores.astype(np.float32), "accuracy": accuracy.astype(np.float32),
-        "baseline_scores": (baseline if baseline is not None else np.zeros_like(scores)
-                            ).astype(np.float32),
-    }
-    for name, values in per_fn.items():
-      batch[f"reward/{name}"] = values.astype(np.float32)
-    rounds += 1
-    info["generated_groups"] += per_round
-    if ac.dynamic_sampling:
-      std = _group_std(batch["accuracy"], batch["group_ids"], per_round)
-      keep_groups = [gi for gi in range(per_round) if std[gi] > 0 or
-                     np.sum(np.isfinite(batch["accuracy"][batch["group_ids"] == gi])) == 1]
-      info["dropped_groups"] += per_round - len(keep_groups)
-    else:
-      keep_groups = list(range(per_round))
-    keep_groups = keep_groups[:want - n_kept]
-    if keep_groups:
-      rows = np.concatenate([np.nonzero(batch["group_ids"] == gi)[0] for gi in keep_groups])
-      part = {k: (v if k == "prompt_width" else v[rows]) for k, v in batch.items()}
-      remap = {gi: n_kept + j for j, gi in enumerate(keep_groups)}
-      part["group_ids"] = np.asarray([remap[x] for x in part["group_ids"]], np.int32)
-      part["trainable"] = np.ones(len(rows), bool)
-      kept.append(part)
-      n_kept += len(keep_groups)
-  if n_kept < want:  # on_exhausted == "train": fill with untrainable copies (static shapes).
-    filler = dict(kept[-1] if kept else batch)
-    reps = -(-(want - n_kept) * g // len(filler["tokens"]))
-    fill = {k: (v if k == "prompt_width" else np.concatenate([v] * reps)[:(want - n_kept) * g])
-            for k, v in filler.items()}
-    fill["group_ids"] = np.repeat(np.arange(n_kept, want, dtype=np.int32), g)
-    fill["trainable"] = np.zeros((want - n_kept) * g, bool)
-    kept.append(fill)
-  info["gen_rounds"] = rounds
-  info["short_groups"] = want - n_kept
-  return _concat(kept, tok.pad_token_id), position, info, {"generate": t_gen, "reward": t_rew}
-
-
-def _add_counts(total: dict, counts: dict) -> None:
-  for name, c in counts.items():
-    slot = total.setdefault(name, {"errors": 0, "nonfinite": 0, "timeouts": 0})
-    for k, v in c.items():
-      slot[k] += int(v)
+  return experience.collect(setup, params, step, position)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,10 +430,12 @@ def rollout_metrics(batch: dict, info: dict, num_groups: int) -> dict:
   if np.isfinite(acc).any():
     out["reward/accuracy"] = float(np.nanmean(acc))
   lengths = batch["lengths"][trainable]
-  out["response/length_mean"] = float(np.mean(lengths))
-  out["response/length_max"] = float(np.max(lengths))
-  out["response/clipped_fraction"] = float(np.mean(~batch["finished"][trainable]))
-  std = _group_std(batch["scores"], batch["group_ids"], num_groups)
+  # No trainable row (dynamic sampling kept nothing and on_exhausted='train'): zeros, not a crash.
+  out["response/length_mean"] = float(np.mean(lengths)) if len(lengths) else 0.0
+  out["response/length_max"] = float(np.max(lengths)) if len(lengths) else 0.0
+  out["response/clipped_fraction"] = (float(np.mean(~batch["finished"][trainable]))
+                                      if len(lengths) else 0.0)
+  std = group_std(batch["scores"], batch["group_ids"], num_groups)
   real = np.unique(batch["group_ids"][trainable])
   out["groups/zero_variance_fraction"] = float(np.mean(std[real] == 0)) if len(real) else 0.0
   out["rollout/gen_rounds"] = float(info["gen_rounds"])
@@ -588,13 +478,18 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 
     extra = {"returns": returns, "old_values": old_values,
              "train_actor": jnp.asarray(ppo.actor_trains_at(setup.ppo_config, step))}
   else:
+    more = {}
+    if ac.adv_stats == "on_policy":
+      more["is_demonstration"] = put(batch["is_demonstration"])
     adv, diag = setup.prepare(dict(inputs, group_ids=put(batch["group_ids"].astype(np.int32)),
-                                   baseline_scores=put(batch["baseline_scores"])))
+                                   baseline_scores=put(batch["baseline_scores"]), **more))
   device_batch = {"tokens": tokens, "attention_mask": attention, "mask": mask_d,
                   "advantages": adv, "old_logp": old, "ref_logp": ref,
                   "sampler_logp": put(batch["sampler_logp"]), **extra}
   if setup.sampling.truncates:
     device_batch["behaviour_logp"] = put(batch["behaviour_logp"])
+  if "demonstrations" in setup.config.rollout.sources:
+    device_batch["off_policy"] = put(batch["off_policy"] & mask)
   return device_batch, diag
 
 
@@ -736,7 +631,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
       setup.rewards.close()
       raise
     position = new_position
-    _add_counts(counts, info["reward_counts"])
+    add_counts(counts, info["reward_counts"])
     t0 = time.perf_counter()
     device_batch, diag = train_batch(setup, batch, state, float(kl_state.coef), step)
     jax.block_until_ready(device_batch["advantages"])
