@@ -100,3 +100,165 @@ def test_user_demonstrations_from_jsonl(tmp_path):
                    on_bad_row="raise", on_overlong="reject")
   with pytest.raises(BadRowError, match="row 0 field 'demonstration': missing"):
     sft_rows([{"prompt": "p", "answer": "1"}], DataConfig(sft_target="demonstration"), "train")
+
+
+# --------------------------------------------------------------------------------------------
+# LUFFY: mixed groups of on-policy samples and teacher traces, end to end on a tiny model.
+
+import dataclasses  # noqa: E402
+import os  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from conftest import replace  # noqa: E402
+from jaxrl_llm.algorithms import TrainState  # noqa: E402
+from jaxrl_llm.algorithms import policy_gradient as pg  # noqa: E402
+from jaxrl_llm.config import RewardConfig, RolloutConfig  # noqa: E402
+from jaxrl_llm.models import init_params  # noqa: E402
+from jaxrl_llm.train import Checkpointer, read_metrics, rl_loop  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("demos")
+  rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "demonstration": str(a + b)}
+          for a in range(10) for b in range(6)]
+  _write(root / "train.jsonl", rows)
+  return str(root)
+
+
+def luffy_config(data_dir, demo_dir, **rollout):
+  from test_rl import tiny_rl_config
+
+  base = tiny_rl_config(data_dir, "luffy")
+  ro = dict(prompts_per_step=4, samples_per_prompt=3, max_new_tokens=4,
+            sources=("policy", "demonstrations"), filters=("verified_demonstrations",))
+  ro.update(rollout)
+  return replace(base, experiment="tiny-luffy",
+                 data=DataConfig(task="custom", source="jsonl", jsonl_dir=demo_dir,
+                                 validation_size=8, test_size=8, length_buckets=(8, 12)),
+                 rollout=RolloutConfig(**ro),
+                 reward=RewardConfig(functions=("exact_match",), weights=(1.0,),
+                                     accuracy="exact_match"))
+
+
+def test_mixed_groups_mark_teacher_tokens_and_use_the_union_statistics(data_dir, demo_dir,
+                                                                        tmp_path):
+  config = luffy_config(data_dir, demo_dir)
+  setup = rl_loop.build(config, str(tmp_path))
+  params, _ = init_params(setup.model_config, jax.random.PRNGKey(3), setup.mesh)
+  batch, position, _, _ = rl_loop.collect_rollout(setup, params, 0, 0)
+  w = batch["prompt_width"]
+  demo = batch["is_demonstration"]
+  assert demo.sum() == 4 and len(demo) == 16 and position == 4
+  # Teacher tokens are exactly the off-policy ones: the trace and its EOS.
+  resp = batch["response_mask"][:, w:]
+  np.testing.assert_array_equal(batch["off_policy"][demo], resp[demo])
+  assert not batch["off_policy"][~demo].any()
+  tok = setup.tokenizer
+  for r in np.nonzero(demo)[0]:
+    i = batch["prompt_index"][r]
+    text = tok.decode(batch["tokens"][r, w:][resp[r]], skip_special_tokens=True)
+    assert text == setup.splits["train"].answer_texts[i]
+    assert batch["scores"][r] == 1.0  # verified
+  # Advantages over the union of on- and off-policy rows of a group (the paper's formula).
+  state = TrainState.create(params, setup.tx, jax.random.PRNGKey(0))
+  device, _ = rl_loop.train_batch(setup, batch, state, 0.0)
+  adv = np.asarray(device["advantages"])
+  for g in range(4):
+    rows = np.nonzero(batch["group_ids"] == g)[0]
+    s = batch["scores"][rows].astype(np.float64)
+    if s.std() == 0:
+      continue
+    want = (s - s.mean()) / (s.std(ddof=1) + 1e-6)
+    got = [adv[r][device["mask"][r]][0] for r in rows]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert "off_policy" in device
+  # grpo_split: statistics from the on-policy rows only.
+  split_cfg = replace(config, algorithm=dict(adv_stats="on_policy"))
+  split_setup = dataclasses.replace(setup, config=split_cfg,
+                                    prepare=jax.jit(lambda x: pg.prepare(
+                                        x, pg.config_from(split_cfg.algorithm, temperature=1.0,
+                                                          max_new_tokens=4), num_groups=4)))
+  device2, _ = rl_loop.train_batch(split_setup, batch, state, 0.0)
+  adv2 = np.asarray(device2["advantages"])
+  for g in range(4):
+    rows = np.nonzero(batch["group_ids"] == g)[0]
+    on = rows[~demo[rows]]
+    s = batch["scores"][on].astype(np.float64)
+    mean = s.mean()
+    scale = (s.std(ddof=1) + 1e-6) if s.std() > 0 else 1.0
+    for r in rows:
+      np.testing.assert_allclose(adv2[r][device2["mask"][r]][0],
+                                 (batch["scores"][r] - mean) / scale, rtol=1e-5)
+
+
+def test_teacher_tokens_never_use_an_importance_ratio():
+  rng = np.random.default_rng(0)
+  logp = jnp.asarray(-rng.uniform(0.1, 3.0, (4, 5)), jnp.float32)
+  adv = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  mask = jnp.ones((4, 5), bool)
+  off = jnp.asarray([[True] * 5, [True] * 5, [False] * 5, [False] * 5])
+  cfg = pg.Config(policy_loss="luffy", luffy_gamma=0.1)
+  mb = lambda old: {"mask": mask, "advantages": adv, "old_logp": old, "ref_logp": logp,  # noqa: E731
+                    "sampler_logp": logp, "off_policy": off}
+  a, _ = pg.token_loss(cfg, logp, logp, mb(logp - 0.3), on_policy=jnp.asarray(False),
+                       key=jax.random.key(0))
+  b, _ = pg.token_loss(cfg, logp, logp, mb(logp + 0.7), on_policy=jnp.asarray(False),
+                       key=jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(a)[:2], np.asarray(b)[:2])  # teacher rows: no ratio
+  assert not np.allclose(np.asarray(a)[2:], np.asarray(b)[2:])  # the policy's rows: a ratio
+  p = np.exp(np.asarray(logp)[:2])
+  np.testing.assert_allclose(np.asarray(a)[:2], -np.asarray(adv)[:2] * p / (p + 0.1), rtol=1e-6)
+
+
+def test_prefix_mode_marks_exactly_the_teacher_prefix(data_dir, tmp_path):
+  root = tmp_path / "long"
+  root.mkdir()
+  _write(root / "train.jsonl", [{"prompt": f"{a}+{b}=", "answer": str(a + b),
+                                 "demonstration": f"{a}+{b}={a + b}"}
+                                for a in range(10) for b in range(6)])
+  config = luffy_config(data_dir, str(root), max_new_tokens=8, prefix_ratio_min=0.5,
+                        prefix_ratio_max=0.5, filters=())
+  config = replace(config, model=dict(max_seq_len=32))
+  setup = rl_loop.build(config, str(tmp_path / "run"))
+  params, _ = init_params(setup.model_config, jax.random.PRNGKey(3), setup.mesh)
+  batch, _, _, _ = rl_loop.collect_rollout(setup, params, 0, 0)
+  w, tok = batch["prompt_width"], setup.tokenizer
+  for r in np.nonzero(batch["is_demonstration"])[0]:
+    trace = setup.splits["train"].demonstrations[batch["prompt_index"][r]][0]
+    ids = tok(trace, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    k = int(np.floor(0.5 * (len(ids) - 1)))
+    off = batch["off_policy"][r]
+    assert off[:k].all() and not off[k:].any()
+    np.testing.assert_array_equal(batch["tokens"][r, w:w + k], ids[:k])
+    cont = batch["response_mask"][r, w + k:]
+    assert cont[0]  # the policy wrote at least one token after the prefix
+    assert np.all(batch["sampler_logp"][r, k:][cont] < 0)
+    assert np.all(batch["sampler_logp"][r, :k] == 0)
+
+
+@pytest.mark.slow
+def test_luffy_trains_end_to_end_same_seed_and_resume(data_dir, demo_dir, tmp_path):
+  config = replace(luffy_config(data_dir, demo_dir), train=dict(steps=3, checkpoint_every=1))
+  text = lambda d: open(os.path.join(d, "metrics.jsonl")).read()  # noqa: E731
+  ref = str(tmp_path / "ref")
+  out = rl_loop.train(config, ref)
+  rows = read_metrics(ref)
+  assert len(rows) == 3
+  for row in rows:
+    assert row["train/offpolicy_fraction"] > 0
+    assert row["train/sampler_gap_abs_max"] < 1e-5  # teacher tokens are left out of the gap
+    assert row["train/ratio_first_max_dev"] == 0.0
+  again = str(tmp_path / "again")
+  rl_loop.train(config, again)
+  assert text(again) == text(ref)
+  # Killed after step 2 (the demonstration cursor is the checkpointed prompt position).
+  cut = str(tmp_path / "cut")
+  rl_loop.train(config, cut, stop_after=2)
+  assert Checkpointer(os.path.join(cut, "checkpoints"), keep=3).latest_step() == 2
+  resumed = rl_loop.resume(cut)
+  assert text(cut) == text(ref)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed["state"].params),
+               jax.device_get(out["state"].params))
