@@ -24,6 +24,12 @@ EXPERIMENTS = {
     "rlhf-pipeline": "experiments.rlhf_pipeline",
     "reward-model-sorted-digits": "experiments.reward_model_sorted_digits",
     "dpo-sorted-digits": "experiments.dpo_sorted_digits",
+    "reasoning-grpo": "experiments.reasoning_grpo",
+    "reasoning-luffy": "experiments.reasoning_luffy",
+    "reasoning-srft": "experiments.reasoning_srft",
+    "reasoning-sft": "experiments.reasoning_sft",
+    "reasoning-reft": "experiments.reasoning_reft",
+    "reasoning-rft": "experiments.reasoning_rft",
 }
 
 

@@ -260,7 +260,8 @@ def _eval(args) -> int:
   if step is None:
     print(f"jaxrl-llm: {args.run_dir} has no complete checkpoint", file=sys.stderr)
     return 1
-  abstract = abstract_with_shardings(jax.eval_shape(setup.init_state), setup.state_shardings)
+  shapes = getattr(setup, "fresh_state", None) or setup.init_state  # no I/O under eval_shape
+  abstract = abstract_with_shardings(jax.eval_shape(shapes), setup.state_shardings)
   state, _ = ckpt.restore(step, abstract)
   ckpt.close()
   params = setup.policy_params(state) if config.algorithm.is_rl else state.params

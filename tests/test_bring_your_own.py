@@ -178,7 +178,7 @@ def test_custom_task_trains_with_grpo(tmp_path, data_dir):
   assert report["train"]["rows"] == 28 and report["test"]["rows"] == 8
   # BOS + "i+i=" is at most 7 tokens: one bucket of 8, recorded for whoever loads the run.
   assert report["length_buckets"] == [8]
-  from jaxrl_llm.train.artifacts import load_run
+  from jaxrl_llm.rundir.artifacts import load_run
 
   assert load_run(run_dir, restore=False).config.data.length_buckets == (8,)
 
@@ -203,7 +203,7 @@ def test_overlong_rows_error_names_the_setting_and_a_value_that_fits():
 
 
 def test_checkpoints_by_wall_clock_as_well_as_steps(monkeypatch):
-  from jaxrl_llm.train import checkpoint as ck
+  from jaxrl_llm.rundir import checkpoint as ck
 
   now = [1000.0]
   monkeypatch.setattr(ck.time, "monotonic", lambda: now[0])
@@ -266,7 +266,7 @@ def test_sft_starts_from_a_hugging_face_checkpoint_or_another_run(data_dir, tmp_
   from jaxrl_llm.models.hf import load_hf, save_hf
   from jaxrl_llm.models.presets import tiny
   from jaxrl_llm.train import sft_loop
-  from jaxrl_llm.train.artifacts import load_run
+  from jaxrl_llm.rundir.artifacts import load_run
 
   hf_dir = str(tmp_path / "hf")
   model_config = tiny("qwen2", vocab_size=104, max_seq_len=64)

@@ -262,3 +262,97 @@ def test_luffy_trains_end_to_end_same_seed_and_resume(data_dir, demo_dir, tmp_pa
   assert text(cut) == text(ref)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed["state"].params),
                jax.device_get(out["state"].params))
+
+
+def test_srft_weights_and_signs_follow_the_spec():
+  """docs/algorithms.md §13: w_SFT = 0.5·exp(−H̄), w_RL = 0.1·exp(+H̄), both without gradient;
+  the policy's correct rows are pulled up, its wrong rows pushed down (not below the floor)."""
+  from jaxrl_llm import ops
+
+  logp = jnp.asarray([[-0.5, -2.0], [-0.3, -12.0], [-1.0, -1.0]], jnp.float32)
+  ent = jnp.asarray([[1.0, 1.0], [1.0, 1.0], [3.0, 3.0]], jnp.float32)
+  adv = jnp.zeros((3, 2), jnp.float32)
+  mask = jnp.ones((3, 2), bool)
+  demo = jnp.asarray([False, False, True])
+  positive = jnp.asarray([True, False, False])
+
+  def total(lp, e):
+    loss, diag = ops.srft_loss(lp, e, adv, mask, demo, positive, logp_floor=-10.0)
+    return loss.sum(), diag
+
+  (_, diag), (g_lp, g_ent) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(logp, ent)
+  h = 1.0  # the mean entropy of the policy's own tokens (rows 0 and 1), not the teacher's
+  np.testing.assert_allclose(diag["srft_w_sft"], 0.5 * np.exp(-h), rtol=1e-6)
+  np.testing.assert_allclose(diag["srft_w_rl"], 0.1 * np.exp(h), rtol=1e-6)
+  g = np.asarray(g_lp)
+  np.testing.assert_allclose(g[0], [-0.1 * np.exp(h)] * 2, rtol=1e-6)  # likelihood on correct
+  np.testing.assert_allclose(g[1], [1.0, 0.0])  # unlikelihood on wrong; nothing below the floor
+  np.testing.assert_allclose(g[2], [-0.5 * np.exp(-h)] * 2, rtol=1e-6)  # SFT on the trace (A = 0)
+  assert not np.any(np.asarray(g_ent))  # the weights carry no gradient
+  # The off-policy RL term on a trace, r = π ≤ 1 (behaviour probability 1): with A > 0 it is
+  # −r·A (the upper clip never binds); with A < 0 it is flat once π < 1 − ε.
+  lp2 = jnp.asarray([[-1.0, -1.0], [-1.0, -1.0], [np.log(0.9), np.log(0.5)]], jnp.float32)
+  w = 0.5 * np.exp(-1.0)
+  for a, want in ((1.0, [-w - 0.9, -w - 0.5]), (-1.0, [-w + 0.9, -w])):
+    adv2 = jnp.asarray([[0.0, 0.0], [0.0, 0.0], [a, a]], jnp.float32)
+    grad = jax.grad(lambda lp: ops.srft_loss(lp, ent, adv2, mask, demo, positive)[0][2].sum())(
+        lp2)
+    np.testing.assert_allclose(np.asarray(grad)[2], want, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_srft_trains_end_to_end(data_dir, demo_dir, tmp_path):
+  config = luffy_config(data_dir, demo_dir)
+  config = replace(config, experiment="tiny-srft",
+                   algorithm=dataclasses.replace(config.algorithm, name="srft"))
+  out = rl_loop.train(config, str(tmp_path / "srft"))
+  rows = read_metrics(str(tmp_path / "srft"))
+  assert len(rows) == 2 and out["setup"].pg_config.policy_loss == "srft"
+  for row in rows:
+    assert row["train/offpolicy_fraction"] > 0 and row["train/srft_w_sft"] > 0
+    assert np.isfinite(row["train/loss"])
+
+
+# --------------------------------------------------------------------------------------------
+# RFT: sample, verify, de-duplicate, fine-tune.
+
+
+def test_rft_deduplicates_paths_by_their_equations():
+  from jaxrl_llm.train.rft_loop import select_paths
+
+  texts = ["2+3=5;5-1=4;Answer: 4", "2+3=5; 5-1=4;Answer:4", "3+2=5;5-1=4;Answer: 4",
+           "2+3=5;5-1=4;Answer: 4", "wrong"]
+  ok = np.asarray([True, True, True, True, False])
+  assert select_paths(texts, ok, dedup="steps", cap=0) == [texts[0], texts[2]]
+  assert select_paths(texts, ok, dedup="text", cap=0) == texts[:3]
+  assert select_paths(texts, ok, dedup="none", cap=2) == texts[:2]
+  assert select_paths(texts, np.zeros(5, bool), dedup="steps", cap=0) == []
+
+
+@pytest.mark.slow
+def test_rft_rounds_end_to_end_and_resume(data_dir, demo_dir, tmp_path):
+  from jaxrl_llm.config import AlgorithmConfig, InitConfig
+  from jaxrl_llm.train import run
+
+  base = luffy_config(data_dir, demo_dir, sources=("policy",), filters=(), samples_per_prompt=4)
+  config = replace(base, experiment="tiny-rft",
+                   algorithm=AlgorithmConfig(name="rft", rft_rounds=2, rft_prompts=8,
+                                             rft_dedup="text"),
+                   init=InitConfig(sft_steps=2, sft_warmup_steps=1, sft_batch_size=16),
+                   train=dict(steps=2, batch_size=16, grad_accum_steps=1))
+  out = run(config, str(tmp_path / "rft"))
+  rows = read_metrics(str(tmp_path / "rft"))
+  assert [r["step"] for r in rows] == [1, 2]
+  for r in rows:
+    assert 0.0 <= r["rft/acceptance_rate"] <= 1.0 and r["rft/prompts"] == 8
+    assert "test/accuracy" in r
+  for i in range(2):
+    assert (tmp_path / "rft" / "rounds" / str(i) / "sft" / "config.json").exists()
+    lines = (tmp_path / "rft" / "rounds" / str(i) / "data" / "train.jsonl").read_text()
+    assert len(lines.splitlines()) >= 40  # the warm start's SFT data is kept in every round
+  assert json.load(open(tmp_path / "rft" / "eval.json"))["test/accuracy"] == \
+      out["metrics"]["test/accuracy"]
+  # Resumed: no round is redone, the same metrics come out.
+  before = (tmp_path / "rft" / "metrics.jsonl").read_text()
+  run(config, str(tmp_path / "rft"), resume=True)
+  assert (tmp_path / "rft" / "metrics.jsonl").read_text() == before

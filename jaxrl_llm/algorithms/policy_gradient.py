@@ -84,6 +84,9 @@ class Config:
   luffy_gamma: float = 0.1
   clip_on_policy: bool = True
   adv_stats: str = "group"
+  srft_sft_coef: float = 0.5
+  srft_rl_coef: float = 0.1
+  srft_logp_floor: float = -10.0
 
   @property
   def kl_in_loss(self) -> bool:
@@ -122,6 +125,8 @@ PRESETS: dict[str, dict] = {
     # loss_aggregation="seq-mean-token-sum-norm", clip_on_policy=False, entropy_coef=0.001.
     "luffy": dict(name="luffy", loss_aggregation="token-mean", clip_low=0.2, clip_high=0.2,
                   kl_coef=0.0, luffy_gamma=0.1, clip_on_policy=True, adv_stats="group"),
+    "srft": dict(name="srft", loss_aggregation="token-mean", clip_low=0.2, clip_high=0.2,
+                 kl_coef=0.0, srft_sft_coef=0.5, srft_rl_coef=0.1, adv_stats="group"),
 }
 
 
@@ -141,7 +146,8 @@ def config_from(algorithm: AlgorithmConfig, *, temperature: float, max_new_token
       minibatches=algorithm.minibatches, micro_batches=algorithm.micro_batches,
       shuffle_minibatches=algorithm.shuffle_minibatches, temperature=temperature,
       luffy_gamma=algorithm.luffy_gamma, clip_on_policy=algorithm.clip_on_policy,
-      adv_stats=algorithm.adv_stats)
+      adv_stats=algorithm.adv_stats, srft_sft_coef=algorithm.srft_sft_coef,
+      srft_rl_coef=algorithm.srft_rl_coef, srft_logp_floor=algorithm.srft_logp_floor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +315,12 @@ def token_loss(config: Config, logp, entropy, mb: dict, *, on_policy: jax.Array,
     pg, diag = ops.luffy_loss(logp, old, adv, m, off, gamma=config.luffy_gamma,
                               clip_low=config.clip_low, clip_high=config.clip_high,
                               clip_on_policy=config.clip_on_policy)
+  elif config.policy_loss == "srft":
+    off = mb.get("off_policy", jnp.zeros_like(m))
+    pg, diag = ops.srft_loss(logp, entropy, adv, m, off, mb["positive"],
+                             clip_low=config.clip_low, clip_high=config.clip_high,
+                             sft_coef=config.srft_sft_coef, rl_coef=config.srft_rl_coef,
+                             logp_floor=config.srft_logp_floor)
   else:
     raise ValueError(f"unknown policy loss {config.policy_loss!r}")
   if config.tis_cap:
@@ -332,7 +344,8 @@ def token_loss(config: Config, logp, entropy, mb: dict, *, on_policy: jax.Array,
 
 _AVERAGED = ("clipfrac", "clipfrac_lower", "approx_kl", "ratio_mean", "kl_loss", "pg_loss_mean",
              "is_weight_mean", "is_capped_fraction", "seq_ratio_mean", "clip_cov_selected",
-             "kl_cov_selected", "offpolicy_fraction", "offpolicy_prob_mean")
+             "kl_cov_selected", "offpolicy_fraction", "offpolicy_prob_mean", "srft_w_sft",
+             "srft_w_rl")
 
 
 def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.GradientTransformation,
@@ -468,6 +481,10 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     if config.policy_loss == "luffy":
       metrics["train/offpolicy_fraction"] = mean(per_step["offpolicy_fraction"])
       metrics["train/offpolicy_prob_mean"] = mean(per_step["offpolicy_prob_mean"])
+    if config.policy_loss == "srft":
+      metrics["train/offpolicy_fraction"] = mean(per_step["offpolicy_fraction"])
+      metrics["train/srft_w_sft"] = mean(per_step["srft_w_sft"])
+      metrics["train/srft_w_rl"] = mean(per_step["srft_w_rl"])
     return state, metrics
 
   return update

@@ -188,6 +188,7 @@ class DataConfig:
   chain_easy_operands: int = 3
   chain_hard_operands: int = 5
   chain_max_operand: int = 20
+  chain_hard_max_operand: int = 0  # The hard level's largest operand; 0: chain_max_operand.
   # What SFT trains on: the row's "answer", its "demonstration" (teacher trace; one training row
   # per demonstration), or "auto" (demonstrations when the rows carry them).
   sft_target: Literal["auto", "answer", "demonstration"] = "auto"
@@ -243,6 +244,9 @@ class DataConfig:
     if not 2 <= self.chain_easy_operands <= self.chain_hard_operands <= 12:
       _fail("data.chain_hard_operands", "need 2 <= chain_easy_operands <= chain_hard_operands "
             f"<= 12, got {self.chain_easy_operands} and {self.chain_hard_operands}")
+    if not 0 <= self.chain_hard_max_operand <= 999:
+      _fail("data.chain_hard_max_operand", f"must be in [0, 999], got "
+            f"{self.chain_hard_max_operand}")
     if not 1 <= self.chain_max_operand <= 999:
       _fail("data.chain_max_operand", f"must be in [1, 999], got {self.chain_max_operand}")
     if self.sft_target not in ("auto", "answer", "demonstration"):
@@ -306,7 +310,7 @@ class OptimizerConfig:
 
 
 ALGORITHMS = ("sft", "grpo", "drgrpo", "dapo", "gspo", "rloo", "reinforce_pp",
-              "reinforce_pp_baseline", "remax", "luffy", "ppo", "dpo", "reward_model")
+              "reinforce_pp_baseline", "remax", "luffy", "srft", "ppo", "rft", "dpo", "reward_model")
 # Trained from a fixed dataset of preferences rather than online rollouts.
 PREFERENCE_ALGORITHMS = ("dpo", "reward_model")
 DPO_VARIANTS = ("dpo", "cdpo", "rdpo", "ipo", "hinge")
@@ -315,11 +319,11 @@ RM_OBJECTIVES = ("pairwise", "ranking", "rating")
 DEFAULT_ADVANTAGE = {"grpo": "grpo", "drgrpo": "drgrpo", "dapo": "grpo", "gspo": "grpo",
                      "rloo": "rloo", "reinforce_pp": "reinforce_pp",
                      "reinforce_pp_baseline": "reinforce_pp_baseline", "remax": "remax",
-                     "luffy": "grpo", "ppo": "gae"}
+                     "luffy": "grpo", "srft": "grpo", "ppo": "gae"}
 ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax")
-POLICY_LOSSES = ("ppo", "gspo", "clip_cov", "kl_cov", "luffy")
+POLICY_LOSSES = ("ppo", "gspo", "clip_cov", "kl_cov", "luffy", "srft")
 # Losses that train on teacher (off-policy) tokens without an importance ratio.
-OFF_POLICY_LOSSES = ("luffy",)
+OFF_POLICY_LOSSES = ("luffy", "srft")
 AGGREGATIONS = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
                 "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "abs", "k2", "k3", "k1+", "abs+", "k2+", "k3+")
@@ -374,6 +378,22 @@ class AlgorithmConfig:
   # (RL) Group statistics of the advantage over "group" (every scorable row, demonstrations
   # included: LUFFY's paper) or "on_policy" rows only (LUFFY's grpo_split).
   adv_stats: str = "group"
+  # SRFT (docs/algorithms.md §13): w_SFT = srft_sft_coef·exp(-H), w_RL = srft_rl_coef·exp(+H);
+  # the unlikelihood term on failed rows has no gradient below log-prob srft_logp_floor.
+  srft_sft_coef: float = 0.5
+  srft_rl_coef: float = 0.1
+  srft_logp_floor: float = -10.0
+  # RFT / ReST^EM (docs/algorithms.md §15; algorithm.name="rft"): rounds of sample (K =
+  # rollout.samples_per_prompt per prompt, rft_prompts prompts, 0 = all) → keep verified paths,
+  # de-duplicated by "steps" (their equations), "text" or "none", at most rft_max_per_problem per
+  # problem (0 = no cap) → SFT for train.steps on them (∪ the warm start's SFT data), from the warm
+  # start every round (rft_restart) or from the previous round.
+  rft_rounds: int = 1
+  rft_prompts: int = 0
+  rft_dedup: str = "steps"
+  rft_max_per_problem: int = 0
+  rft_restart: bool = True
+  rft_include_sft_data: bool = True
   max_gen_rounds: int = 10  # (RL) generation rounds per step before dynamic sampling gives up.
   on_exhausted: str = "raise"  # (RL) after max_gen_rounds: "raise" or "train" on what survived.
   overlong_filter: bool = False  # (RL) DAPO: truncated responses get no loss.
@@ -439,6 +459,10 @@ class AlgorithmConfig:
       _fail(f("clip_cov_lb"), f"must be < clip_cov_ub={self.clip_cov_ub}, got {self.clip_cov_lb}")
     if not self.luffy_gamma > 0:
       _fail(f("luffy_gamma"), f"must be > 0, got {self.luffy_gamma}")
+    _positive("algorithm", self, "rft_rounds")
+    _positive("algorithm", self, "rft_prompts", "rft_max_per_problem", allow_zero=True)
+    if self.rft_dedup not in ("steps", "text", "none"):
+      _fail(f("rft_dedup"), f"must be 'steps', 'text' or 'none', got {self.rft_dedup!r}")
     if self.adv_stats not in ("group", "on_policy"):
       _fail(f("adv_stats"), f"must be 'group' or 'on_policy', got {self.adv_stats!r}")
     if self.on_exhausted not in ("raise", "train"):
@@ -470,8 +494,9 @@ class AlgorithmConfig:
 
   @property
   def is_rl(self) -> bool:
-    """Online RL (rollouts, rewards): the policy-gradient family and PPO."""
-    return self.name != "sft" and self.name not in PREFERENCE_ALGORITHMS
+    """Online RL (rollouts, rewards): the policy-gradient family and PPO (not RFT, which samples
+    and then fine-tunes)."""
+    return self.name not in ("sft", "rft") and self.name not in PREFERENCE_ALGORITHMS
 
   @property
   def is_preference(self) -> bool:
@@ -486,7 +511,7 @@ class AlgorithmConfig:
   def resolved_policy_loss(self) -> str:
     if self.policy_loss:
       return self.policy_loss
-    return {"gspo": "gspo", "luffy": "luffy"}.get(self.name, "ppo")
+    return {"gspo": "gspo", "luffy": "luffy", "srft": "srft"}.get(self.name, "ppo")
 
   @property
   def uses_reference(self) -> bool:

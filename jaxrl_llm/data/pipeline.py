@@ -690,6 +690,8 @@ def _prepare_synthetic(config: DataConfig, data_dir: str):
     params.update(easy_operands=config.chain_easy_operands,
                   hard_operands=config.chain_hard_operands,
                   max_operand=config.chain_max_operand, operators=config.operators)
+    if config.chain_hard_max_operand:  # (only when set: older datasets keep their hash)
+      params["hard_max_operand"] = config.chain_hard_max_operand
   elif config.task == "sorted_digits":
     params.update(sorted_fraction=0.2)
   return prepare_synthetic(data_dir, config.task, params)

@@ -42,9 +42,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxrl_llm.data.pipeline import BadRowError, DataStats, EpochOrder, pick_bucket
-# prompt_digits stays importable from here (part of this module's API).
-from jaxrl_llm.data.sorted_digits import (has_hidden_property, hidden_score,  # noqa: F401
-                                          prompt_digits)
+# prompt_digits, synthetic_prompt and generate_sft_demos stay importable from here.
+from jaxrl_llm.data.sorted_digits import (_check_digits, generate_sft_demos,  # noqa: F401
+                                          has_hidden_property, hidden_score, prompt_digits,
+                                          synthetic_prompt)
 
 KINDS = ("pairs", "rankings", "ratings")
 SPLITS = ("train", "validation", "test")
@@ -644,11 +645,6 @@ def eval_batches(encoded: EncodedPreferenceSplit, batch_size: int, *, buckets: S
 # (jaxrl_llm.data.sorted_digits).
 
 
-def synthetic_prompt(n: int) -> str:
-  """The prompt asking for ``n`` digits, e.g. ``"n=4:"``."""
-  return f"n={n}:"
-
-
 def _digits_at_level(rng: np.random.Generator, n: int, level: int) -> str:
   """A random ``n``-digit string with exactly ``level`` non-decreasing adjacent pairs."""
   while True:
@@ -666,37 +662,6 @@ def _digits_at_level(rng: np.random.Generator, n: int, level: int) -> str:
       out.append(d)
     if len(out) == n:
       return "".join(map(str, out))
-
-
-def _check_digits(min_digits: int, max_digits: int) -> None:
-  if not 2 <= min_digits <= max_digits:
-    raise ValueError(f"need 2 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
-
-
-def generate_sft_demos(n: int, *, seed: int, sorted_fraction: float = 0.2, min_digits: int = 3,
-                       max_digits: int = 6) -> list[dict[str, str]]:
-  """``n`` SFT rows ``{"prompt": "n=4:", "answer": "<4 digits>"}``, deterministic in ``seed``.
-
-  Exactly ``round(n * sorted_fraction)`` answers (at random positions) are sorted; the others are
-  uniform random digit strings conditioned on *not* being sorted, so the property rate of the
-  demos is ``sorted_fraction``: an SFT policy mostly lacks the hidden property.
-  """
-  _check_digits(min_digits, max_digits)
-  rng = np.random.default_rng(seed)
-  is_sorted = np.zeros(n, bool)
-  is_sorted[rng.permutation(n)[: int(round(n * sorted_fraction))]] = True
-  rows = []
-  for s in is_sorted:
-    k = int(rng.integers(min_digits, max_digits + 1))
-    while True:
-      digits = rng.integers(0, 10, size=k)
-      if s:
-        digits = np.sort(digits)
-      answer = "".join(map(str, digits))
-      if s or not has_hidden_property(answer):
-        break
-    rows.append({"prompt": synthetic_prompt(k), "answer": answer})
-  return rows
 
 
 def generate_pairs(n: int, *, seed: int, one_sorted_fraction: float = 0.6,

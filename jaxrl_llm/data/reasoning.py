@@ -95,9 +95,12 @@ def trace_steps(text: str) -> tuple[str, ...]:
 
 
 def generate(sizes: dict[str, dict[str, int]], *, seed: int, easy_operands: int = 3,
-             hard_operands: int = 5, max_operand: int = 20, operators: str = "+-"
-             ) -> dict[str, list[dict[str, str]]]:
+             hard_operands: int = 5, max_operand: int = 20, operators: str = "+-",
+             hard_max_operand: int = 0) -> dict[str, list[dict[str, str]]]:
   """Rows per split and level: ``sizes = {"easy": {"train": n, ...}, "hard": {...}}``.
+
+  Operands are drawn from ``[0, max_operand]`` (the hard level: ``[0, hard_max_operand]`` when
+  that is set), so a hard problem can be longer and use larger numbers than any easy one.
 
   Returns ``{"train": [...], "validation": [...], "test": [...], "train_hard": [...], ...}``
   (the hard level's splits carry a ``_hard`` suffix). Deterministic in ``seed``.
@@ -111,7 +114,8 @@ def generate(sizes: dict[str, dict[str, int]], *, seed: int, easy_operands: int 
   seen: set[str] = set()
   out: dict[str, list[dict[str, str]]] = {}
   for level, k in (("easy", easy_operands), ("hard", hard_operands)):
-    space = (max_operand + 1) ** k * len(operators) ** (k - 1)
+    top = hard_max_operand if level == "hard" and hard_max_operand else max_operand
+    space = (top + 1) ** k * len(operators) ** (k - 1)
     wanted = sum(sizes.get(level, {}).values())
     if wanted > space // 2:
       raise ValueError(f"{wanted} distinct {level} problems asked of a space of {space}; raise "
@@ -119,7 +123,7 @@ def generate(sizes: dict[str, dict[str, int]], *, seed: int, easy_operands: int 
     for split in SPLITS:
       rows = []
       while len(rows) < sizes.get(level, {}).get(split, 0):
-        operands = [rng.randint(0, max_operand) for _ in range(k)]
+        operands = [rng.randint(0, top) for _ in range(k)]
         ops = [rng.choice(operators) for _ in range(k - 1)]
         prompt = prompt_text(operands, ops)
         if prompt in seen:

@@ -7,6 +7,8 @@ without the training stack.
 
 from __future__ import annotations
 
+import numpy as np
+
 _DIGITS = frozenset("0123456789")
 
 
@@ -42,3 +44,39 @@ def has_hidden_property(response: str, prompt: str | None = None) -> bool:
   it is known (the RLHF reward does). Never raises.
   """
   return hidden_score(response, prompt) == 1.0
+
+
+def synthetic_prompt(n: int) -> str:
+  """The prompt asking for ``n`` digits, e.g. ``"n=4:"``."""
+  return f"n={n}:"
+
+
+def _check_digits(min_digits: int, max_digits: int) -> None:
+  if not 2 <= min_digits <= max_digits:
+    raise ValueError(f"need 2 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
+
+
+def generate_sft_demos(n: int, *, seed: int, sorted_fraction: float = 0.2, min_digits: int = 3,
+                       max_digits: int = 6) -> list[dict[str, str]]:
+  """``n`` SFT rows ``{"prompt": "n=4:", "answer": "<4 digits>"}``, deterministic in ``seed``.
+
+  Exactly ``round(n * sorted_fraction)`` answers (at random positions) are sorted; the others are
+  uniform random digit strings conditioned on *not* being sorted, so the property rate of the
+  demos is ``sorted_fraction``: an SFT policy mostly lacks the hidden property.
+  """
+  _check_digits(min_digits, max_digits)
+  rng = np.random.default_rng(seed)
+  is_sorted = np.zeros(n, bool)
+  is_sorted[rng.permutation(n)[: int(round(n * sorted_fraction))]] = True
+  rows = []
+  for s in is_sorted:
+    k = int(rng.integers(min_digits, max_digits + 1))
+    while True:
+      digits = rng.integers(0, 10, size=k)
+      if s:
+        digits = np.sort(digits)
+      answer = "".join(map(str, digits))
+      if s or not has_hidden_property(answer):
+        break
+    rows.append({"prompt": synthetic_prompt(k), "answer": answer})
+  return rows

@@ -53,7 +53,7 @@ def _text2sql(params: dict) -> dict[str, list[dict]]:
 
 
 def _sorted_digits(params: dict) -> dict[str, list[dict]]:
-  from jaxrl_llm.data.preference import generate_sft_demos
+  from jaxrl_llm.data.sorted_digits import generate_sft_demos
 
   out = {}
   for i, s in enumerate(SPLITS):
@@ -68,7 +68,8 @@ def _chain(params: dict) -> dict[str, list[dict]]:
   sizes = {s: params[f"{s}_size"] for s in SPLITS}
   return generate({"easy": sizes, "hard": sizes}, seed=params["seed"],
                   easy_operands=params["easy_operands"], hard_operands=params["hard_operands"],
-                  max_operand=params["max_operand"], operators=params["operators"])
+                  max_operand=params["max_operand"], operators=params["operators"],
+                  hard_max_operand=params.get("hard_max_operand", 0))
 
 
 def _split(rows: list[dict], sizes: list[int]) -> dict[str, list[dict]]:

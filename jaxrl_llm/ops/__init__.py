@@ -25,8 +25,8 @@ from jaxrl_llm.ops.basic import (AGGREGATION_MODES, aggregate_loss, aggregation_
 from jaxrl_llm.ops.kl import (KL_KINDS, AdaptiveKLController, FixedKLController, KLController,
                               KLControllerState, kl_penalty)
 from jaxrl_llm.ops.policy import (clip_cov_loss, gspo_loss, kl_cov_loss, luffy_loss,
-                                  ppo_clip_loss, token_covariance, truncated_is_weights,
-                                  value_loss)
+                                  ppo_clip_loss, srft_loss, token_covariance,
+                                  truncated_is_weights, value_loss)
 from jaxrl_llm.ops.preference import (DPO_KINDS, bradley_terry_loss, dpo_loss,
                                       plackett_luce_loss, pointwise_reward_loss)
 
@@ -37,7 +37,7 @@ __all__ = [
     "dpo_loss", "drgrpo_advantages", "entropy_from_logits", "full_kl_from_logits",
     "gae_advantages", "group_stats", "grpo_advantages", "gspo_loss", "kl_cov_loss",
     "kl_penalty", "last_token_index", "logprobs_from_logits", "luffy_loss", "masked_mean",
-    "masked_sum", "masked_var", "masked_whiten", "pass_at_k", "plackett_luce_loss",
+    "masked_sum", "srft_loss", "masked_var", "masked_whiten", "pass_at_k", "plackett_luce_loss",
     "pointwise_reward_loss", "ppo_clip_loss", "prime_advantages", "reinforce_pp_advantages",
     "reinforce_pp_baseline_advantages", "remax_advantages", "rloo_advantages",
     "scores_to_token_rewards", "sft_loss", "sft_token_nll", "token_covariance",

@@ -1,4 +1,4 @@
-"""Policy and value losses (docs/algorithms.md §1.1, 2, 6, 11, 12, 21).
+"""Policy and value losses (docs/algorithms.md §1.1, 2, 6, 11, 12, 13, 21).
 
 Every loss is per-token: ``(loss float32[B, T], diagnostics)`` with 0 off the mask; reduce with
 :func:`jaxrl_llm.ops.aggregate_loss`. ``logp`` carries the gradient; ``old_logp``, advantages and
@@ -219,6 +219,58 @@ def luffy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask
   loss = jnp.where(off, off_loss, on_loss)
   diag = dict(diag, offpolicy_fraction=masked_mean(off.astype(jnp.float32), m),
               offpolicy_prob_mean=masked_mean(p, m & off))
+  return jnp.where(m, loss, 0.0), diag
+
+
+def srft_loss(logp: jax.Array, entropy: jax.Array, advantages: jax.Array, mask: jax.Array,
+              is_demonstration: jax.Array, positive: jax.Array, *, clip_low: float = 0.2,
+              clip_high: float | None = None, sft_coef: float = 0.5, rl_coef: float = 0.1,
+              logp_floor: float = -10.0):
+  """SRFT's single-stage loss (Fu et al., arXiv:2506.19767; docs/algorithms.md §13), per token.
+
+  With ``H̄ = sg(mean entropy of the policy's own tokens)`` (the rows that are not
+  demonstrations; every masked token when there are none):
+
+  * teacher tokens (``is_demonstration``): the entropy-weighted SFT term
+    ``w_SFT·(−logp)``, ``w_SFT = sft_coef·exp(−H̄)``, plus the off-policy clipped term
+    ``−min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A)`` with ``r = π_θ(y*_t)`` (behaviour probability
+    taken as 1, so ``r ≤ 1``);
+  * the policy's own tokens: on a ``positive`` (correct) row the likelihood term
+    ``w_RL·(−logp)``, ``w_RL = rl_coef·exp(+H̄)``; on a negative row the unlikelihood term
+    ``+max(logp, logp_floor)`` (no gradient once a token's log-prob is below the floor: the
+    unbounded ``+log π`` is capped, an implementation choice the paper leaves open).
+
+  The sign in ``w_RL`` is ``exp(+H̄)``: the paper's rationale (the positive pull grows with
+  entropy, which then lowers it) needs it; a summary that writes ``exp(−H̄)`` contradicts that
+  rationale. Both weights are under ``stop_gradient``.
+
+  Args:
+    logp, entropy, advantages, mask: ``[B, T]``; is_demonstration: bool ``[B, T]`` (teacher
+      tokens) or ``[B]``; positive: bool ``[B]`` (the row's reward says correct).
+  Returns:
+    (loss float32 ``[B, T]``, diagnostics: ``srft_w_sft``, ``srft_w_rl``, ``srft_entropy``,
+    ``offpolicy_fraction``).
+  """
+  m, lp, _, adv = _prepare(logp, logp, advantages, mask)
+  demo = is_demonstration.astype(bool)
+  if demo.ndim == 1:
+    demo = jnp.broadcast_to(demo[:, None], m.shape)
+  chex.assert_equal_shape([demo, m])
+  chex.assert_rank(positive, 1)
+  own = m & ~demo
+  ent = sg(jnp.where(m, entropy, 0.0).astype(jnp.float32))
+  h_bar = jnp.where(jnp.any(own), masked_mean(ent, own), masked_mean(ent, m))
+  w_sft = sft_coef * jnp.exp(-h_bar)
+  w_rl = rl_coef * jnp.exp(h_bar)
+  hi = clip_low if clip_high is None else clip_high
+  r = jnp.exp(jnp.minimum(lp, 0.0))
+  off_rl = -jnp.minimum(r * adv, jnp.clip(r, 1.0 - clip_low, 1.0 + hi) * adv)
+  demo_loss = w_sft * (-lp) + off_rl
+  pos = jnp.broadcast_to(positive.astype(bool)[:, None], m.shape)
+  own_loss = jnp.where(pos, w_rl * (-lp), jnp.maximum(lp, logp_floor))
+  loss = jnp.where(demo, demo_loss, own_loss)
+  diag = {"srft_w_sft": w_sft, "srft_w_rl": w_rl, "srft_entropy": h_bar,
+          "offpolicy_fraction": masked_mean(demo.astype(jnp.float32), m)}
   return jnp.where(m, loss, 0.0), diag
 
 

@@ -250,7 +250,7 @@ class LMJudge:
   def from_run(cls, run_dir: str, **kwargs: Any) -> "LMJudge":
     """The policy of a run directory (SFT, RL, DPO, PPO actor) as a judge; ``buckets`` default
     to the run's ``data.length_buckets``. Other arguments as in :class:`LMJudge`."""
-    from jaxrl_llm.train.artifacts import load_run
+    from jaxrl_llm.rundir.artifacts import load_run
 
     art = load_run(run_dir)
     kwargs.setdefault("buckets", tuple(art.config.data.length_buckets))

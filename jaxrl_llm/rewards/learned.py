@@ -53,7 +53,7 @@ class RewardModelFunction:
   """
 
   def __init__(self, run_dir: str, *, normalize: bool = True, batch_size: int = 64):
-    from jaxrl_llm.train.artifacts import load_run
+    from jaxrl_llm.rundir.artifacts import load_run
 
     art = load_run(run_dir)
     if art.config.algorithm.name != "reward_model":

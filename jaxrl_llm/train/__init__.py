@@ -1,7 +1,7 @@
 """Host loops (layer 5): SFT and online RL training, checkpoints, metrics, evaluation, plots."""
 
 from jaxrl_llm.algorithms.common import TrainState
-from jaxrl_llm.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxrl_llm.rundir.checkpoint import Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.plotting import plot_run
 from jaxrl_llm.train.sft_loop import SFTSetup, build, evaluate, new_run_dir, resume, train
 from jaxrl_llm.train.tracking import MetricsWriter, Progress, read_metrics
@@ -9,7 +9,12 @@ from jaxrl_llm.train.tracking import MetricsWriter, Progress, read_metrics
 
 def run(config, run_dir: str, *, resume: bool = False, **kwargs):
   """Trains ``config`` in ``run_dir`` with the loop its algorithm needs: SFT, online RL (the
-  policy-gradient family and PPO), or preference learning (DPO, reward models)."""
+  policy-gradient family and PPO), rejection-sampling fine-tuning (RFT), or preference learning
+  (DPO, reward models)."""
+  if config.algorithm.name == "rft":
+    from jaxrl_llm.train import rft_loop
+
+    return rft_loop.train(config, run_dir, resume=resume, **kwargs)
   if config.algorithm.is_rl:
     from jaxrl_llm.train import rl_loop
 

@@ -48,7 +48,7 @@ from jaxrl_llm.models import Decoder, init_params
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
 from jaxrl_llm.parallel import make_mesh, replicated, tree_shardings
 from jaxrl_llm.train import sft_loop
-from jaxrl_llm.train.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
+from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
 
 STATS_FILE = "reward_model.json"
@@ -141,7 +141,7 @@ def _policy_start(config: Config, run_dir: str, setup: PreferenceSetup, devices)
   if ic.sft_steps:
     return sft_loop.warm_start(config, run_dir, devices=devices)
   if ic.policy_run:
-    from jaxrl_llm.train.artifacts import load_run
+    from jaxrl_llm.rundir.artifacts import load_run
 
     return jax.device_put(load_run(ic.policy_run).policy_params(), setup.policy_shardings)
   return init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
@@ -159,7 +159,7 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
   sft_loop.validate_geometry(config, mesh)  # Same batch geometry rules as SFT.
   tok_dir = os.path.join(run_dir, "tokenizer")
   if config.init.policy_run:
-    from jaxrl_llm.train.artifacts import load_run
+    from jaxrl_llm.rundir.artifacts import load_run
 
     art = load_run(config.init.policy_run, restore=False)
     tokenizer, model_config = art.tokenizer, art.model_config

@@ -56,8 +56,8 @@ from jaxrl_llm.train import experience, sft_loop
 from jaxrl_llm.train.experience.core import add_counts
 from jaxrl_llm.train.experience.filters import FILTERS, group_std
 from jaxrl_llm.train.experience.sources import SOURCES
-from jaxrl_llm.train.artifacts import policy_source
-from jaxrl_llm.train.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
+from jaxrl_llm.rundir.artifacts import policy_source
+from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import decode_texts, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
 
@@ -490,6 +490,10 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 
     device_batch["behaviour_logp"] = put(batch["behaviour_logp"])
   if "demonstrations" in setup.config.rollout.sources:
     device_batch["off_policy"] = put(batch["off_policy"] & mask)
+  if ac.resolved_policy_loss == "srft":
+    # SRFT's self-rollout split: a row is positive when its verifier says correct.
+    verdict = batch["accuracy"] if setup.config.reward.accuracy else batch["scores"]
+    device_batch["positive"] = put(np.nan_to_num(verdict, nan=0.0) >= 1.0)
   return device_batch, diag
 
 
@@ -541,7 +545,7 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
   if ic.sft_steps:  # run_stages trained it; this restores the finished run.
     return sft_loop.warm_start(config, run_dir, devices=devices)
   if ic.policy_run:
-    from jaxrl_llm.train.artifacts import load_run
+    from jaxrl_llm.rundir.artifacts import load_run
 
     params = load_run(ic.policy_run).policy_params()
     return jax.device_put(params, setup.state_shardings.params)

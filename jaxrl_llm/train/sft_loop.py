@@ -35,7 +35,7 @@ from jaxrl_llm.data import (SFTBatcher, build_char_tokenizer, encode_split, load
 from jaxrl_llm.models import Decoder, init_params
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
 from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_shardings
-from jaxrl_llm.train.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
+from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import exact_match, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
 
@@ -55,9 +55,10 @@ class SFTSetup:
   schedule: Any
   state_shardings: Any
   update: Any  # jitted update(state, batch) -> (state, metrics), state donated
-  init_state: Any  # () -> TrainState, placed on the mesh
+  init_state: Any  # () -> TrainState, placed on the mesh (the configured starting weights)
   decode: Any
   max_new_tokens: int
+  fresh_state: Any = None  # () -> a seeded fresh TrainState: pure, for shapes (jax.eval_shape)
 
   def put_batch(self, array: np.ndarray, batch_axis: int = 0) -> jax.Array:
     """Places a host batch array on the mesh, split along ``batch_axis`` over data and fsdp."""
@@ -91,7 +92,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   validate_geometry(config, mesh)
   tok_dir = os.path.join(run_dir, "tokenizer")
   # Starting from another run's policy or a Hugging Face checkpoint: its model and tokenizer.
-  from jaxrl_llm.train.artifacts import policy_source
+  from jaxrl_llm.rundir.artifacts import policy_source
 
   source_model, source_tokenizer = policy_source(config)
   if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
@@ -140,10 +141,16 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
 
   state_shardings = train_state_shardings(tx, abstract, param_shardings, mesh)
 
+  def fresh_state():
+    params, _ = init_params(model_config, init_key, mesh)
+    return jax.jit(make_state, out_shardings=state_shardings)(params)
+
   def init_state():
     ic = config.init
-    if ic.policy_run:
-      from jaxrl_llm.train.artifacts import load_run
+    if ic.sft_steps:  # An SFT run with its own warm-start stage (RUN_DIR/sft), e.g. another task.
+      params = jax.device_put(warm_start(config, run_dir, devices=devices), param_shardings)
+    elif ic.policy_run:
+      from jaxrl_llm.rundir.artifacts import load_run
 
       params = jax.device_put(load_run(ic.policy_run).policy_params(), param_shardings)
     elif ic.hf_checkpoint:
@@ -169,6 +176,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   return SFTSetup(config=config, model_config=model_config, mesh=mesh, tokenizer=tokenizer,
                   splits=splits, batcher=batcher, model=model, tx=tx, schedule=schedule,
                   state_shardings=state_shardings, update=update, init_state=init_state,
+                  fresh_state=fresh_state,
                   decode=decode, max_new_tokens=max_new_tokens)
 
 
@@ -217,7 +225,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   start_step, position = 0, 0
   latest = ckpt.latest_step() if resume else None
   if latest is not None:
-    abstract = abstract_with_shardings(jax.eval_shape(setup.init_state), setup.state_shardings)
+    abstract = abstract_with_shardings(jax.eval_shape(setup.fresh_state), setup.state_shardings)
     state, extra = ckpt.restore(latest, abstract)
     start_step, position = int(extra["step"]), int(extra["data_position"])
   else:  # Fresh start (also a resume that finds no complete checkpoint yet).
@@ -309,6 +317,7 @@ def warm_start_config(config: Config) -> Config:
   warm = dataclasses.replace(
       config, experiment=f"{config.experiment}-sft",
       algorithm=AlgorithmConfig(name="sft"),
+      init=dataclasses.replace(ic, sft_steps=0, sft_overrides=()),
       data=data,
       optimizer=dataclasses.replace(config.optimizer, learning_rate=ic.sft_learning_rate,
                                     warmup_steps=ic.sft_warmup_steps),

@@ -15,7 +15,7 @@ from typing import Any
 
 from jaxrl_llm.config import Config, ConfigError, load_json
 from jaxrl_llm.data import load_tokenizer
-from jaxrl_llm.train.checkpoint import Checkpointer
+from jaxrl_llm.rundir.checkpoint import Checkpointer
 
 
 @dataclasses.dataclass
