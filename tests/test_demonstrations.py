@@ -356,3 +356,21 @@ def test_rft_rounds_end_to_end_and_resume(data_dir, demo_dir, tmp_path):
   before = (tmp_path / "rft" / "metrics.jsonl").read_text()
   run(config, str(tmp_path / "rft"), resume=True)
   assert (tmp_path / "rft" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_reft_is_ppo_with_a_shared_trunk_and_the_partial_reward(data_dir, demo_dir, tmp_path):
+  """Two whole ReFT steps (the reasoning-reft settings on the tiny task)."""
+  from experiments import reasoning
+  from jaxrl_llm.config import InitConfig
+
+  reft = reasoning.config("reft")
+  base = luffy_config(data_dir, demo_dir, sources=("policy",), filters=(), samples_per_prompt=4)
+  config = replace(base, experiment="tiny-reft", algorithm=reft.algorithm, reward=reft.reward,
+                   init=InitConfig(sft_steps=2, sft_warmup_steps=1, sft_batch_size=16))
+  assert config.algorithm.critic == "shared" and config.algorithm.gae_lambda == 0.95
+  assert config.reward.functions[0] == "final_answer_partial"
+  rl_loop.train(config, str(tmp_path / "reft"))
+  rows = read_metrics(str(tmp_path / "reft"))
+  assert len(rows) == 2 and all(np.isfinite(r["train/loss"]) for r in rows)
+  assert "reward/final_answer_partial/mean" in rows[0]
