@@ -18,6 +18,7 @@ from jaxrl_llm.ops.advantages import (SINGLETON_POLICIES, GroupStats, discounted
                                       prime_advantages, reinforce_pp_advantages,
                                       reinforce_pp_baseline_advantages, remax_advantages,
                                       rloo_advantages, scores_to_token_rewards)
+from jaxrl_llm.ops import process  # step-level (process-reward) maths: ops.process.prm_loss, ...
 from jaxrl_llm.ops.basic import (AGGREGATION_MODES, aggregate_loss, aggregation_weights,
                                  entropy_from_logits, full_kl_from_logits, logprobs_from_logits,
                                  masked_mean, masked_sum, masked_var, masked_whiten, sft_loss,
@@ -32,6 +33,7 @@ from jaxrl_llm.ops.preference import (DPO_KINDS, bradley_terry_loss, dpo_loss,
 
 __all__ = [
     "AGGREGATION_MODES", "AdaptiveKLController", "DPO_KINDS", "FixedKLController", "GroupStats",
+    "process",
     "KLController", "KLControllerState", "KL_KINDS", "SINGLETON_POLICIES", "aggregate_loss",
     "aggregation_weights", "bradley_terry_loss", "clip_cov_loss", "discounted_returns",
     "dpo_loss", "drgrpo_advantages", "entropy_from_logits", "full_kl_from_logits",
