@@ -18,8 +18,8 @@ tokens the policy did not sample), so ``prepare`` and ``update`` can treat teach
 an importance ratio.
 
 A source or filter of your own is one function, named in the config by import path
-(``rollout.sources=["policy", "mypkg.rollouts:my_source"]``); see :mod:`.sources` and
-:mod:`.filters` for the signatures.
+(``rollout.sources=["policy", "mypkg.rollouts:my_source"]``); see :mod:`jaxrl_llm.train.experience.sources` and
+:mod:`jaxrl_llm.train.experience.filters` for the signatures.
 """
 
 from jaxrl_llm.train.experience.core import Round, collect, concat_rows, resolve

@@ -1,6 +1,6 @@
 """Sources: where a round's rows come from.
 
-A source is ``fn(setup, params, rnd: Round) -> rows`` (see :mod:`.core` for the rows layout):
+A source is ``fn(setup, params, rnd: Round) -> rows`` (see :mod:`jaxrl_llm.train.experience.core` for the rows layout):
 rows for the round's prompts, ``group_ids`` 0..B−1 naming the prompt each row answers, with
 response width ``T = rollout.max_new_tokens``. Built in:
 
