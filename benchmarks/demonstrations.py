@@ -124,6 +124,10 @@ def main(argv=None) -> int:
                      "hard_validation_accuracy": evaluator.accuracy(warm, "validation"),
                      "hard_test_pass@8": evaluator.pass_at(warm, "test", 8)},
       "methods": {}}
+  previous = os.path.join(args.out, "demonstrations.json")
+  if os.path.exists(previous):  # --methods X adds to (or redoes X in) an earlier study
+    with open(previous) as f:
+      result["methods"] = json.load(f).get("methods", {})
   print(json.dumps(result["warm_start"]), flush=True)
   for method in args.methods:
     run_dir = os.path.join(args.out, method)

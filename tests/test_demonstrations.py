@@ -335,6 +335,7 @@ def test_rft_rounds_end_to_end_and_resume(data_dir, demo_dir, tmp_path):
   from jaxrl_llm.train import run
 
   base = luffy_config(data_dir, demo_dir, sources=("policy",), filters=(), samples_per_prompt=4)
+  base = replace(base, data=dict(length_buckets="auto"))  # as reasoning-rft: resolved by the loop
   config = replace(base, experiment="tiny-rft",
                    algorithm=AlgorithmConfig(name="rft", rft_rounds=2, rft_prompts=8,
                                              rft_dedup="text"),

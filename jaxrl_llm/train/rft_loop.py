@@ -109,8 +109,8 @@ def sample_round(setup, params, config: Config, round_index: int) -> tuple[list[
   for start in range(0, n, batch):
     real = order[start:start + batch]
     idx = np.concatenate([real, np.repeat(real[-1:], batch - len(real))])  # static shapes
-    prompts, lengths = pad_prompts([split.prompts[i] for i in idx], config.data.length_buckets,
-                                   tok.pad_token_id)
+    prompts, lengths = pad_prompts([split.prompts[i] for i in idx],
+                                   setup.config.data.length_buckets, tok.pad_token_id)
     ro = jax.device_get(setup.sampler.generate(
         params, prompts, lengths, sampling=setup.sampling, max_new_tokens=rc.max_new_tokens,
         stop_token_ids=[tok.eos_token_id], rng=jax.random.fold_in(key, start), num_samples=k))
