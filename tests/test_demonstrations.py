@@ -327,6 +327,10 @@ def test_rft_deduplicates_paths_by_their_equations():
   assert select_paths(texts, ok, dedup="text", cap=0) == texts[:3]
   assert select_paths(texts, ok, dedup="none", cap=2) == texts[:2]
   assert select_paths(texts, np.zeros(5, bool), dedup="steps", cap=0) == []
+  from jaxrl_llm.train.rft_loop import plain_rows
+
+  assert plain_rows([{"prompt": b"1+2=", "answer": np.bytes_(b"3"), "level": b"easy"}]) == [
+      {"prompt": "1+2=", "answer": "3"}]  # TFDS rows are bytes; the round's JSONL is text
 
 
 @pytest.mark.slow

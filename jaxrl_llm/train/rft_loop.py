@@ -88,6 +88,12 @@ def _round_config(config: Config, round_dir: str, start_run: str) -> Config:
       train=dataclasses.replace(config.train, eval_every=0))
 
 
+def plain_rows(rows) -> list[dict]:
+  """``{"prompt", "answer"}`` text rows (TFDS gives bytes) for the round's JSONL."""
+  text = lambda v: bytes(v).decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)  # noqa: E731
+  return [{"prompt": text(r["prompt"]), "answer": text(r["answer"])} for r in rows]
+
+
 def _write_jsonl(path: str, rows: list[dict]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
@@ -174,8 +180,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None) -
   original: list[dict] = []
   if ac.rft_include_sft_data:
     warm = sft_loop.warm_start_config(config) if config.init.sft_steps else config
-    for r in sft_rows(load_rows(warm.data, "train"), warm.data, "train"):
-      original.append({"prompt": r["prompt"], "answer": r["answer"]})
+    original = plain_rows(sft_rows(load_rows(warm.data, "train"), warm.data, "train"))
   params, prev_run, line = base, base_run, {}
   for r in range(ac.rft_rounds):
     round_dir = os.path.join(run_dir, "rounds", str(r))
