@@ -104,6 +104,8 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", default=os.path.join(REPO, "runs", "demonstrations-study"))
   ap.add_argument("--methods", nargs="*", default=list(reasoning.METHODS))
+  ap.add_argument("--reuse", action="store_true",
+                  help="keep a method's finished run (eval.json present) and only score it")
   args = ap.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   from jaxrl_llm.train import sft_loop
@@ -131,31 +133,42 @@ def main(argv=None) -> int:
   print(json.dumps(result["warm_start"]), flush=True)
   for method in args.methods:
     run_dir = os.path.join(args.out, method)
-    if os.path.exists(run_dir):
-      shutil.rmtree(run_dir)
-    shutil.copytree(os.path.join(warm_root, "sft"), os.path.join(run_dir, "sft"))
+    reuse = args.reuse and os.path.exists(os.path.join(run_dir, "eval.json"))
+    if not reuse:
+      if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)
+      shutil.copytree(os.path.join(warm_root, "sft"), os.path.join(run_dir, "sft"))
     t0 = time.time()
     cmd = [sys.executable, "-m", "jaxrl_llm.cli", "run", f"reasoning-{method}", "--run-dir",
            run_dir, "--set", "train.checkpoint_every=25", "--set", "train.keep_checkpoints=20",
            "--set", "logging.progress=off"]
-    out = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
-    seconds = time.time() - t0
+    out = subprocess.run(["true"] if reuse else cmd, cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    seconds = (result["methods"].get(method, {}).get("seconds", 0.0) if reuse
+               else time.time() - t0)
     if out.returncode:
       print(out.stdout[-3000:])
       result["methods"][method] = {"error": out.stdout[-500:]}
       continue
-    art = load_run(run_dir, restore=False)
-    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=100, async_save=False)
+    # RFT trains one SFT run per round (rounds/<r>/sft); the others one run with checkpoints.
+    rounds = sorted(int(r) for r in os.listdir(os.path.join(run_dir, "rounds"))) \
+        if os.path.isdir(os.path.join(run_dir, "rounds")) else None
+    scored = ([(os.path.join(run_dir, "rounds", str(r), "sft"), r) for r in rounds]
+              if rounds is not None else [(run_dir, None)])
     curve = [[0, result["warm_start"]["hard_validation_accuracy"]]]
-    final = None
-    for step in ckpt.all_steps():
-      state, extra = ckpt.restore(step, None)
-      params = RunArtifacts(run_dir, art.config, art.model_config, art.tokenizer, state, extra,
-                            step).policy_params()
-      curve.append([int(step), evaluator.accuracy(params, "validation")])
-      final = params
-    ckpt.close()
+    final, offset = None, 0
+    for sub_dir, _ in scored:
+      art = load_run(sub_dir, restore=False)
+      ckpt = Checkpointer(os.path.join(sub_dir, "checkpoints"), keep=100, async_save=False)
+      steps = ckpt.all_steps()
+      for step in steps:
+        state, extra = ckpt.restore(step, None)
+        params = RunArtifacts(sub_dir, art.config, art.model_config, art.tokenizer, state, extra,
+                              step).policy_params()
+        curve.append([offset + int(step), evaluator.accuracy(params, "validation")])
+        final = params
+      offset += max(steps) if steps else 0
+      ckpt.close()
     test = evaluator.accuracy(final, "test")
     result["methods"][method] = {"seconds": round(seconds, 1), "hard_test_accuracy": test,
                                  "hard_validation_curve": curve}
