@@ -250,6 +250,9 @@ def test_luffy_trains_end_to_end_same_seed_and_resume(data_dir, demo_dir, tmp_pa
   for row in rows:
     assert row["train/offpolicy_fraction"] > 0
     assert row["train/sampler_gap_abs_max"] < 1e-5  # teacher tokens are left out of the gap
+    # The policy's accuracy leaves the (verified) traces out; they have their own metrics.
+    assert row["demonstrations/accuracy"] == 1.0 and row["demonstrations/trained_fraction"] == 1.0
+    assert row["reward/accuracy"] < 1.0
     assert row["train/ratio_first_max_dev"] == 0.0
   again = str(tmp_path / "again")
   rl_loop.train(config, again)

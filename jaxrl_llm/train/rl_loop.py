@@ -426,14 +426,22 @@ def rollout_metrics(batch: dict, info: dict, num_groups: int) -> dict:
       v = v[trainable]
       out[f"{k}/mean"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
       out[f"{k}/std"] = float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
-  acc = batch["accuracy"][trainable]
+  # Accuracy and lengths describe the policy's own samples; teacher traces get their own metrics.
+  demo = batch.get("is_demonstration", np.zeros_like(trainable))
+  own = trainable & ~demo
+  acc = batch["accuracy"][own]
   if np.isfinite(acc).any():
     out["reward/accuracy"] = float(np.nanmean(acc))
-  lengths = batch["lengths"][trainable]
+  if demo.any():
+    verified = batch["accuracy"][demo]
+    out["demonstrations/accuracy"] = (float(np.nanmean(verified)) if np.isfinite(verified).any()
+                                      else float("nan"))
+    out["demonstrations/trained_fraction"] = float(np.mean(trainable[demo]))
+  lengths = batch["lengths"][own]
   # No trainable row (dynamic sampling kept nothing and on_exhausted='train'): zeros, not a crash.
   out["response/length_mean"] = float(np.mean(lengths)) if len(lengths) else 0.0
   out["response/length_max"] = float(np.max(lengths)) if len(lengths) else 0.0
-  out["response/clipped_fraction"] = (float(np.mean(~batch["finished"][trainable]))
+  out["response/clipped_fraction"] = (float(np.mean(~batch["finished"][own]))
                                       if len(lengths) else 0.0)
   std = group_std(batch["scores"], batch["group_ids"], num_groups)
   real = np.unique(batch["group_ids"][trainable])
