@@ -317,7 +317,9 @@ def token_loss(config: Config, logp, entropy, mb: dict, *, on_policy: jax.Array,
                               clip_on_policy=config.clip_on_policy)
   elif config.policy_loss == "srft":
     off = mb.get("off_policy", jnp.zeros_like(m))
-    pg, diag = ops.srft_loss(logp, entropy, adv, m, off, mb["positive"],
+    # Correct rows (the loop passes the verifier's verdict); without it, the advantage's sign.
+    positive = mb["positive"] if "positive" in mb else jnp.sum(jnp.where(m, adv, 0.0), -1) > 0
+    pg, diag = ops.srft_loss(logp, entropy, adv, m, off, positive,
                              clip_low=config.clip_low, clip_high=config.clip_high,
                              sft_coef=config.srft_sft_coef, rl_coef=config.srft_rl_coef,
                              logp_floor=config.srft_logp_floor)
