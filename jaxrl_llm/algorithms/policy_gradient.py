@@ -87,6 +87,10 @@ class Config:
   srft_sft_coef: float = 0.5
   srft_rl_coef: float = 0.1
   srft_logp_floor: float = -10.0
+  prime_process_coef: float = 1.0
+  prime_outcome_coef: float = 1.0
+  prime_whiten: bool = False
+  prime_loo: str = "paper"
 
   @property
   def kl_in_loss(self) -> bool:
@@ -127,6 +131,18 @@ PRESETS: dict[str, dict] = {
                   kl_coef=0.0, luffy_gamma=0.1, clip_on_policy=True, adv_stats="group"),
     "srft": dict(name="srft", loss_aggregation="token-mean", clip_low=0.2, clip_high=0.2,
                  kl_coef=0.0, srft_sft_coef=0.5, srft_rl_coef=0.1, adv_stats="group"),
+    # PRIME as the paper writes it (A = A^φ + A^o, leave-one-out, no whitening, no KL) and as the
+    # verl recipe runs it (both parts ×5, the recipe's leave-one-out, batch-normalised implicit
+    # rewards, whitened; entropy bonus 0.001). Both: PPO clip 0.2, token-mean, β_PRM = 0.05.
+    "prime": dict(name="prime", loss_aggregation="token-mean", clip_low=0.2, clip_high=0.2,
+                  kl_coef=0.0, prime_beta=0.05, prime_update="before", prime_loo="paper",
+                  prime_process_coef=1.0, prime_outcome_coef=1.0, prime_whiten=False,
+                  prime_norm="none", prime_granularity="token"),
+    "prime_recipe": dict(name="prime", loss_aggregation="token-mean", clip_low=0.2,
+                         clip_high=0.2, kl_coef=0.0, entropy_coef=0.001, prime_beta=0.05,
+                         prime_update="before", prime_loo="recipe", prime_process_coef=5.0,
+                         prime_outcome_coef=5.0, prime_whiten=True, prime_norm="batch_norm",
+                         prime_granularity="token", prime_max_grad_norm=10.0),
 }
 
 
@@ -147,7 +163,10 @@ def config_from(algorithm: AlgorithmConfig, *, temperature: float, max_new_token
       shuffle_minibatches=algorithm.shuffle_minibatches, temperature=temperature,
       luffy_gamma=algorithm.luffy_gamma, clip_on_policy=algorithm.clip_on_policy,
       adv_stats=algorithm.adv_stats, srft_sft_coef=algorithm.srft_sft_coef,
-      srft_rl_coef=algorithm.srft_rl_coef, srft_logp_floor=algorithm.srft_logp_floor)
+      srft_rl_coef=algorithm.srft_rl_coef, srft_logp_floor=algorithm.srft_logp_floor,
+      prime_process_coef=algorithm.prime_process_coef,
+      prime_outcome_coef=algorithm.prime_outcome_coef, prime_whiten=algorithm.prime_whiten,
+      prime_loo=algorithm.prime_loo)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +210,8 @@ def prepare(inputs: dict, config: Config, *, num_groups: int):
     inputs: ``scores float32[N]`` (total reward, NaN = unscorable), ``group_ids int32[N]``,
       ``mask bool[N, T]`` (trainable response tokens), ``old_logp float32[N, T]``,
       ``ref_logp float32[N, T]`` (zeros when no reference), ``kl_coef float32[]`` (the current
-      β, which an adaptive controller moves), and for ReMax ``baseline_scores float32[N]``.
+      β, which an adaptive controller moves), for ReMax ``baseline_scores float32[N]``, for
+      PRIME ``process_rewards float32[N, T]`` (:func:`jaxrl_llm.algorithms.prime.process_rewards`).
     num_groups: ``B``, the number of prompts (static).
   Returns:
     (advantages float32 ``[N, T]``, diagnostics dict of float32 scalars; ``kl_ref_seq`` is the
@@ -237,6 +257,15 @@ def prepare(inputs: dict, config: Config, *, num_groups: int):
     # Unscorable rows place no reward token; keep them out of the whitening statistics too.
     scorable = m & jnp.isfinite(scores)[:, None]
     adv, d = ops.reinforce_pp_advantages(token_rewards, scorable, gamma=config.gamma)
+  elif est == "prime":
+    # PRIME (§10): leave-one-out on the implicit per-token rewards and on the outcome, summed.
+    adv, d = ops.prime_advantages(inputs["process_rewards"], seq_scores, gid, m,
+                                  num_groups=num_groups, gamma=config.gamma,
+                                  process_coef=config.prime_process_coef,
+                                  outcome_coef=config.prime_outcome_coef,
+                                  whiten=config.prime_whiten, singleton=config.singleton,
+                                  loo=config.prime_loo)
+    adv = jnp.where(jnp.isfinite(scores)[:, None], adv, 0.0)
   elif est == "remax":
     baseline = inputs["baseline_scores"]
     adv, d = ops.remax_advantages(token_rewards, jnp.nan_to_num(baseline), m)

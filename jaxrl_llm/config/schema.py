@@ -310,7 +310,8 @@ class OptimizerConfig:
 
 
 ALGORITHMS = ("sft", "grpo", "drgrpo", "dapo", "gspo", "rloo", "reinforce_pp",
-              "reinforce_pp_baseline", "remax", "luffy", "srft", "ppo", "rft", "dpo", "reward_model")
+              "reinforce_pp_baseline", "remax", "luffy", "srft", "prime", "ppo", "rft", "dpo",
+              "reward_model")
 # Trained from a fixed dataset of preferences rather than online rollouts.
 PREFERENCE_ALGORITHMS = ("dpo", "reward_model")
 DPO_VARIANTS = ("dpo", "cdpo", "rdpo", "ipo", "hinge")
@@ -319,8 +320,12 @@ RM_OBJECTIVES = ("pairwise", "ranking", "rating")
 DEFAULT_ADVANTAGE = {"grpo": "grpo", "drgrpo": "drgrpo", "dapo": "grpo", "gspo": "grpo",
                      "rloo": "rloo", "reinforce_pp": "reinforce_pp",
                      "reinforce_pp_baseline": "reinforce_pp_baseline", "remax": "remax",
-                     "luffy": "grpo", "srft": "grpo", "ppo": "gae"}
-ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax")
+                     "luffy": "grpo", "srft": "grpo", "prime": "prime", "ppo": "gae"}
+ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "prime")
+PRIME_UPDATES = ("before", "after")
+PRIME_LOO = ("paper", "recipe")
+PRIME_NORMS = ("none", "batch_norm")
+PRIME_GRANULARITIES = ("token", "whole")
 POLICY_LOSSES = ("ppo", "gspo", "clip_cov", "kl_cov", "luffy", "srft")
 # Losses that train on teacher (off-policy) tokens without an importance ratio.
 OFF_POLICY_LOSSES = ("luffy", "srft")
@@ -394,6 +399,25 @@ class AlgorithmConfig:
   rft_max_per_problem: int = 0
   rft_restart: bool = True
   rft_include_sft_data: bool = True
+  # PRIME (docs/algorithms.md §10; algorithm.name="prime"): an implicit PRM π_φ (from the starting
+  # policy, with a frozen copy as its reference) gives every response token the reward
+  # prime_beta·log(π_φ/π_ref); it is trained every step with cross-entropy on the outcome labels
+  # (reward.accuracy), "before" the rewards are computed (recipe default: two forwards) or
+  # "after". Advantage = process_coef·A^φ + outcome_coef·A^o, leave-one-out within each group
+  # ("paper" formula or the verl "recipe"'s r·K/(K−1) − Σ r̄/(K−1)), optionally whitened; the
+  # implicit rewards optionally divided by the batch's largest |return| ("batch_norm") and placed
+  # per "token" or summed at the last token ("whole"). Defaults: the paper; the recipe is
+  # PRESETS["prime_recipe"].
+  prime_beta: float = 0.05
+  prime_update: str = "before"
+  prime_learning_rate: float = 1e-6
+  prime_max_grad_norm: float = 10.0
+  prime_process_coef: float = 1.0
+  prime_outcome_coef: float = 1.0
+  prime_whiten: bool = False
+  prime_loo: str = "paper"
+  prime_norm: str = "none"
+  prime_granularity: str = "token"
   max_gen_rounds: int = 10  # (RL) generation rounds per step before dynamic sampling gives up.
   on_exhausted: str = "raise"  # (RL) after max_gen_rounds: "raise" or "train" on what survived.
   overlong_filter: bool = False  # (RL) DAPO: truncated responses get no loss.
@@ -463,6 +487,20 @@ class AlgorithmConfig:
     _positive("algorithm", self, "rft_prompts", "rft_max_per_problem", allow_zero=True)
     if self.rft_dedup not in ("steps", "text", "none"):
       _fail(f("rft_dedup"), f"must be 'steps', 'text' or 'none', got {self.rft_dedup!r}")
+    _positive("algorithm", self, "prime_beta", "prime_learning_rate")
+    _positive("algorithm", self, "prime_max_grad_norm", "prime_process_coef",
+              "prime_outcome_coef", allow_zero=True)
+    for field, allowed in (("prime_update", PRIME_UPDATES), ("prime_loo", PRIME_LOO),
+                           ("prime_norm", PRIME_NORMS),
+                           ("prime_granularity", PRIME_GRANULARITIES)):
+      if getattr(self, field) not in allowed:
+        _fail(f(field), f"must be one of {allowed}, got {getattr(self, field)!r}")
+    if self.resolved_advantage == "prime" and self.name != "prime":
+      _fail(f("advantage"), "the PRIME advantage needs the implicit PRM: set algorithm.name="
+            "'prime'")
+    if self.name == "prime" and self.advantage not in ("", "prime"):
+      _fail(f("advantage"), f"PRIME's advantage is its own; leave algorithm.advantage '' "
+            f"(got {self.advantage!r})")
     if self.adv_stats not in ("group", "on_policy"):
       _fail(f("adv_stats"), f"must be 'group' or 'on_policy', got {self.adv_stats!r}")
     if self.on_exhausted not in ("raise", "train"):

@@ -268,7 +268,7 @@ def remax_advantages(scores: jax.Array, baseline_scores: jax.Array, mask: jax.Ar
 def prime_advantages(process_rewards: jax.Array, outcome_scores: jax.Array, group_ids: jax.Array,
                      mask: jax.Array, *, num_groups: int, gamma: float = 1.0,
                      process_coef: float = 1.0, outcome_coef: float = 1.0, whiten: bool = False,
-                     singleton: str = "zero"):
+                     singleton: str = "zero", loo: str = "paper"):
   """PRIME advantage (Cui et al., arXiv:2502.01456; docs/algorithms.md §10), leave-one-out on both parts.
 
   Process part: ``A^φ_{i,t} = Σ_{s≥t} γ^{s−t} [r_φ(y_{i,s}) − (1/(K−1)) Σ_{j≠i} r̄_φ(y_j)]`` with
@@ -276,7 +276,11 @@ def prime_advantages(process_rewards: jax.Array, outcome_scores: jax.Array, grou
   baseline). Outcome part: ``A^o_i = r_o(y_i) − (1/(K−1)) Σ_{j≠i} r_o(y_j)``, placed at the last
   token and returned to every position. ``A = process_coef·A^φ + outcome_coef·A^o``, optionally
   whitened over the batch. The defaults follow the paper's formula; the verl recipe uses
-  ``process_coef=5, outcome_coef=5, whiten=True``.
+  ``process_coef=5, outcome_coef=5, whiten=True, loo="recipe"``.
+
+  ``loo="recipe"``: the verl recipe's process baseline ``r_t·K/(K−1) − Σ_j r̄_j/(K−1)`` (the sum
+  over the whole group, row i included), which exceeds the paper's by ``(r_t − r̄_i)/(K−1)`` per
+  token; the outcome part is the same under both. K counts the group's non-empty rows.
 
   Args:
     process_rewards: float ``[B, T]`` implicit rewards ``β·log(π_φ/π_ref)`` per token.
@@ -293,7 +297,12 @@ def prime_advantages(process_rewards: jax.Array, outcome_scores: jax.Array, grou
       others, 1.0)
   if singleton == "raw":
     base = jnp.where(others >= 1, base, 0.0)
-  proc = jnp.where(m, process_rewards - base[:, None], 0.0)
+  if loo not in ("paper", "recipe"):
+    raise ValueError(f"loo must be 'paper' or 'recipe', got {loo!r}")
+  proc = process_rewards - base[:, None]
+  if loo == "recipe":
+    proc = proc + (process_rewards - row_mean[:, None]) / jnp.maximum(others, 1.0)[:, None]
+  proc = jnp.where(m, proc, 0.0)
   proc_adv = discounted_returns(proc, m, gamma=gamma)
   if singleton == "zero":
     proc_adv = jnp.where((others >= 1)[:, None], proc_adv, 0.0)

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import policy_gradient as pg
 from jaxrl_llm.algorithms import ppo
+from jaxrl_llm.algorithms import prime as prime_lib
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, InitConfig, save_json
@@ -125,6 +126,7 @@ class RLSetup:
   # The rollout stage: ([(name, source)], [(name, filter)]) (jaxrl_llm.train.experience).
   experience: Any = None
   demo_token_cache: dict = dataclasses.field(default_factory=dict)
+  prime: Any = None  # PRIME's implicit PRM (PrimeModel) when algorithm.name == "prime"
 
   def policy_params(self, state):
     """The decoder params that sample and are evaluated (PPO: the actor's policy part)."""
@@ -136,6 +138,23 @@ class RLSetup:
     """Places a host array on the mesh with its first (row) axis over data x fsdp."""
     spec = P(("data", "fsdp"), *([None] * (np.ndim(array) - 1)))
     return jax.device_put(np.asarray(array), NamedSharding(self.mesh, spec))
+
+
+@dataclasses.dataclass
+class PrimeModel:
+  """PRIME's implicit PRM in a run: its jitted functions and frozen reference (docs §10).
+
+  The PRM's ``TrainState`` is not kept here: the loop owns it (next to the policy's, in one
+  checkpoint tree ``{"actor", "implicit_prm"}``) and passes it through :func:`prime_step`.
+  """
+
+  config: prime_lib.Config
+  state_shardings: Any
+  make_state: Any  # jitted params -> TrainState (its own optimizer)
+  update: Any  # jitted (state, batch) -> (state, metrics, logp); state donated
+  logprobs: Any  # jitted (params, tokens, attention, mask) -> float32 [N, T]
+  rewards: Any  # jitted (prm_logp, ref_logp, mask) -> process rewards [N, T]
+  reference: Any = None  # frozen reference params (the starting policy)
 
 
 def reward_specs(config: Config) -> list[RewardSpec]:
@@ -174,7 +193,13 @@ def _validate(config: Config, mesh) -> None:
   if rows % parts:
     raise ConfigError(f"config field 'algorithm.minibatches': {rows} rollout rows do not split "
                       f"into {a.minibatches} minibatches x {a.micro_batches} micro-batches")
-  if a.resolved_advantage in ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline") and \
+  if a.name == "prime":
+    if not config.reward.accuracy:
+      raise ConfigError("config field 'reward.accuracy': PRIME trains its implicit PRM on outcome "
+                        "labels; name the verifier (e.g. reward.accuracy=final_answer)")
+    if "demonstrations" in r.sources:
+      raise ConfigError("config field 'rollout.sources': PRIME trains on its own samples only")
+  if a.resolved_advantage in ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "prime") and \
       r.samples_per_prompt < 2:
     raise ConfigError(f"config field 'rollout.samples_per_prompt': the {a.resolved_advantage} "
                       "baseline needs at least 2 samples per prompt")
@@ -355,6 +380,10 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
     update_fn = pg.make_update(model.apply, model_config, tx, schedule, pg_config)
     num_groups = rc.prompts_per_step
     prepare = jax.jit(lambda inputs: pg.prepare(inputs, pg_config, num_groups=num_groups))
+  prime_model = None
+  if ac.name == "prime":
+    prime_model = _build_prime(ac, model, model_config, abstract, param_shardings, mesh, rows,
+                               dropout_key)
 
   def init_state():  # A fresh policy (also the abstract-shape source for restores).
     return make_state(init_params(model_config, rng_lib.purpose_key(config.seed, "init"),
@@ -388,7 +417,26 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                  sampling=sampling, rewards=runner, prompts=prompts, update=update,
                  prepare=prepare, logprobs=logprobs, decode=decode, kl_controller=kl_controller,
                  make_state=make_state, init_state=init_state, ppo_config=ppo_config,
-                 rollout_values=rollout_values, experience=stage)
+                 rollout_values=rollout_values, experience=stage, prime=prime_model)
+
+
+def _build_prime(ac, model, model_config, abstract, param_shardings, mesh, rows, key
+                 ) -> PrimeModel:
+  """The implicit PRM's optimizer, state shardings (the policy's layout, on the same mesh) and
+  jitted functions."""
+  cfg = prime_lib.config_from(ac)
+  tx = prime_lib.make_optimizer(ac)
+  shardings = train_state_shardings(tx, abstract, param_shardings, mesh)
+  make_state = jax.jit(lambda p: TrainState.create(p, tx, key), out_shardings=shardings)
+  update = jax.jit(prime_lib.make_update(model.apply, model_config, tx, cfg),
+                   out_shardings=(shardings, replicated(mesh), rows), donate_argnums=(0,))
+  logprobs = jax.jit(lambda params, t, a, m: prime_lib.prm_logprobs(model.apply, params,
+                                                                    model_config, t, a, m),
+                     out_shardings=rows)
+  rewards = jax.jit(lambda lp, ref, m: prime_lib.process_rewards(lp, ref, m, cfg),
+                    out_shardings=rows)
+  return PrimeModel(config=cfg, state_shardings=shardings, make_state=make_state, update=update,
+                    logprobs=logprobs, rewards=rewards)
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,20 +500,58 @@ def rollout_metrics(batch: dict, info: dict, num_groups: int) -> dict:
   return out
 
 
-def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 0):
+def _train_mask(setup: RLSetup, batch: dict) -> np.ndarray:
+  """bool ``[N, T]``: the response tokens that are trained on (trainable rows; DAPO's overlong
+  filter drops truncated rows)."""
+  width = batch["prompt_width"]
+  mask = batch["response_mask"][:, width:] & batch["trainable"][:, None]
+  if setup.config.algorithm.overlong_filter:
+    mask = mask & batch["finished"][:, None]
+  return mask
+
+
+def prime_step(setup: RLSetup, prm_state, batch: dict):
+  """PRIME's implicit PRM on one rollout batch (docs/algorithms.md §10): one cross-entropy update
+  on the outcome labels (``reward.accuracy`` of the policy's own scorable rows) and the per-token
+  process rewards, computed with the updated PRM (``prime_update="before"``) or the PRM as it was
+  (``"after"``).
+
+  Returns:
+    (new PRM state, process rewards float32 ``[N, T]`` on the mesh, host metrics ``prm/*``).
+  """
+  pm = setup.prime
+  put = setup.put_rows
+  tokens = put(batch["tokens"])
+  attention = put(batch["prompt_mask"] | batch["response_mask"])
+  mask = put(_train_mask(setup, batch))
+  ref = pm.logprobs(pm.reference, tokens, attention, mask)
+  acc = batch["accuracy"]
+  demo = batch.get("is_demonstration", np.zeros_like(batch["trainable"]))
+  fields = {"tokens": tokens, "attention_mask": attention, "mask": mask, "ref_logp": ref,
+            "labels": put(np.nan_to_num(acc, nan=0.0).astype(np.float32)),
+            "label_valid": put(batch["trainable"] & ~demo & np.isfinite(acc))}
+  prm_state, metrics, logp = pm.update(prm_state, fields)
+  if pm.config.update == "before":
+    logp = pm.logprobs(prm_state.params, tokens, attention, mask)
+  process = pm.rewards(logp, ref, mask)
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  return prm_state, process, metrics
+
+
+def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 0,
+                process_rewards=None):
   """Computes old/ref log-probs and advantages; returns the device batch for ``update``.
 
+  Args:
+    process_rewards: PRIME's implicit per-token rewards (:func:`prime_step`).
   Returns:
     (device batch, prepare diagnostics (host floats), the rows' per-row mean KL-to-reference).
   """
   ac = setup.config.algorithm
-  width = batch["prompt_width"]
-  mask = batch["response_mask"][:, width:] & batch["trainable"][:, None]
+  mask = _train_mask(setup, batch)
   scores = batch["scores"].copy()
   if not ac.truncated_in_stats:
     scores[~batch["finished"]] = np.nan
-  if ac.overlong_filter:
-    mask = mask & batch["finished"][:, None]
   put = setup.put_rows
   tokens = put(batch["tokens"])
   attention = put(batch["prompt_mask"] | batch["response_mask"])
@@ -487,6 +573,10 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 
              "train_actor": jnp.asarray(ppo.actor_trains_at(setup.ppo_config, step))}
   else:
     more = {}
+    if setup.prime is not None:
+      if process_rewards is None:
+        raise ValueError("PRIME needs the implicit PRM's process_rewards (see prime_step)")
+      more["process_rewards"] = process_rewards
     if ac.adv_stats == "on_policy":
       more["is_demonstration"] = put(batch["is_demonstration"])
     adv, diag = setup.prepare(dict(inputs, group_ids=put(batch["group_ids"].astype(np.int32)),
@@ -590,6 +680,9 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   make_state = setup.make_state
   # The reference is the starting policy, frozen; it is not kept at all when β = 0.
   setup.reference = jax.tree.map(jnp.copy, init) if ac.uses_reference else None
+  if setup.prime is not None:  # PRIME: the implicit PRM and its reference start as the policy.
+    setup.prime.reference = (setup.reference if setup.reference is not None
+                             else jax.tree.map(jnp.copy, init))
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,
                       async_save=tc.async_checkpointing)
   cadence = CheckpointCadence(tc.checkpoint_every, tc.checkpoint_minutes)
@@ -598,12 +691,18 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   counts: dict = {}
   if latest is not None:
     abstract = abstract_with_shardings(jax.eval_shape(make_state, init), setup.state_shardings)
-    state, extra = ckpt.restore(latest, abstract)
+    if setup.prime is not None:
+      abstract = {"actor": abstract, "implicit_prm": abstract_with_shardings(
+          jax.eval_shape(setup.prime.make_state, init), setup.prime.state_shardings)}
+    restored, extra = ckpt.restore(latest, abstract)
+    state, prm_state = _from_checkpoint(restored, setup.prime is not None)
     start, position = int(extra["step"]), int(extra["prompt_position"])
     kl_state = kl_state._replace(coef=jnp.asarray(extra["kl_coef"], jnp.float32))
     counts = extra["reward_counts"]
   else:
     state = make_state(init)
+    prm_state = (setup.prime.make_state(jax.tree.map(jnp.copy, init))
+                 if setup.prime is not None else None)
     start, position = 0, 0
   del init
   progress = Progress(tc.steps, start, mode=lc.progress, log_every=lc.log_every)
@@ -637,7 +736,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     except RewardError:
       # Never lose work: checkpoint what we have (the state before this step), then stop.
       if step not in ckpt.all_steps() and step > 0:
-        ckpt.save(step, state, extra_state(step, position, kl_state, counts), force=True)
+        ckpt.save(step, _checkpoint_tree(state, prm_state),
+                  extra_state(step, position, kl_state, counts), force=True)
       ckpt.close()
       writer.close()
       setup.rewards.close()
@@ -645,7 +745,11 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     position = new_position
     add_counts(counts, info["reward_counts"])
     t0 = time.perf_counter()
-    device_batch, diag = train_batch(setup, batch, state, float(kl_state.coef), step)
+    process, prm_metrics = None, {}
+    if setup.prime is not None:
+      prm_state, process, prm_metrics = prime_step(setup, prm_state, batch)
+    device_batch, diag = train_batch(setup, batch, state, float(kl_state.coef), step,
+                                     process_rewards=process)
     jax.block_until_ready(device_batch["advantages"])
     t_lp = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -662,6 +766,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     if "kl_ref_seq" in diag:
       line["kl/ref"] = float(diag["kl_ref_seq"])
     line["kl/coef"] = float(kl_state.coef)
+    line.update(prm_metrics)
     line.update(rollout_metrics(batch, info, config.rollout.prompts_per_step))
     for name, c in counts.items():
       for k, v in c.items():
@@ -690,7 +795,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
                     {"reward": line["reward/mean"]} |
                     ({"acc": line["reward/accuracy"]} if "reward/accuracy" in line else {}))
     if cadence.due(done, final):
-      ckpt.save(done, state, extra_state(done, position, kl_state, counts), force=final)
+      ckpt.save(done, _checkpoint_tree(state, prm_state),
+                extra_state(done, position, kl_state, counts), force=final)
     metrics_host = line
     if final:
       _finish(run_dir, line, progress)
@@ -698,7 +804,18 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   writer.close()
   progress.close()
   setup.rewards.close()  # reward worker processes; later calls run on threads.
-  return {"state": state, "metrics": metrics_host, "run_dir": run_dir, "setup": setup}
+  return {"state": state, "metrics": metrics_host, "run_dir": run_dir, "setup": setup,
+          "prm_state": prm_state}
+
+
+def _checkpoint_tree(state, prm_state):
+  """What a checkpoint holds: the policy's state, and PRIME's PRM state beside it."""
+  return state if prm_state is None else {"actor": state, "implicit_prm": prm_state}
+
+
+def _from_checkpoint(tree, has_prm: bool):
+  """``(policy state, PRM state or None)`` from a restored checkpoint tree."""
+  return (tree["actor"], tree["implicit_prm"]) if has_prm else (tree, None)
 
 
 def _finish(run_dir: str, line: dict, progress: Progress) -> None:
