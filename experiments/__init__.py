@@ -30,6 +30,7 @@ EXPERIMENTS = {
     "reasoning-sft": "experiments.reasoning_sft",
     "reasoning-reft": "experiments.reasoning_reft",
     "reasoning-rft": "experiments.reasoning_rft",
+    "reasoning-prime": "experiments.reasoning_prime",
 }
 
 

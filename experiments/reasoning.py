@@ -21,6 +21,12 @@ Methods (``config(method)``):
   them ∪ the easy traces (75 steps a round);
 * ``reft`` -- ReFT (§14): PPO with a value head on the policy's trunk, terminal reward 1 / 0.1 / 0,
   k1 KL in the reward (β = 0.05), GAE γ = 1, λ = 0.95, vf_coef 5, value clip 0.2.
+* ``prime`` -- PRIME (§10): an implicit PRM (from the warm start, β = 0.05) trained every step on
+  the verifier's labels (``before``), the paper's leave-one-out advantage on its per-token rewards
+  plus the outcome, K = 4 samples for each of 16 prompts, PPO clip 0.2; prompts filtered to
+  accuracy in [0.2, 0.8] from 2× oversampled rounds (the paper oversamples 4×; 2× bounds the CPU
+  cost), training on what survives after 4 rounds. The PRM's learning rate is twice the policy's,
+  the paper's ratio (1e-6 vs 5e-7).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from jaxrl_llm.config import (AlgorithmConfig, Config, DataConfig, InitConfig, L
                               MeshConfig, ModelConfig, OptimizerConfig, RewardConfig,
                               RolloutConfig, TrainConfig)
 
-METHODS = ("grpo", "luffy", "srft", "sft", "reft", "rft")
+METHODS = ("grpo", "luffy", "srft", "sft", "reft", "rft", "prime")
 RL_STEPS = 150
 MAX_NEW_TOKENS = 56
 
@@ -87,6 +93,13 @@ def config(method: str = "luffy") -> Config:
     rollout = dataclasses.replace(rollout, samples_per_prompt=7, demonstrations_per_prompt=1,
                                   sources=("policy", "demonstrations"),
                                   filters=("verified_demonstrations",))
+  elif method == "prime":
+    algorithm = AlgorithmConfig(**dict(PRESETS["prime"],
+                                       prime_learning_rate=2 * optimizer.learning_rate,
+                                       max_gen_rounds=4, on_exhausted="train"))
+    rollout = dataclasses.replace(rollout, prompts_per_step=16, samples_per_prompt=4,
+                                  gen_prompts=32, filters=("accuracy_band",),
+                                  accuracy_band_low=0.2, accuracy_band_high=0.8)
   else:  # reft
     algorithm = AlgorithmConfig(name="ppo", loss_aggregation="seq-mean-token-mean", clip_low=0.2,
                                 clip_high=0.2, kl_coef=0.05, kl_placement="reward",

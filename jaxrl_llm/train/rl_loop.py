@@ -468,7 +468,7 @@ def rollout_metrics(batch: dict, info: dict, num_groups: int) -> dict:
   s = batch["scores"][trainable]
   out["reward/mean"] = float(np.nanmean(s)) if np.isfinite(s).any() else float("nan")
   out["reward/std"] = float(np.nanstd(s)) if np.isfinite(s).any() else float("nan")
-  out["reward/unscorable_fraction"] = float(np.mean(~np.isfinite(s)))
+  out["reward/unscorable_fraction"] = float(np.mean(~np.isfinite(s))) if len(s) else 0.0
   for k, v in batch.items():
     if k.startswith("reward/"):
       v = v[trainable]

@@ -1,0 +1,8 @@
+"""``reasoning-prime``: PRIME with an online implicit PRM on the reasoning task (see
+:mod:`experiments.reasoning`)."""
+
+from experiments import reasoning
+
+
+def config():
+  return reasoning.config("prime")
