@@ -36,4 +36,18 @@ def import_object(path: str):
   return obj
 
 
-__all__ = ["import_object", "is_import_path"]
+def import_callable(path: str, what: str = "a callable"):
+  """:func:`import_object`, which must be callable.
+
+  Args:
+    what: how the error names the expected object (e.g. ``"a reward function"``).
+  Raises:
+    ImportError: as :func:`import_object`, or the object is not callable.
+  """
+  obj = import_object(path)
+  if not callable(obj):
+    raise ImportError(f"{path!r} is a {type(obj).__name__}, not {what}")
+  return obj
+
+
+__all__ = ["import_callable", "import_object", "is_import_path"]

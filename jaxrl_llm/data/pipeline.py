@@ -500,16 +500,13 @@ def prompt_renderer(template: str):
   :class:`BadRowError` naming the row, the field and the setting."""
   if not template:
     return None
-  from jaxrl_llm.imports import import_object, is_import_path
+  from jaxrl_llm.imports import import_callable, is_import_path
 
   if is_import_path(template):
     try:
-      fn = import_object(template)
+      fn = import_callable(template, "a callable row -> str")
     except ImportError as e:
       raise ValueError(f"config field 'data.prompt_template': {e}") from None
-    if not callable(fn):
-      raise ValueError(f"config field 'data.prompt_template': {template!r} is a "
-                       f"{type(fn).__name__}, not a callable row -> str")
   else:
     fn = lambda row: template.format_map({k: _as_str(v) if isinstance(v, (bytes, np.bytes_))  # noqa: E731
                                           else v for k, v in row.items()})
@@ -534,15 +531,12 @@ def prompt_renderer(template: str):
 def _builder_rows(config: DataConfig, split: str) -> list[Any]:
   """Rows from the user's data builder ``data.task="package.module:fn"``, called as
   ``fn(split, data_config)``."""
-  from jaxrl_llm.imports import import_object
+  from jaxrl_llm.imports import import_callable
 
   try:
-    builder = import_object(config.task)
+    builder = import_callable(config.task, "a data builder (split, data_config) -> rows")
   except ImportError as e:
     raise ValueError(f"config field 'data.task': {e}") from None
-  if not callable(builder):
-    raise ValueError(f"config field 'data.task': {config.task!r} is a "
-                     f"{type(builder).__name__}, not a data builder (split, data_config) -> rows")
   rows = builder(split, config)
   if rows is None:
     return []

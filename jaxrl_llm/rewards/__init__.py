@@ -11,7 +11,7 @@ failure policy (time-outs, exceptions, NaN).
 """
 
 
-from jaxrl_llm.imports import import_object
+from jaxrl_llm.imports import import_callable, import_object
 from jaxrl_llm.rewards import (arithmetic, code, countdown, math, preference_task, reasoning,
                                text2sql)
 from jaxrl_llm.rewards.base import (RewardError, RewardFn, RewardResult, RewardRunner, RewardSpec,
@@ -48,12 +48,9 @@ def get_reward_function(name: str) -> RewardFn:
   """
   if ":" in name:
     try:
-      fn = import_object(name)
+      return import_callable(name, "a reward function")
     except ImportError as e:
       raise KeyError(str(e)) from None
-    if not callable(fn):
-      raise KeyError(f"{name!r} is a {type(fn).__name__}, not a reward function")
-    return fn
   if name not in REWARD_FUNCTIONS:
     raise KeyError(f"unknown reward function {name!r}; known: {sorted(REWARD_FUNCTIONS)}, or an "
                    "import path 'package.module:function' of your own")

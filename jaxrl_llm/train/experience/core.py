@@ -56,7 +56,7 @@ class Round:
 def resolve(kind: str, names, registry: dict[str, Callable]) -> list[tuple[str, Callable]]:
   """``(name, function)`` for each configured name: a built-in (``registry``) or an import path
   ``"package.module:function"``. Raises ConfigError naming ``rollout.<kind>``."""
-  from jaxrl_llm.imports import import_object, is_import_path
+  from jaxrl_llm.imports import import_callable, is_import_path
 
   out = []
   for name in names:
@@ -64,12 +64,9 @@ def resolve(kind: str, names, registry: dict[str, Callable]) -> list[tuple[str, 
       out.append((name, registry[name]))
     elif is_import_path(name):
       try:
-        fn = import_object(name)
+        out.append((name, import_callable(name, f"a rollout {kind[:-1]}")))
       except ImportError as e:
         raise ConfigError(f"config field 'rollout.{kind}': {e}") from None
-      if not callable(fn):
-        raise ConfigError(f"config field 'rollout.{kind}': {name!r} is not callable")
-      out.append((name, fn))
     else:
       raise ConfigError(f"config field 'rollout.{kind}': unknown {kind[:-1]} {name!r}; known: "
                         f"{sorted(registry)}, or an import path 'mypkg.module:function'")
