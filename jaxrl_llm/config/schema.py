@@ -178,6 +178,14 @@ class DataConfig:
   text2sql_root: str = ""
   # Preference data (reward models, DPO): "pairs", "rankings" or "ratings"; "" for prompt data.
   preference_kind: str = ""
+  # Step-labelled solutions ("steps"): JSONL rows {"prompt", "steps": [...], "labels": [...],
+  # "outcome"?}; a solution is its steps joined by step_delimiter (after the last step too unless
+  # step_final_delimiter is false); step_ratings reads PRM800K's -1 / 0 / 1 with the neutral 0
+  # mapped by step_neutral ("positive", "negative" or "drop").
+  step_delimiter: str = "\n"
+  step_final_delimiter: bool = True
+  step_ratings: bool = False
+  step_neutral: str = "positive"
   # Countdown: how many numbers each problem gives, and their range.
   countdown_numbers: int = 3
   countdown_max_number: int = 20
@@ -233,9 +241,17 @@ class DataConfig:
     if self.task == "math" and self.source != "jsonl":
       _fail("data.source", "task 'math' reads your GSM8K / MATH files: set data.source='jsonl' "
             "and data.jsonl_dir")
-    if self.preference_kind not in ("", "pairs", "rankings", "ratings"):
-      _fail("data.preference_kind", "must be '', 'pairs', 'rankings' or 'ratings', got "
+    if self.preference_kind not in ("", "pairs", "rankings", "ratings", "steps"):
+      _fail("data.preference_kind", "must be '', 'pairs', 'rankings', 'ratings' or 'steps', got "
             f"{self.preference_kind!r}")
+    if self.preference_kind == "steps" and self.source != "jsonl":
+      _fail("data.source", "step-labelled solutions are read from JSONL: set data.source='jsonl' "
+            "and data.jsonl_dir (e.g. the output of `jaxrl-llm label-steps`)")
+    if self.step_neutral not in ("positive", "negative", "drop"):
+      _fail("data.step_neutral", f"must be 'positive', 'negative' or 'drop', got "
+            f"{self.step_neutral!r}")
+    if not self.step_delimiter:
+      _fail("data.step_delimiter", "must be a non-empty string")
     if self.preference_kind and self.task not in ("sorted_digits",) and self.source != "jsonl":
       _fail("data.preference_kind", "preference data comes from the synthetic 'sorted_digits' "
             "task or from data.source='jsonl'")
@@ -315,7 +331,8 @@ ALGORITHMS = ("sft", "grpo", "drgrpo", "dapo", "gspo", "rloo", "reinforce_pp",
 # Trained from a fixed dataset of preferences rather than online rollouts.
 PREFERENCE_ALGORITHMS = ("dpo", "reward_model")
 DPO_VARIANTS = ("dpo", "cdpo", "rdpo", "ipo", "hinge")
-RM_OBJECTIVES = ("pairwise", "ranking", "rating")
+RM_OBJECTIVES = ("pairwise", "ranking", "rating", "orm", "prm")
+SCORINGS = ("product", "min", "last")
 # The advantage estimator each named algorithm uses unless `algorithm.advantage` says otherwise.
 DEFAULT_ADVANTAGE = {"grpo": "grpo", "drgrpo": "drgrpo", "dapo": "grpo", "gspo": "grpo",
                      "rloo": "rloo", "reinforce_pp": "reinforce_pp",
@@ -442,6 +459,16 @@ class AlgorithmConfig:
   rm_margin: bool = False  # Subtract the row's annotated margin inside the BT sigmoid.
   rm_center_coef: float = 0.0  # η·(r_w + r_l)² centering (0.01 recommended when used).
   rm_rating_loss: str = "regression"  # rating objective: "regression" or "ordinal".
+  # Outcome / process reward models (docs/algorithms.md §18) on step-labelled solutions
+  # (data.preference_kind="steps"): "orm" = BCE on the solution's outcome at its last token
+  # (rm_orm_per_token: at every solution token, Cobbe et al.); "prm" = BCE at each step's last
+  # token only (soft labels as given; rm_hard_labels: label > 0, Math-Shepherd's hard label;
+  # rm_last_step_only: each row's last labelled step, TRL's option). Held-out best-of-N picks
+  # by the solution score rm_scoring: product / min / last step probability (PRM).
+  rm_orm_per_token: bool = False
+  rm_hard_labels: bool = False
+  rm_last_step_only: bool = False
+  rm_scoring: str = "product"
 
   def __post_init__(self):
     f = lambda name: f"algorithm.{name}"
@@ -526,6 +553,8 @@ class AlgorithmConfig:
       _fail(f("label_smoothing"), f"must be in [0, 0.5), got {self.label_smoothing}")
     if self.rm_objective not in RM_OBJECTIVES:
       _fail(f("rm_objective"), f"must be one of {RM_OBJECTIVES}, got {self.rm_objective!r}")
+    if self.rm_scoring not in SCORINGS:
+      _fail(f("rm_scoring"), f"must be one of {SCORINGS}, got {self.rm_scoring!r}")
     if self.rm_rating_loss not in ("regression", "ordinal"):
       _fail(f("rm_rating_loss"), f"must be 'regression' or 'ordinal', got "
             f"{self.rm_rating_loss!r}")

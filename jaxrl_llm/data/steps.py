@@ -27,12 +27,22 @@ from jaxrl_llm.data.pipeline import BadRowError
 
 @dataclasses.dataclass(frozen=True)
 class StepSolution:
-  """One solution: ``prompt``, ``steps`` (non-empty texts) and ``labels`` (float in [0, 1] or
-  None per step)."""
+  """One solution: ``prompt``, ``steps`` (non-empty texts), ``labels`` (float in [0, 1] or
+  None per step) and ``outcome`` (is the final answer right: 1 / 0, None = unknown; an outcome
+  reward model's label)."""
 
   prompt: str
   steps: tuple[str, ...]
   labels: tuple[float | None, ...]
+  outcome: float | None = None
+
+  @property
+  def resolved_outcome(self) -> float | None:
+    """``outcome``, or the last step's label when the row gives none (a hard label: > 0)."""
+    if self.outcome is not None:
+      return self.outcome
+    last = self.labels[-1]
+    return None if last is None else float(last > 0)
 
 
 def _label(value: Any, where: str, *, ratings: bool, neutral: str) -> float | None:
@@ -95,15 +105,24 @@ def parse_step_row(row: Any, index: int, split: str, *, ratings: bool = False,
     values.append(label)
   if not texts[0].strip():
     raise BadRowError(f"{split} row {index} field 'steps': every step is empty")
-  return StepSolution(prompt, tuple(texts), tuple(values))
+  outcome = row.get("outcome")
+  if outcome is not None:
+    if isinstance(outcome, bool) or outcome in (0, 1):
+      outcome = float(outcome)
+    else:
+      raise BadRowError(f"{split} row {index} field 'outcome': expected true / false / 1 / 0 or "
+                        f"null, got {outcome!r}")
+  return StepSolution(prompt, tuple(texts), tuple(values), outcome)
 
 
-def step_end_chars(steps: Sequence[str], delimiter: str) -> tuple[str, list[int]]:
-  """The solution text (each step followed by ``delimiter``) and the character index just past
-  each step's delimiter."""
+def step_end_chars(steps: Sequence[str], delimiter: str, *, final_delimiter: bool = True
+                   ) -> tuple[str, list[int]]:
+  """The solution text (each step followed by ``delimiter``; the last one too unless
+  ``final_delimiter`` is false, as in traces like ``"a;b;Answer: 3"``) and the character index
+  just past each step (its delimiter included)."""
   text, ends = "", []
-  for step in steps:
-    text += step + delimiter
+  for k, step in enumerate(steps):
+    text += step + (delimiter if final_delimiter or k < len(steps) - 1 else "")
     ends.append(len(text))
   return text, ends
 
@@ -120,7 +139,7 @@ class EncodedSteps:
 
 
 def encode_steps(tokenizer, solution: StepSolution, *, delimiter: str = "\n",
-                 max_tokens: int | None = None) -> EncodedSteps:
+                 max_tokens: int | None = None, final_delimiter: bool = True) -> EncodedSteps:
   """Tokenises a solution and places each step's label on the token that contains the step's
   last character (its delimiter), by character offsets.
 
@@ -128,7 +147,7 @@ def encode_steps(tokenizer, solution: StepSolution, *, delimiter: str = "\n",
   (position −1). A token that merges the delimiter with what follows still carries the step's
   label: its hidden state has read the whole step.
   """
-  text, ends = step_end_chars(solution.steps, delimiter)
+  text, ends = step_end_chars(solution.steps, delimiter, final_delimiter=final_delimiter)
   enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
   ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
   if max_tokens is not None:
@@ -149,11 +168,144 @@ def encode_steps(tokenizer, solution: StepSolution, *, delimiter: str = "\n",
   return EncodedSteps(ids, positions, labels)
 
 
+def read_step_jsonl(path: str, split: str, *, ratings: bool = False, neutral: str = "positive",
+                    on_bad_row: str = "raise") -> tuple[list[StepSolution], int]:
+  """Step-labelled rows of one JSONL file (:func:`parse_step_row` each).
+
+  Returns:
+    (solutions, rows skipped) -- ``on_bad_row="skip"`` counts bad rows instead of raising.
+  """
+  import json
+
+  out, skipped = [], 0
+  with open(path, encoding="utf-8") as f:
+    for index, line in enumerate(f):
+      if not line.strip():
+        continue
+      try:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise BadRowError(f"{split} row {index}: not valid JSON ({e.msg})") from None
+        out.append(parse_step_row(row, index, split, ratings=ratings, neutral=neutral))
+      except BadRowError:
+        if on_bad_row != "skip":
+          raise
+        skipped += 1
+  return out, skipped
+
+
+@dataclasses.dataclass
+class EncodedStepSplit:
+  """A tokenised split of step-labelled solutions, one sequence ``BOS prompt solution EOS`` per
+  row.
+
+  Attributes:
+    tokens: per row, int32 token ids (EOS dropped when the row was cut at the length limit).
+    prompt_lengths: int ``[N]`` tokens before the solution (BOS + prompt).
+    positions: per row, int ``[S_i]`` absolute index of each step's label token (−1: cut off).
+    labels: per row, float32 ``[S_i]`` (NaN = unlabelled).
+    outcome: float32 ``[N]`` solution correctness (NaN = unknown, or the row was cut off).
+    prompts: per row, the prompt text (rows with the same prompt form a best-of-N group).
+    skipped: rows dropped as malformed (``data.on_bad_row="skip"``).
+  """
+
+  tokens: list
+  prompt_lengths: np.ndarray
+  positions: list
+  labels: list
+  outcome: np.ndarray
+  prompts: list
+  skipped: int = 0
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  @property
+  def max_steps(self) -> int:
+    return max((len(p) for p in self.positions), default=1)
+
+  def length(self, i: int) -> int:
+    return len(self.tokens[i])
+
+  @property
+  def needed(self) -> list[int]:
+    """Tokens each row takes (for ``data.length_buckets="auto"``)."""
+    return [len(t) for t in self.tokens]
+
+
+def encode_step_split(solutions: Sequence[StepSolution], tokenizer, *, split: str, max_len: int,
+                      delimiter: str = "\n", final_delimiter: bool = True,
+                      on_bad_row: str = "raise", skipped: int = 0) -> EncodedStepSplit:
+  """Tokenises solutions as ``BOS prompt solution EOS`` within ``max_len`` tokens.
+
+  A solution longer than the room left is cut: steps whose label token falls beyond it are
+  unlabelled, and the row's outcome is unknown (its answer was never read). A prompt that leaves
+  no room for a solution token is a bad row (raised, or skipped and counted).
+  """
+  tokens, plens, positions, labels, outcome, prompts = [], [], [], [], [], []
+  for index, sol in enumerate(solutions):
+    prompt_ids = [tokenizer.bos_token_id] + list(
+        tokenizer(sol.prompt, add_special_tokens=False)["input_ids"])
+    room = max_len - len(prompt_ids) - 1  # EOS
+    if room < 1:
+      if on_bad_row == "skip":
+        skipped += 1
+        continue
+      raise BadRowError(f"{split} row {index} field 'prompt': {len(prompt_ids)} tokens leave no "
+                        f"room for a solution within {max_len} (raise model.max_seq_len or the "
+                        "data.length_buckets, or set data.on_bad_row=skip)")
+    full = encode_steps(tokenizer, sol, delimiter=delimiter, final_delimiter=final_delimiter)
+    enc = encode_steps(tokenizer, sol, delimiter=delimiter, max_tokens=room,
+                       final_delimiter=final_delimiter)
+    cut = len(full.ids) > room
+    ids = prompt_ids + enc.ids + ([] if cut else [tokenizer.eos_token_id])
+    pos = np.where(enc.positions >= 0, enc.positions + len(prompt_ids), -1)
+    tokens.append(np.asarray(ids, np.int32))
+    plens.append(len(prompt_ids))
+    positions.append(pos.astype(np.int32))
+    labels.append(enc.labels)
+    o = sol.resolved_outcome
+    outcome.append(np.nan if (o is None or cut) else o)
+    prompts.append(sol.prompt)
+  return EncodedStepSplit(tokens, np.asarray(plens, np.int32), positions, labels,
+                          np.asarray(outcome, np.float32), prompts, skipped)
+
+
+def step_batch(split: EncodedStepSplit, idx: Sequence[int], length: int, num_steps: int,
+               pad_id: int) -> dict[str, np.ndarray]:
+  """Right-padded arrays of rows ``idx``: ``tokens int32[B, L]``, ``attention_mask bool[B, L]``,
+  ``response_mask bool[B, L]`` (solution tokens, EOS included), ``last_index int32[B]``,
+  ``positions int32[B, S]`` (−1 pad), ``labels float32[B, S]`` (NaN pad), ``outcome
+  float32[B]``."""
+  b = len(idx)
+  tokens = np.full((b, length), pad_id, np.int32)
+  attention = np.zeros((b, length), bool)
+  response = np.zeros((b, length), bool)
+  positions = np.full((b, num_steps), -1, np.int32)
+  labels = np.full((b, num_steps), np.nan, np.float32)
+  last = np.zeros(b, np.int32)
+  for r, i in enumerate(idx):
+    ids = split.tokens[i]
+    n = len(ids)
+    tokens[r, :n] = ids
+    attention[r, :n] = True
+    response[r, split.prompt_lengths[i]:n] = True
+    last[r] = n - 1
+    s = len(split.positions[i])
+    positions[r, :s] = split.positions[i]
+    labels[r, :s] = split.labels[i]
+  return {"tokens": tokens, "attention_mask": attention, "response_mask": response,
+          "last_index": last, "positions": positions, "labels": labels,
+          "outcome": split.outcome[np.asarray(idx)]}
+
+
 def chain_step_labels(prompt: str, trace: str) -> StepSolution:
   """Exact step labels for a trace of the reasoning task (:mod:`jaxrl_llm.data.reasoning`): a step
   ``a<op>b=c`` is right when the arithmetic holds, it continues from the previous result and it
   uses the next operand and operator of the problem; the final ``Answer:`` step is right when it
   states the problem's value. Steps after the first wrong one are wrong too (they build on it).
+  The outcome is whether the final answer is right (it may be, by luck, after a wrong step).
   """
   from jaxrl_llm.data.reasoning import _STEP, solve
 
@@ -180,8 +332,12 @@ def chain_step_labels(prompt: str, trace: str) -> StepSolution:
 
       ok = ok and final_answer(part) == value and k == len(want_steps)
     labels.append(1.0 if ok else 0.0)
-  return StepSolution(prompt, tuple(p for p in parts), tuple(labels))
+  from jaxrl_llm.data.reasoning import final_answer
+
+  outcome = 1.0 if final_answer(trace) == value else 0.0
+  return StepSolution(prompt, tuple(p for p in parts), tuple(labels), outcome)
 
 
-__all__ = ["EncodedSteps", "StepSolution", "chain_step_labels", "encode_steps", "parse_step_row",
-           "step_end_chars"]
+__all__ = ["EncodedStepSplit", "EncodedSteps", "StepSolution", "chain_step_labels",
+           "encode_step_split", "encode_steps", "parse_step_row", "read_step_jsonl",
+           "step_batch", "step_end_chars"]

@@ -9,8 +9,8 @@ from jaxrl_llm.train.tracking import MetricsWriter, Progress, read_metrics
 
 def run(config, run_dir: str, *, resume: bool = False, **kwargs):
   """Trains ``config`` in ``run_dir`` with the loop its algorithm needs: SFT, online RL (the
-  policy-gradient family and PPO), rejection-sampling fine-tuning (RFT), or preference learning
-  (DPO, reward models)."""
+  policy-gradient family and PPO), rejection-sampling fine-tuning (RFT), preference learning
+  (DPO, reward models), or outcome / process reward models on step-labelled solutions."""
   if config.algorithm.name == "rft":
     from jaxrl_llm.train import rft_loop
 
@@ -19,6 +19,10 @@ def run(config, run_dir: str, *, resume: bool = False, **kwargs):
     from jaxrl_llm.train import rl_loop
 
     return rl_loop.train(config, run_dir, resume=resume, **kwargs)
+  if config.algorithm.name == "reward_model" and config.algorithm.rm_objective in ("orm", "prm"):
+    from jaxrl_llm.train import process_rm_loop
+
+    return process_rm_loop.train(config, run_dir, resume=resume, **kwargs)
   if config.algorithm.is_preference:
     from jaxrl_llm.train import preference_loop
 

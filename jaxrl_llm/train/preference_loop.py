@@ -94,10 +94,15 @@ def _kind(config: Config) -> str:
     raise ConfigError("config field 'data.preference_kind': preference training needs 'pairs', "
                       "'rankings' or 'ratings'")
   a = config.algorithm
-  want = {"pairwise": "pairs", "ranking": "rankings", "rating": "ratings"}
+  want = {"pairwise": "pairs", "ranking": "rankings", "rating": "ratings", "orm": "steps",
+          "prm": "steps"}
   if a.name == "reward_model" and want[a.rm_objective] != kind:
     raise ConfigError(f"config field 'algorithm.rm_objective': {a.rm_objective!r} trains on "
                       f"{want[a.rm_objective]}, but data.preference_kind={kind!r}")
+  if kind == "steps" and a.name != "reward_model":
+    raise ConfigError("config field 'data.preference_kind': step-labelled solutions train outcome "
+                      "or process reward models (algorithm.name=reward_model, rm_objective=orm "
+                      "or prm)")
   if a.name == "dpo" and kind == "ratings":
     raise ConfigError("config field 'data.preference_kind': DPO needs pairs or rankings, not "
                       "ratings")

@@ -1,0 +1,180 @@
+"""Outcome and process reward models trained on step-labelled solutions (docs/algorithms.md §18):
+the batch layout, the losses' positions, best-of-N and AUC, one device vs the 8-device mesh, and a
+whole run with held-out metrics and resume."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import replace, tiny_config
+
+from jaxrl_llm.algorithms import process_rm
+from jaxrl_llm.config import AlgorithmConfig, ConfigError, DataConfig
+from jaxrl_llm.data import BadRowError, build_char_tokenizer
+from jaxrl_llm.data import reasoning
+from jaxrl_llm.data.steps import (chain_step_labels, encode_step_split, parse_step_row,
+                                  step_batch)
+from jaxrl_llm.train import process_rm_loop, run
+
+
+def _solutions(n: int, seed: int):
+  """Reasoning-task solutions with exact step labels: per problem the teacher's trace, one with
+  a slip in the first step and one with a wrong final answer."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    operands = [int(x) for x in rng.integers(0, 10, 3)]
+    operators = [str(o) for o in rng.choice(["+", "-"], 2)]
+    prompt = reasoning.prompt_text(operands, operators)
+    steps, value = reasoning.solve(operands, operators)
+    a, rest = steps[0].split("=")
+    slip = int(rest) + 1
+    second = f"{slip}{operators[1]}{operands[2]}="
+    second += str(slip + operands[2] if operators[1] == "+" else slip - operands[2])
+    traces = [";".join(steps + [f"Answer: {value}"]),
+              ";".join([f"{a}={slip}", second, f"Answer: {value}"]),
+              ";".join(steps + [f"Answer: {value + 2}"])]
+    for trace in traces:
+      sol = chain_step_labels(prompt, trace)
+      rows.append({"prompt": prompt, "steps": list(sol.steps), "labels": list(sol.labels),
+                   "outcome": sol.outcome})
+  return rows
+
+
+def _write(root, rows_by_split):
+  os.makedirs(root, exist_ok=True)
+  for split, rows in rows_by_split.items():
+    with open(os.path.join(root, f"{split}.jsonl"), "w") as f:
+      for r in rows:
+        f.write(json.dumps(r) + "\n")
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def steps_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("steps")
+  return _write(root, {"train": _solutions(40, 0), "validation": _solutions(8, 1),
+                       "test": _solutions(8, 2)})
+
+
+def step_config(data_dir, steps_dir, objective="prm", **algorithm):
+  base = tiny_config(data_dir, steps=4, batch_size=8, grad_accum_steps=1, checkpoint_every=2,
+                     eval_every=2, eval_batch_size=8, eval_examples=0, test_examples=0)
+  return replace(base, experiment=f"tiny-{objective}",
+                 model=dict(max_seq_len=48),
+                 algorithm=AlgorithmConfig(name="reward_model", rm_objective=objective,
+                                           **algorithm),
+                 data=DataConfig(source="jsonl", task="custom", jsonl_dir=steps_dir,
+                                 preference_kind="steps", step_delimiter=";",
+                                 step_final_delimiter=False, length_buckets=(24, 48)))
+
+
+def test_the_labels_of_the_reasoning_tasks_traces():
+  rows = _solutions(1, 0)
+  good, slip, wrong = (parse_step_row(r, i, "train") for i, r in enumerate(rows))
+  assert good.labels == (1.0, 1.0, 1.0) and good.outcome == 1.0
+  assert slip.labels == (0.0, 0.0, 0.0) and slip.outcome == 1.0  # right answer, wrong steps
+  assert wrong.labels == (1.0, 1.0, 0.0) and wrong.outcome == 0.0
+
+
+def test_step_batches_place_labels_after_the_prompt_and_cut_long_rows():
+  tok = build_char_tokenizer()
+  sol = parse_step_row({"prompt": "1+2=", "steps": ["1+2=3", "Answer: 3"], "labels": [1, 1]},
+                       0, "train")
+  enc = encode_step_split([sol], tok, split="train", max_len=32, delimiter=";",
+                          final_delimiter=False)
+  ids = enc.tokens[0]
+  # BOS + 4 prompt chars; the first step ends at its ';' (index 5 + 5), the last at its own last
+  # character, then EOS.
+  assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+  assert tok.decode(ids[5:-1]) == "1+2=3;Answer: 3"
+  assert enc.positions[0].tolist() == [10, 19] and enc.outcome[0] == 1.0
+  batch = step_batch(enc, [0, 0], 24, 3, tok.pad_token_id)
+  assert batch["positions"].tolist()[0] == [10, 19, -1] and np.isnan(batch["labels"][0, 2])
+  assert batch["response_mask"][0].sum() == len(ids) - 5 and batch["last_index"][0] == 20
+  # Cut at 14 tokens: the second step is unlabelled and the outcome unknown (never read).
+  cut = encode_step_split([sol], tok, split="train", max_len=14, delimiter=";",
+                          final_delimiter=False)
+  assert cut.positions[0].tolist() == [10, -1] and np.isnan(cut.outcome[0])
+  assert cut.tokens[0][-1] != tok.eos_token_id
+  with pytest.raises(BadRowError, match="field 'prompt'.*data.on_bad_row"):
+    encode_step_split([sol], tok, split="train", max_len=5)
+
+
+def test_losses_read_the_right_positions():
+  batch = {"positions": jnp.array([[1, 3, -1], [2, -1, -1]]),
+           "labels": jnp.array([[1.0, 0.25, jnp.nan], [0.0, jnp.nan, jnp.nan]]),
+           "valid": jnp.array([True, True])}
+  y, valid = process_rm.step_targets(batch, process_rm.Config())
+  np.testing.assert_allclose(y, [[1.0, 0.25, 0.0], [0.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(valid, [[True, True, False], [True, False, False]])
+  y, valid = process_rm.step_targets(batch, process_rm.Config(hard_labels=True,
+                                                              last_step_only=True))
+  np.testing.assert_allclose(y, [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(valid, [[False, True, False], [True, False, False]])
+
+
+def test_auc_and_best_of_n():
+  assert process_rm_loop.auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+  assert process_rm_loop.auc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)
+  assert np.isnan(process_rm_loop.auc([0.1, 0.2], [1, 1]))
+  got = process_rm_loop.best_of_n(["a", "a", "a", "b", "b", "c"],
+                                  [0.2, 0.9, 0.1, 0.7, 0.3, 0.5],
+                                  np.array([0.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
+  # Group a picks its right solution, group b a wrong one; c (one solution) is not a group.
+  assert got == {"best_of_n": 0.5, "best_of_n_random": pytest.approx((1 / 3 + 0.5) / 2),
+                 "best_of_n_oracle": 1.0, "best_of_n_groups": 2.0}
+
+
+def test_config_errors_name_the_field(data_dir, steps_dir, tmp_path):
+  with pytest.raises(ConfigError, match="data.source"):
+    DataConfig(preference_kind="steps")
+  with pytest.raises(ConfigError, match="rm_scoring"):
+    AlgorithmConfig(name="reward_model", rm_objective="prm", rm_scoring="mean")
+  config = step_config(data_dir, steps_dir)
+  with pytest.raises(ConfigError, match="train.grad_accum_steps"):
+    process_rm_loop.build(replace(config, train=dict(grad_accum_steps=2)), str(tmp_path))
+  with pytest.raises(ConfigError, match="data.preference_kind"):
+    process_rm_loop.build(replace(config, data=dict(preference_kind="pairs")), str(tmp_path))
+
+
+def test_prm_update_on_one_device_equals_eight(data_dir, steps_dir, tmp_path):
+  config = step_config(data_dir, steps_dir)
+  results = []
+  for devices, sub in ((None, "eight"), (jax.devices()[:1], "one")):
+    setup = process_rm_loop.build(config, str(tmp_path / sub), devices=devices)
+    state = setup.make_state(process_rm_loop._start_params(config, "", setup, devices))
+    host, _ = setup.batcher.batch(0)
+    state, metrics = setup.update(state, setup.put(host))
+    results.append((jax.device_get(state.params), jax.device_get(metrics)))
+  (p8, m8), (p1, m1) = results
+  assert m8["rm/count"] > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p8, p1)
+  for k in m8:
+    assert float(m1[k]) == pytest.approx(float(m8[k]), abs=1e-5), k
+
+
+@pytest.mark.parametrize("objective,extra", [("prm", {}), ("orm", {"rm_orm_per_token": True})])
+def test_a_whole_run_with_held_out_metrics_and_resume(data_dir, steps_dir, tmp_path, objective,
+                                                      extra):
+  config = step_config(data_dir, steps_dir, objective, **extra)
+  text = lambda d: open(os.path.join(d, "metrics.jsonl")).read()  # noqa: E731
+  ref = str(tmp_path / "ref")
+  out = run(config, ref)
+  rows = [json.loads(line) for line in text(ref).splitlines()]
+  assert len(rows) == 4 and all(np.isfinite(r["train/loss"]) for r in rows)
+  last = rows[-1]
+  assert last["eval/examples"] == 24.0 and last["eval/best_of_n_groups"] == 8.0
+  assert 0.0 <= last["eval/best_of_n"] <= 1.0 and last["eval/best_of_n_oracle"] == 1.0
+  if objective == "prm":
+    assert last["eval/steps"] == 72.0 and 0.0 <= last["eval/step_auc"] <= 1.0
+  assert 0.0 <= last["eval/outcome_auc"] <= 1.0
+  cut = str(tmp_path / "cut")
+  run(config, cut, stop_after=2)
+  resumed = process_rm_loop.resume(cut)
+  assert text(cut) == text(ref)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed["state"].params),
+               jax.device_get(out["state"].params))
