@@ -6,8 +6,8 @@ reference π_ref (the same starting policy). Every response token gets the rewar
 
   ``r_φ(y_t) = β·log(π_φ(y_t | x, y_<t) / π_ref(y_t | x, y_<t))``,
 
-and the sequence's implicit reward ``r_φ(y) = Σ_t r_φ(y_t)`` is trained online, every RL step, on the
-current rollouts' **outcome labels only** by cross-entropy:
+and the sequence's implicit reward ``r_φ(y) = Σ_t r_φ(y_t)`` is trained online, every RL step,
+on the current rollouts' **outcome labels only** by cross-entropy:
 ``L(φ) = −mean[ r_o·log σ(r_φ(y)) + (1 − r_o)·log(1 − σ(r_φ(y))) ]``.
 So a PRM learns which tokens raise the odds of a correct answer without any step label.
 
