@@ -8,6 +8,8 @@
   jaxrl-llm label --judge rm:RUN_DIR|lm:RUN_DIR --input CANDIDATES.jsonl --output DIR
                   [--min-confidence X] [--template-file F] [--pairs all|adjacent] [--cache F]
                   [--holdout-by prompt|row] [--validation-fraction X] [--test-fraction X]
+  jaxrl-llm label-steps --policy RUN_DIR --output DIR [--method mc|exact] [--samples K]
+                  [--rollouts N] [--prompts N] [--delimiter ';'] [--seed S]
   jaxrl-llm list
 
 Configuration errors (unknown key, wrong type, invalid value) are reported with the offending
@@ -70,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="fraction of prompts whose pairs go to DIR/validation.jsonl")
   lab.add_argument("--test-fraction", type=float, default=0.1,
                    help="fraction of prompts whose pairs go to DIR/test.jsonl")
+  ls = sub.add_parser("label-steps", help="step labels for process reward models: a policy's "
+                      "solutions, each step labelled by Monte-Carlo completions (Math-Shepherd) "
+                      "or exactly (the reasoning task)")
+  ls.add_argument("--policy", required=True, help="the policy run that writes and completes "
+                  "solutions (its task, splits and reward.accuracy verifier are used)")
+  ls.add_argument("--output", required=True, help="directory for {train,validation,test}.jsonl, "
+                  "labels.json and the resumable step_cache.jsonl")
+  ls.add_argument("--method", default="mc", choices=["mc", "exact"])
+  ls.add_argument("--samples", type=int, default=4, help="solutions per prompt (default 4)")
+  ls.add_argument("--rollouts", type=int, default=8,
+                  help="completions per step prefix for mc labels (default 8, Math-Shepherd's N)")
+  ls.add_argument("--prompts", type=int, default=0, help="prompts per split (0: all)")
+  ls.add_argument("--delimiter", default=";", help="the step delimiter (default ';')")
+  ls.add_argument("--seed", type=int, default=0)
   sub.add_parser("list", help="list the available experiments")
   return p
 
@@ -142,7 +158,7 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   from jaxrl_llm.config import ConfigError
 
-  if args.command in ("run", "resume", "eval", "label"):
+  if args.command in ("run", "resume", "eval", "label", "label-steps"):
     enable_compilation_cache()
   try:
     if args.command == "list":
@@ -180,6 +196,19 @@ def main(argv=None) -> int:
       return _eval(args)
     if args.command == "label":
       return _label(args)
+    if args.command == "label-steps":
+      from jaxrl_llm.train.label_steps import label_steps
+
+      try:
+        stats = label_steps(args.policy, args.output, method=args.method, samples=args.samples,
+                            rollouts=args.rollouts, prompts=args.prompts,
+                            delimiter=args.delimiter, seed=args.seed)
+      except ValueError as e:
+        print(f"jaxrl-llm: {e}", file=sys.stderr)
+        return 2
+      print(json.dumps({"output": args.output, **stats["splits"],
+                        "cache_hits": stats["cache_hits"]}))
+      return 0
   except ConfigError as e:
     print(f"jaxrl-llm: {e}", file=sys.stderr)
     return 2

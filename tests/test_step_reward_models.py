@@ -178,3 +178,66 @@ def test_a_whole_run_with_held_out_metrics_and_resume(data_dir, steps_dir, tmp_p
   assert text(cut) == text(ref)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed["state"].params),
                jax.device_get(out["state"].params))
+
+
+@pytest.fixture(scope="module")
+def chain_policy(data_dir, tmp_path_factory):
+  """A (barely trained) SFT policy on the reasoning task, with its verifier."""
+  from jaxrl_llm.config import RewardConfig, RolloutConfig
+  from jaxrl_llm.train import sft_loop
+
+  # 60 steps: enough for the trace format ("a+b=c;Answer: c"), so solutions have steps.
+  base = tiny_config(data_dir, steps=60, batch_size=16, grad_accum_steps=1, eval_every=0,
+                     test_examples=0, checkpoint_every=60)
+  config = replace(base, experiment="tiny-chain-sft", model=dict(max_seq_len=48),
+                   optimizer=dict(learning_rate=1e-2, warmup_steps=5),
+                   data=DataConfig(task="chain", chain_easy_operands=2, chain_max_operand=9,
+                                   train_size=64, validation_size=8, test_size=8,
+                                   length_buckets=(16, 48), data_dir=data_dir),
+                   reward=RewardConfig(functions=("final_answer",), weights=(1.0,),
+                                       accuracy="final_answer"),
+                   rollout=RolloutConfig(max_new_tokens=24, prompts_per_step=8,
+                                         samples_per_prompt=1))
+  run_dir = str(tmp_path_factory.mktemp("chain-policy"))
+  sft_loop.train(config, run_dir)
+  return run_dir
+
+
+def test_label_steps_monte_carlo_resumes_from_its_cache(chain_policy, tmp_path):
+  from jaxrl_llm.train.label_steps import label_steps
+
+  out = str(tmp_path / "mc")
+  kw = dict(method="mc", samples=2, rollouts=3, prompts=4, splits=("train", "test"),
+            progress=lambda *_: None)
+  stats = label_steps(chain_policy, out, **kw)
+  rows = [json.loads(line) for line in open(os.path.join(out, "train.jsonl"))]
+  assert stats["splits"]["train"]["solutions"] == len(rows) > 0
+  assert os.path.exists(os.path.join(out, "test.jsonl"))
+  prefixes = 0
+  for row in rows:
+    assert len(row["labels"]) == len(row["steps"]) and row["outcome"] in (0.0, 1.0)
+    assert row["labels"][-1] == row["outcome"]  # the last step's label is its own verdict
+    for x in row["labels"][:-1]:
+      assert x in (0.0, 1 / 3, 2 / 3, 1.0)  # a fraction of 3 completions
+      prefixes += 1
+    parse_step_row(row, 0, "train")  # the rows read back as training data
+  assert prefixes > 0
+  files = {s: open(os.path.join(out, f"{s}.jsonl")).read() for s in ("train", "test")}
+  again = label_steps(chain_policy, out, **kw)  # every Monte-Carlo verdict from the cache
+  assert again["cache_hits"] == prefixes + sum(
+      len(r["labels"]) - 1 for r in map(json.loads, files["test"].splitlines()))
+  assert {s: open(os.path.join(out, f"{s}.jsonl")).read() for s in ("train", "test")} == files
+
+
+def test_label_steps_exact_from_the_command_line(chain_policy, tmp_path, capsys):
+  from jaxrl_llm import cli
+
+  out = str(tmp_path / "exact")
+  assert cli.main(["label-steps", "--policy", chain_policy, "--output", out, "--method", "exact",
+                   "--samples", "2", "--prompts", "4"]) == 0
+  rows = [json.loads(line) for line in open(os.path.join(out, "validation.jsonl"))]
+  for row in rows:
+    want = chain_step_labels(row["prompt"], ";".join(row["steps"]))
+    assert tuple(row["labels"]) == want.labels and row["outcome"] == want.outcome
+  assert cli.main(["label-steps", "--policy", str(tmp_path / "none"), "--output", out]) == 2
+  assert "no config.json" in capsys.readouterr().err
