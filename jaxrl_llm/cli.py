@@ -3,7 +3,7 @@
   jaxrl-llm run EXPERIMENT [--set key.path=value ...] [--seed N] [--run-dir DIR]
   jaxrl-llm run --config RUN_DIR/config.json [--set ...] [--run-dir DIR]
   jaxrl-llm resume RUN_DIR
-  jaxrl-llm eval RUN_DIR [--split test|validation] [--limit N]
+  jaxrl-llm eval RUN_DIR [--split test|validation] [--limit N] [--best-of N --scorer rm:RUN]
   jaxrl-llm plot RUN_DIR [--out FILE]
   jaxrl-llm label --judge rm:RUN_DIR|lm:RUN_DIR --input CANDIDATES.jsonl --output DIR
                   [--min-confidence X] [--template-file F] [--pairs all|adjacent] [--cache F]
@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
   ev.add_argument("run_dir")
   ev.add_argument("--split", default="test", choices=["test", "validation"])
   ev.add_argument("--limit", type=int, default=0, help="rows to evaluate (0: all)")
+  ev.add_argument("--best-of", type=int, default=0, metavar="N",
+                  help="also sample N solutions per prompt and report greedy, one sample, "
+                  "majority vote, the --scorer's best of N and pass@N")
+  ev.add_argument("--scorer", metavar="rm:RUN_DIR",
+                  help="the reranker for --best-of: an outcome / process (or Bradley–Terry) "
+                  "reward-model run")
+  ev.add_argument("--seed", type=int, default=0, help="sampling key for --best-of")
   pl = sub.add_parser("plot", help="write PNG training curves of a run")
   pl.add_argument("run_dir")
   pl.add_argument("--out", help="output PNG (default RUN_DIR/plots/curves.png)")
@@ -276,6 +283,8 @@ def _eval(args) -> int:
   from jaxrl_llm.train import Checkpointer, abstract_with_shardings, rl_loop, sft_loop
 
   config = load_json(os.path.join(args.run_dir, "config.json"))
+  if args.best_of or args.scorer:
+    return _best_of(args)
   if config.algorithm.is_preference:
     print("jaxrl-llm: eval of DPO / reward-model runs: see RUN_DIR/eval.json (held-out metrics "
           "are written when the run finishes)", file=sys.stderr)
@@ -296,6 +305,30 @@ def _eval(args) -> int:
   params = setup.policy_params(state) if config.algorithm.is_rl else state.params
   result = evaluate(setup, params, args.split, args.limit)
   print(json.dumps({"step": step, "split": args.split, **result}))
+  return 0
+
+
+def _best_of(args) -> int:
+  """``jaxrl-llm eval RUN --best-of N --scorer rm:RUN`` (:mod:`jaxrl_llm.train.rerank`)."""
+  from jaxrl_llm.rewards.learned import reward_function
+  from jaxrl_llm.rundir.artifacts import load_run
+  from jaxrl_llm.train.label_steps import policy_sampler
+  from jaxrl_llm.train.rerank import best_of_n
+
+  kind, _, scorer_run = (args.scorer or "").partition(":")
+  if args.best_of < 1 or kind != "rm" or not scorer_run:
+    print("jaxrl-llm: eval --best-of N needs N >= 1 and --scorer rm:RUN_DIR", file=sys.stderr)
+    return 2
+  try:
+    scorer = reward_function(scorer_run, normalize=False)
+    art = load_run(args.run_dir)
+    setup, params = policy_sampler(art, args.run_dir)
+    result = best_of_n(setup, params, scorer, args.split, n=args.best_of, limit=args.limit,
+                       seed=args.seed)
+  except ValueError as e:
+    print(f"jaxrl-llm: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps({"step": art.step, "scorer": args.scorer, **result}))
   return 0
 
 

@@ -241,3 +241,79 @@ def test_label_steps_exact_from_the_command_line(chain_policy, tmp_path, capsys)
     assert tuple(row["labels"]) == want.labels and row["outcome"] == want.outcome
   assert cli.main(["label-steps", "--policy", str(tmp_path / "none"), "--output", out]) == 2
   assert "no config.json" in capsys.readouterr().err
+
+
+def test_majority_vote_and_answer_keys():
+  from jaxrl_llm.train.rerank import answer_key, majority_pick
+
+  texts = ["1+2=3;Answer: 3", "Answer: 4", "x;Answer:3", "no answer", "Answer: 4 "]
+  keys = [answer_key(t, "final_answer") for t in texts]
+  assert keys == ["3", "4", "3", "", "4"]
+  assert majority_pick(keys) == 0  # 3 and 4 tie at two; the first seen wins
+  assert majority_pick(["", "", "7"]) == 2 and majority_pick(["", ""]) == 0
+  assert answer_key("  SELECT 1 ", "exact_match") == "SELECT 1"
+
+
+def test_best_of_n_picks_the_scorers_maximum(chain_policy):
+  from jaxrl_llm.data.reasoning import final_answer
+  from jaxrl_llm.rundir.artifacts import load_run
+  from jaxrl_llm.train.label_steps import policy_sampler
+  from jaxrl_llm.train.rerank import best_of_n
+
+  setup, params = policy_sampler(load_run(chain_policy), chain_policy)
+  value = {}
+  for i, p in enumerate(setup.tokenizer.batch_decode(
+      [list(x) for x in setup.splits["test"].prompts], skip_special_tokens=True)):
+    value[p] = setup.splits["test"].answer_texts[i]
+
+  def oracle(prompts, completions):  # the verifier itself: best-of-N reaches pass@N
+    return np.asarray([float(str(final_answer(c)) == value[p])
+                       for p, c in zip(prompts, completions)])
+
+  kw = dict(n=4, limit=8, seed=0, batch_prompts=8)
+  got = best_of_n(setup, params, oracle, "test", **kw)
+  assert got["best_of_n"] == got["pass_at_n"] and got["examples"] == 8
+  assert got["pass_at_n"] >= got["sample"] and got["pass_at_n"] >= got["majority_vote"]
+  worst = best_of_n(setup, params, lambda p, c: -oracle(p, c), "test", **kw)
+  assert worst["pass_at_n"] == got["pass_at_n"] and worst["sample"] == got["sample"]
+  assert worst["best_of_n"] <= got["sample"] <= got["best_of_n"]
+  assert worst["greedy"] == got["greedy"]
+
+
+def test_a_process_reward_model_as_a_scorer(data_dir, steps_dir, chain_policy, tmp_path, capsys):
+  from jaxrl_llm import cli
+  from jaxrl_llm.algorithms import process_rm as prm_lib
+  from jaxrl_llm.data.steps import encode_step_split as enc_split
+  from jaxrl_llm.rewards.learned import StepRewardModelFunction, reward_function
+
+  prm_dir = str(tmp_path / "prm")
+  out = run(replace(step_config(data_dir, steps_dir), train=dict(steps=2, eval_every=0)), prm_dir)
+  fn = reward_function(prm_dir)
+  assert isinstance(fn, StepRewardModelFunction)
+  rows = _solutions(3, 5)
+  prompts = [r["prompt"] for r in rows]
+  texts = [";".join(r["steps"]) for r in rows] + [""]
+  scores, probs, ends = fn.steps(prompts + [prompts[0]], texts)
+  assert scores[-1] == 0.0 and len(probs[-1]) == 0  # an empty completion scores 0
+  assert [len(p) for p in probs[:-1]] == [3] * len(rows)
+  assert ends[0].tolist() == [len(rows[0]["steps"][0]) + 1, len(rows[0]["steps"][0]) + 1 +
+                              len(rows[0]["steps"][1]) + 1, len(texts[0])]
+  # The same numbers as the model's own scoring of the encoded rows (product of step probs).
+  setup = out["setup"]
+  from jaxrl_llm.data.steps import step_batch as batch_of
+
+  enc = enc_split([parse_step_row(r, i, "x") for i, r in enumerate(rows)], setup.tokenizer,
+                  split="x", max_len=48, delimiter=";", final_delimiter=False)
+  b = batch_of(enc, list(range(len(rows))), 48, 3, setup.tokenizer.pad_token_id)
+  b["valid"] = np.ones(len(rows), bool)
+  want = prm_lib.scores(jax.device_get(out["state"].params), setup.model_config,
+                        {k: jnp.asarray(v) for k, v in b.items()}, setup.algo)
+  np.testing.assert_allclose(scores[:-1], want["solution"], atol=1e-5)
+  np.testing.assert_allclose(np.prod(np.stack(probs[:-1]), axis=1), scores[:-1], rtol=1e-5)
+  # Best-of-N with it, from the command line.
+  assert cli.main(["eval", chain_policy, "--best-of", "2", "--scorer", f"rm:{prm_dir}",
+                   "--limit", "4"]) == 0
+  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert line["n"] == 2 and line["examples"] == 4
+  assert {"greedy", "sample", "majority_vote", "best_of_n", "pass_at_n"} <= set(line)
+  assert cli.main(["eval", chain_policy, "--best-of", "2"]) == 2

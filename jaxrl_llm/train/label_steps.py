@@ -78,6 +78,29 @@ def _split_steps(text: str, delimiter: str) -> list[str]:
   return [s for s in text.split(delimiter) if s.strip()]
 
 
+def policy_sampler(art, policy_run: str):
+  """``(setup, params)``: the run's data, model, sampler and verifier as an RL setup (whatever the
+  run trained: SFT, RL, ...; only its sampler, splits and rewards are used) and its newest
+  policy params on the mesh."""
+  from jaxrl_llm.config import AlgorithmConfig
+  from jaxrl_llm.train import rl_loop
+
+  config = art.config
+  sampling_config = dataclasses.replace(
+      rl_loop.staged_config(config, policy_run),
+      algorithm=AlgorithmConfig(name="grpo", kl_coef=0.0),
+      rollout=dataclasses.replace(config.rollout, prompts_per_step=8, samples_per_prompt=2,
+                                  gen_prompts=0, sources=("policy",), filters=()),
+      train=dataclasses.replace(config.train, eval_batch_size=8))
+  scratch = tempfile.mkdtemp(prefix="jaxrl-sampler-")
+  try:
+    setup = rl_loop.build(sampling_config, scratch, model_config=art.model_config,
+                          tokenizer=art.tokenizer)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return setup, jax.device_put(art.policy_params(), setup.state_shardings.params)
+
+
 def label_steps(policy_run: str, out_dir: str, *, method: str = "mc", samples: int = 4,
                 rollouts: int = 8, prompts: int = 0, delimiter: str = ";", seed: int = 0,
                 batch_prompts: int = 16, splits=SPLITS, progress=print) -> dict[str, Any]:
@@ -92,11 +115,10 @@ def label_steps(policy_run: str, out_dir: str, *, method: str = "mc", samples: i
   Returns:
     the stats written to ``labels.json``.
   """
-  from jaxrl_llm.config import AlgorithmConfig, ConfigError
+  from jaxrl_llm.config import ConfigError
   from jaxrl_llm.rewards import RewardRunner
   from jaxrl_llm.rollout.sampler import pad_prompts
   from jaxrl_llm.rundir.artifacts import load_run
-  from jaxrl_llm.train import rl_loop
   from jaxrl_llm.train.evaluate import decode_texts
 
   if method not in ("mc", "exact"):
@@ -113,21 +135,7 @@ def label_steps(policy_run: str, out_dir: str, *, method: str = "mc", samples: i
     raise ConfigError(f"config field 'reward.accuracy' of {policy_run!r}: label-steps needs the "
                       "verifier that decides a final answer")
   os.makedirs(out_dir, exist_ok=True)
-  scratch = tempfile.mkdtemp(prefix="jaxrl-label-steps-")
-  # The run's data, model, sampling and verifier; a plain sampling setup whatever it trained
-  # (SFT, RL, ...): only its sampler, splits and rewards are used.
-  sampling_config = dataclasses.replace(
-      rl_loop.staged_config(config, policy_run),
-      algorithm=AlgorithmConfig(name="grpo", kl_coef=0.0),
-      rollout=dataclasses.replace(config.rollout, prompts_per_step=8, samples_per_prompt=2,
-                                  gen_prompts=0, sources=("policy",), filters=()),
-      train=dataclasses.replace(config.train, eval_batch_size=8))
-  try:
-    setup = rl_loop.build(sampling_config, scratch, model_config=art.model_config,
-                          tokenizer=art.tokenizer)
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
-  params = jax.device_put(art.policy_params(), setup.state_shardings.params)
+  setup, params = policy_sampler(art, policy_run)
   spec = next(s for s in setup.rewards.specs if s.name == name)
   runner = RewardRunner([spec], timeout_s=config.reward.timeout_s, on_error="exclude")
   tok, rc = setup.tokenizer, setup.config.rollout
@@ -235,4 +243,4 @@ def as_solution(row: dict) -> StepSolution:
   return StepSolution(row["prompt"], tuple(row["steps"]), tuple(row["labels"]), row["outcome"])
 
 
-__all__ = ["as_solution", "label_steps"]
+__all__ = ["as_solution", "label_steps", "policy_sampler"]

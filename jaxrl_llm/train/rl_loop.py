@@ -163,10 +163,12 @@ def reward_specs(config: Config) -> list[RewardSpec]:
   rc = config.reward
   for name, weight in zip(rc.functions, rc.weights):
     if name == "reward_model":  # A learned reward: built from its run directory.
-      from jaxrl_llm.rewards.learned import RewardModelFunction
+      from jaxrl_llm.rewards.learned import reward_function
 
-      specs.append(RewardSpec(name, RewardModelFunction(rc.model_run,
-                                                        normalize=rc.model_normalize), weight))
+      # Bradley–Terry runs are normalised by their score statistics; an ORM / PRM gives a
+      # probability that the solution is right.
+      specs.append(RewardSpec(name, reward_function(rc.model_run, normalize=rc.model_normalize),
+                              weight))
       continue
     try:
       fn = get_reward_function(name)
