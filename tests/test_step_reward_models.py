@@ -17,6 +17,7 @@ from jaxrl_llm.data import BadRowError, build_char_tokenizer
 from jaxrl_llm.data import reasoning
 from jaxrl_llm.data.steps import (chain_step_labels, encode_step_split, parse_step_row,
                                   step_batch)
+from jaxrl_llm.ops import process as ops_process
 from jaxrl_llm.train import process_rm_loop, run
 
 
@@ -280,14 +281,20 @@ def test_best_of_n_picks_the_scorers_maximum(chain_policy):
   assert worst["greedy"] == got["greedy"]
 
 
-def test_a_process_reward_model_as_a_scorer(data_dir, steps_dir, chain_policy, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def prm_run(data_dir, steps_dir, tmp_path_factory):
+  prm_dir = str(tmp_path_factory.mktemp("prm"))
+  out = run(replace(step_config(data_dir, steps_dir), train=dict(steps=2, eval_every=0)), prm_dir)
+  return prm_dir, out
+
+
+def test_a_process_reward_model_as_a_scorer(prm_run, chain_policy, capsys):
   from jaxrl_llm import cli
   from jaxrl_llm.algorithms import process_rm as prm_lib
   from jaxrl_llm.data.steps import encode_step_split as enc_split
   from jaxrl_llm.rewards.learned import StepRewardModelFunction, reward_function
 
-  prm_dir = str(tmp_path / "prm")
-  out = run(replace(step_config(data_dir, steps_dir), train=dict(steps=2, eval_every=0)), prm_dir)
+  prm_dir, out = prm_run
   fn = reward_function(prm_dir)
   assert isinstance(fn, StepRewardModelFunction)
   rows = _solutions(3, 5)
@@ -317,3 +324,64 @@ def test_a_process_reward_model_as_a_scorer(data_dir, steps_dir, chain_policy, t
   assert line["n"] == 2 and line["examples"] == 4
   assert {"greedy", "sample", "majority_vote", "best_of_n", "pass_at_n"} <= set(line)
   assert cli.main(["eval", chain_policy, "--best-of", "2"]) == 2
+
+
+def test_token_char_ends_follow_merged_tokens():
+  from test_process_rewards import _merging_tokenizer
+
+  from jaxrl_llm.train.rl_loop import token_char_ends
+
+  tok = _merging_tokenizer()
+  ids = tok("ab.\nc", add_special_tokens=False)["input_ids"]
+  assert token_char_ends(tok, ids).tolist() == [1, 2, 4, 5]  # ".\n" is one token
+  np.testing.assert_allclose(
+      ops_process.step_token_rewards(jnp.array([[0.5, 0.25, jnp.nan]]), jnp.array([[1, 1, 2]]), 4),
+      [[0.0, 0.75, 0.0, 0.0]])
+
+
+def _process_rl_config(data_dir, chain_policy, prm_dir, **algorithm):
+  from test_rl import tiny_rl_config
+
+  from jaxrl_llm.config import InitConfig, RewardConfig, RolloutConfig
+  from jaxrl_llm.rundir.artifacts import load_run
+
+  policy = load_run(chain_policy, restore=False).config
+  base = tiny_rl_config(data_dir, "grpo", **algorithm)
+  return replace(base, experiment="tiny-process", model=policy.model, data=policy.data,
+                 init=InitConfig(policy_run=chain_policy),
+                 rollout=RolloutConfig(prompts_per_step=4, samples_per_prompt=4,
+                                       max_new_tokens=24),
+                 reward=RewardConfig(functions=("final_answer",), weights=(1.0,),
+                                     accuracy="final_answer", process_model_run=prm_dir))
+
+
+def test_grpo_process_supervision_and_ppo_step_rewards_run(data_dir, chain_policy, prm_run,
+                                                           tmp_path):
+  from jaxrl_llm.train import rl_loop
+
+  prm_dir, _ = prm_run
+  config = _process_rl_config(data_dir, chain_policy, prm_dir, advantage="grpo_process",
+                              kl_coef=0.0)
+  setup = rl_loop.build(config, str(tmp_path / "setup"))
+  from jaxrl_llm.rundir.artifacts import load_run
+
+  params = jax.device_put(load_run(chain_policy).policy_params(), setup.state_shardings.params)
+  batch, _, _, _ = rl_loop.collect_rollout(setup, params, 0, 0)
+  rewards, positions = rl_loop.process_step_rewards(setup, batch)
+  assert (positions >= 0).any() and np.all((rewards[positions >= 0] >= 0) &
+                                           (rewards[positions >= 0] <= 1))
+  # Every located step sits on a ';' or on the response's last character.
+  width = batch["prompt_width"]
+  tok = setup.tokenizer
+  for r, k in zip(*np.nonzero(positions >= 0)):
+    piece = tok.decode([int(batch["tokens"][r, width + positions[r, k]])])
+    nxt = positions[r, k + 1] if k + 1 < positions.shape[1] else -1
+    assert piece == ";" or nxt < 0
+  out = rl_loop.train(config, str(tmp_path / "grpo"))
+  assert np.isfinite(out["metrics"]["train/loss"]) and out["metrics"]["adv/steps"] > 0
+  ppo = replace(_process_rl_config(data_dir, chain_policy, prm_dir),
+                algorithm=AlgorithmConfig(name="ppo", critic="shared", kl_coef=0.0))
+  out = rl_loop.train(ppo, str(tmp_path / "ppo"))
+  assert out["metrics"]["rewards/step_mean"] > 0
+  with pytest.raises(ConfigError, match="reward.process_model_run"):
+    rl_loop.build(replace(config, algorithm=dict(advantage="grpo")), str(tmp_path / "x"))

@@ -211,7 +211,9 @@ def prepare(inputs: dict, config: Config, *, num_groups: int):
       ``mask bool[N, T]`` (trainable response tokens), ``old_logp float32[N, T]``,
       ``ref_logp float32[N, T]`` (zeros when no reference), ``kl_coef float32[]`` (the current
       β, which an adaptive controller moves), for ReMax ``baseline_scores float32[N]``, for
-      PRIME ``process_rewards float32[N, T]`` (:func:`jaxrl_llm.algorithms.prime.process_rewards`).
+      PRIME ``process_rewards float32[N, T]`` (:func:`jaxrl_llm.algorithms.prime.process_rewards`),
+      for ``grpo_process`` ``step_rewards float32[N, S]`` (NaN = none) and ``step_positions
+      int32[N, S]`` (response-token index of each step's last token, −1 = none).
     num_groups: ``B``, the number of prompts (static).
   Returns:
     (advantages float32 ``[N, T]``, diagnostics dict of float32 scalars; ``kl_ref_seq`` is the
@@ -257,6 +259,11 @@ def prepare(inputs: dict, config: Config, *, num_groups: int):
     # Unscorable rows place no reward token; keep them out of the whitening statistics too.
     scorable = m & jnp.isfinite(scores)[:, None]
     adv, d = ops.reinforce_pp_advantages(token_rewards, scorable, gamma=config.gamma)
+  elif est == "grpo_process":
+    # GRPO process supervision (§18): the group's step rewards normalised over all its steps.
+    adv, d = ops.process.grpo_process_advantages(inputs["step_rewards"], inputs["step_positions"],
+                                                 gid, m, num_groups=num_groups,
+                                                 eps=config.adv_eps)
   elif est == "prime":
     # PRIME (§10): leave-one-out on the implicit per-token rewards and on the outcome, summed.
     adv, d = ops.prime_advantages(inputs["process_rewards"], seq_scores, gid, m,

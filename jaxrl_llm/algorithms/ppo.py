@@ -359,7 +359,9 @@ def prepare(inputs: dict, config: Config):
   Args:
     inputs: ``scores float32[N]`` (outcome score, NaN = unscorable), ``mask bool[N, T]``,
       ``old_logp``, ``ref_logp``, ``old_values`` float32 ``[N, T]`` (``ref_logp`` may be zeros
-      when ``kl_coef == 0``), ``kl_coef float32[]`` (the current β).
+      when ``kl_coef == 0``), ``kl_coef float32[]`` (the current β); optionally
+      ``step_rewards float32[N, S]`` and ``step_positions int32[N, S]`` (process-reward steps,
+      added on their last tokens).
     config: static; ``kl_coef > 0`` with ``kl_placement="reward"`` puts ``−β·k(old, ref)`` on
       every valid token (``kl_estimator``, k1 by default).
   Returns:
@@ -392,6 +394,13 @@ def prepare(inputs: dict, config: Config):
     diag["rewards/kl_penalty_mean"] = ops.masked_mean(beta * kl, m)
   else:
     rewards = ops.scores_to_token_rewards(scores, m)
+  if "step_rewards" in inputs:  # Math-Shepherd's step-by-step PPO: each step's reward on its
+    # last token, next to the outcome (docs/algorithms.md §18).
+    steps = ops.process.step_token_rewards(inputs["step_rewards"], inputs["step_positions"],
+                                           m.shape[1])
+    rewards = rewards + jnp.where(m, steps, 0.0)
+    diag["rewards/step_mean"] = ops.masked_mean(jnp.sum(jnp.where(m, steps, 0.0), -1),
+                                                jnp.any(m, -1))
   values = jnp.where(m, old_values, 0.0).astype(jnp.float32)
   raw, returns = ops.gae_advantages(rewards, values, scorable, gamma=config.gamma,
                                     lam=config.gae_lambda)

@@ -338,7 +338,8 @@ DEFAULT_ADVANTAGE = {"grpo": "grpo", "drgrpo": "drgrpo", "dapo": "grpo", "gspo":
                      "rloo": "rloo", "reinforce_pp": "reinforce_pp",
                      "reinforce_pp_baseline": "reinforce_pp_baseline", "remax": "remax",
                      "luffy": "grpo", "srft": "grpo", "prime": "prime", "ppo": "gae"}
-ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "prime")
+ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "prime",
+              "grpo_process")
 PRIME_UPDATES = ("before", "after")
 PRIME_LOO = ("paper", "recipe")
 PRIME_NORMS = ("none", "batch_norm")
@@ -660,6 +661,14 @@ class RewardConfig:
   # of its training scores when `model_normalize`.
   model_run: str = ""
   model_normalize: bool = True
+  # Step rewards from an outcome / process reward model run (docs/algorithms.md §18): each step of
+  # a response (cut at that run's data.step_delimiter) is rewarded with process_coef x the PRM's
+  # probability that it is right, on the step's last token. Used by GRPO process supervision
+  # (algorithm.advantage="grpo_process": the group's step rewards normalised, a token's advantage
+  # the sum over the steps ending at or after it) and by PPO (added to the token rewards before
+  # GAE, Math-Shepherd's step-by-step PPO).
+  process_model_run: str = ""
+  process_coef: float = 1.0
 
   def __post_init__(self):
     if not self.functions:

@@ -101,4 +101,16 @@ def grpo_process_advantages(step_rewards: jax.Array, positions: jax.Array, group
   return jnp.where(mask, adv, 0.0), {"steps": jnp.sum(v)}
 
 
-__all__ = ["SCORINGS", "gather_steps", "grpo_process_advantages", "prm_loss", "solution_scores"]
+def step_token_rewards(step_rewards: jax.Array, positions: jax.Array, length: int) -> jax.Array:
+  """Each step's reward on its last token: float32 ``[B, length]`` (Math-Shepherd's step-by-step
+  PPO adds these to the outcome reward before GAE). Steps with position −1 or a NaN reward add
+  nothing; two steps on one token add up."""
+  chex.assert_equal_shape([step_rewards, positions])
+  valid = (positions >= 0) & jnp.isfinite(step_rewards)
+  r = jnp.where(valid, step_rewards, 0.0).astype(jnp.float32)
+  onehot = (positions[:, :, None] == jnp.arange(length)[None, None, :]) & valid[:, :, None]
+  return jnp.sum(jnp.where(onehot, r[:, :, None], 0.0), axis=1)
+
+
+__all__ = ["SCORINGS", "gather_steps", "grpo_process_advantages", "prm_loss", "solution_scores",
+           "step_token_rewards"]

@@ -127,6 +127,8 @@ class RLSetup:
   experience: Any = None
   demo_token_cache: dict = dataclasses.field(default_factory=dict)
   prime: Any = None  # PRIME's implicit PRM (PrimeModel) when algorithm.name == "prime"
+  # reward.process_model_run: an ORM / PRM's StepRewardModelFunction (step rewards).
+  process_scorer: Any = None
 
   def policy_params(self, state):
     """The decoder params that sample and are evaluated (PPO: the actor's policy part)."""
@@ -201,7 +203,16 @@ def _validate(config: Config, mesh) -> None:
                         "labels; name the verifier (e.g. reward.accuracy=final_answer)")
     if "demonstrations" in r.sources:
       raise ConfigError("config field 'rollout.sources': PRIME trains on its own samples only")
-  if a.resolved_advantage in ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "prime") and \
+  if a.resolved_advantage == "grpo_process" and not config.reward.process_model_run:
+    raise ConfigError("config field 'reward.process_model_run': GRPO process supervision "
+                      "(algorithm.advantage='grpo_process') needs a process reward model run")
+  if config.reward.process_model_run and not (a.resolved_advantage == "grpo_process" or
+                                              a.name == "ppo"):
+    raise ConfigError("config field 'reward.process_model_run': step rewards are used by "
+                      "algorithm.advantage='grpo_process' and by PPO only; leave it '' or pick "
+                      "one of those")
+  if a.resolved_advantage in ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline", "prime",
+                              "grpo_process") and \
       r.samples_per_prompt < 2:
     raise ConfigError(f"config field 'rollout.samples_per_prompt': the {a.resolved_advantage} "
                       "baseline needs at least 2 samples per prompt")
@@ -382,6 +393,11 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
     update_fn = pg.make_update(model.apply, model_config, tx, schedule, pg_config)
     num_groups = rc.prompts_per_step
     prepare = jax.jit(lambda inputs: pg.prepare(inputs, pg_config, num_groups=num_groups))
+  process_scorer = None
+  if config.reward.process_model_run:
+    from jaxrl_llm.rewards.learned import StepRewardModelFunction
+
+    process_scorer = StepRewardModelFunction(config.reward.process_model_run)
   prime_model = None
   if ac.name == "prime":
     prime_model = _build_prime(ac, model, model_config, abstract, param_shardings, mesh, rows,
@@ -419,7 +435,8 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                  sampling=sampling, rewards=runner, prompts=prompts, update=update,
                  prepare=prepare, logprobs=logprobs, decode=decode, kl_controller=kl_controller,
                  make_state=make_state, init_state=init_state, ppo_config=ppo_config,
-                 rollout_values=rollout_values, experience=stage, prime=prime_model)
+                 rollout_values=rollout_values, experience=stage, prime=prime_model,
+                 process_scorer=process_scorer)
 
 
 def _build_prime(ac, model, model_config, abstract, param_shardings, mesh, rows, key
@@ -540,6 +557,59 @@ def prime_step(setup: RLSetup, prm_state, batch: dict):
   return prm_state, process, metrics
 
 
+def token_char_ends(tokenizer, ids) -> np.ndarray:
+  """int ``[len(ids)]``: the length of the decoded text up to and including each token (so token
+  ``t`` holds characters ``[ends[t−1], ends[t])``). Per-token pieces when they decode to the
+  whole text, else prefix decodes (byte-level tokens that split a character)."""
+  ids = [int(x) for x in ids]
+  full = tokenizer.decode(ids, skip_special_tokens=True)
+  pieces = [len(tokenizer.decode([x], skip_special_tokens=True)) for x in ids]
+  ends = np.cumsum(pieces) if ids else np.zeros(0, np.int64)
+  if not ids or ends[-1] != len(full):
+    ends = np.asarray([len(tokenizer.decode(ids[:t + 1], skip_special_tokens=True))
+                       for t in range(len(ids))], np.int64)
+  return np.asarray(ends, np.int64)
+
+
+def process_step_rewards(setup: RLSetup, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+  """Step rewards of every response from ``reward.process_model_run`` (docs/algorithms.md §18).
+
+  Each response is decoded as the reward functions saw it, cut into steps at the PRM run's
+  delimiter and scored; a step's reward is ``reward.process_coef`` × its probability of being
+  right, placed on the response token that holds the step's last character (character offsets
+  of the sampled tokens themselves, no re-tokenisation).
+
+  Returns:
+    (step rewards float32 ``[N, S]`` (NaN = none), positions int32 ``[N, S]`` (response-token
+    index, −1 = none)).
+  """
+  tok = setup.tokenizer
+  width = batch["prompt_width"]
+  eos = tok.eos_token_id
+  prompts = tok.batch_decode(batch["tokens"][:, :width].tolist(), skip_special_tokens=True)
+  ids_rows, texts, ends_rows = [], [], []
+  for r in range(len(batch["tokens"])):
+    ids = [int(x) for x, m in zip(batch["tokens"][r, width:], batch["response_mask"][r, width:])
+           if m]
+    if eos in ids:
+      ids = ids[:ids.index(eos)]
+    ids_rows.append(ids)
+    ends_rows.append(token_char_ends(tok, ids))
+    texts.append(tok.decode(ids, skip_special_tokens=True))
+  _, probs, step_ends = setup.process_scorer.steps(prompts, texts)
+  num = max(1, max(len(p) for p in probs))
+  rewards = np.full((len(texts), num), np.nan, np.float32)
+  positions = np.full((len(texts), num), -1, np.int32)
+  coef = setup.config.reward.process_coef
+  for r, (p, e, cum) in enumerate(zip(probs, step_ends, ends_rows)):
+    for k, (prob, end) in enumerate(zip(p, e)):
+      hit = np.nonzero(cum >= end)[0]
+      if len(hit) and np.isfinite(prob):
+        positions[r, k] = int(hit[0])
+        rewards[r, k] = coef * float(prob)
+  return rewards, positions
+
+
 def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 0,
                 process_rewards=None):
   """Computes old/ref log-probs and advantages; returns the device batch for ``update``.
@@ -569,6 +639,10 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 
   inputs = {"scores": put(scores), "mask": mask_d, "old_logp": old, "ref_logp": ref,
             "kl_coef": jnp.asarray(kl_coef, jnp.float32)}
   extra = {}
+  if setup.process_scorer is not None:
+    step_rewards, step_positions = process_step_rewards(setup, batch)
+    step_rewards[~batch["trainable"]] = np.nan
+    inputs.update(step_rewards=put(step_rewards), step_positions=put(step_positions))
   if setup.ppo_config is not None:
     adv, returns, diag = setup.prepare(dict(inputs, old_values=old_values))
     extra = {"returns": returns, "old_values": old_values,
@@ -648,7 +722,10 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
     from jaxrl_llm.rundir.artifacts import load_run
 
     params = load_run(ic.policy_run).policy_params()
-    return jax.device_put(params, setup.state_shardings.params)
+    # The policy's layout (PPO's state nests it inside the actor, so not state_shardings.params).
+    shardings = tree_shardings(abstract_params(setup.model_config),
+                               param_logical_axes(setup.model_config), setup.mesh)
+    return jax.device_put(params, shardings)
   if ic.hf_checkpoint:
     from jaxrl_llm.models.hf import load_hf
 
