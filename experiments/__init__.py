@@ -31,6 +31,8 @@ EXPERIMENTS = {
     "reasoning-reft": "experiments.reasoning_reft",
     "reasoning-rft": "experiments.reasoning_rft",
     "reasoning-prime": "experiments.reasoning_prime",
+    "reasoning-orm": "experiments.reasoning_orm",
+    "reasoning-prm": "experiments.reasoning_prm",
 }
 
 

@@ -184,8 +184,9 @@ def load_json(path: str | os.PathLike) -> Config:
 
 def shrink_for_tests(config, env=None):
   """With ``$JAXRL_LLM_SHRINK_STEPS=N`` (set by the tests that execute the documentation's
-  commands; the CLI and every training loop apply it), every stage of a run is cut to at most N steps and 16 evaluation rows; otherwise the
-  config is returned unchanged."""
+  commands; the CLI and every training loop apply it), every stage of a run is cut to at most N
+  steps and 16 evaluation rows (and an ORM / PRM run labels steps for 16 training prompts);
+  otherwise the config is returned unchanged."""
   env = os.environ if env is None else env
   value = env.get("JAXRL_LLM_SHRINK_STEPS", "").strip()
   if not value:
@@ -200,7 +201,10 @@ def shrink_for_tests(config, env=None):
   if init.sft_steps:
     init = dataclasses.replace(init, sft_steps=min(init.sft_steps, n),
                                sft_warmup_steps=min(init.sft_warmup_steps, max(n - 1, 0)))
-  shrunk = dataclasses.replace(config, train=train, init=init)
+  data = config.data
+  if data.step_labels:  # an ORM / PRM run that labels its own steps: 16 training prompts
+    data = dataclasses.replace(data, step_prompts=min(data.step_prompts or 16, 16))
+  shrunk = dataclasses.replace(config, train=train, init=init, data=data)
   if shrunk != config:
     print(f"jaxrl-llm: JAXRL_LLM_SHRINK_STEPS={n}: at most {n} steps per stage", file=sys.stderr)
   return shrunk

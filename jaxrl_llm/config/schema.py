@@ -186,6 +186,14 @@ class DataConfig:
   step_final_delimiter: bool = True
   step_ratings: bool = False
   step_neutral: str = "positive"
+  # Or label them in the run (an ORM / PRM run's first stage, RUN_DIR/steps, resumable): the
+  # starting policy (init.sft_steps warm start or init.policy_run) writes step_samples solutions
+  # for each of step_prompts training prompts (0: all; held-out splits: all) and they are labelled
+  # "mc" (Math-Shepherd: step_rollouts completions per step prefix) or "exact" (task chain).
+  step_labels: str = ""
+  step_samples: int = 4
+  step_rollouts: int = 8
+  step_prompts: int = 0
   # Countdown: how many numbers each problem gives, and their range.
   countdown_numbers: int = 3
   countdown_max_number: int = 20
@@ -244,15 +252,23 @@ class DataConfig:
     if self.preference_kind not in ("", "pairs", "rankings", "ratings", "steps"):
       _fail("data.preference_kind", "must be '', 'pairs', 'rankings', 'ratings' or 'steps', got "
             f"{self.preference_kind!r}")
-    if self.preference_kind == "steps" and self.source != "jsonl":
+    if self.preference_kind == "steps" and self.source != "jsonl" and not self.step_labels:
       _fail("data.source", "step-labelled solutions are read from JSONL: set data.source='jsonl' "
-            "and data.jsonl_dir (e.g. the output of `jaxrl-llm label-steps`)")
+            "and data.jsonl_dir (e.g. the output of `jaxrl-llm label-steps`), or label them in "
+            "the run with data.step_labels='mc' or 'exact'")
+    if self.step_labels not in ("", "mc", "exact"):
+      _fail("data.step_labels", f"must be '', 'mc' or 'exact', got {self.step_labels!r}")
+    if self.step_labels and self.preference_kind != "steps":
+      _fail("data.step_labels", "labels step-labelled solutions: set data.preference_kind='steps'")
+    _positive("data", self, "step_samples", "step_rollouts")
+    _positive("data", self, "step_prompts", allow_zero=True)
     if self.step_neutral not in ("positive", "negative", "drop"):
       _fail("data.step_neutral", f"must be 'positive', 'negative' or 'drop', got "
             f"{self.step_neutral!r}")
     if not self.step_delimiter:
       _fail("data.step_delimiter", "must be a non-empty string")
-    if self.preference_kind and self.task not in ("sorted_digits",) and self.source != "jsonl":
+    if self.preference_kind and self.task not in ("sorted_digits",) and self.source != "jsonl" \
+        and not self.step_labels:
       _fail("data.preference_kind", "preference data comes from the synthetic 'sorted_digits' "
             "task or from data.source='jsonl'")
     if self.chain_level not in ("easy", "hard"):

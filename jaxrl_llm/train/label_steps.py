@@ -103,13 +103,15 @@ def policy_sampler(art, policy_run: str):
 
 def label_steps(policy_run: str, out_dir: str, *, method: str = "mc", samples: int = 4,
                 rollouts: int = 8, prompts: int = 0, delimiter: str = ";", seed: int = 0,
-                batch_prompts: int = 16, splits=SPLITS, progress=print) -> dict[str, Any]:
+                batch_prompts: int = 16, splits=SPLITS, progress=print,
+                held_out_prompts: int | None = None) -> dict[str, Any]:
   """Writes step-labelled solutions of ``policy_run``'s policy on its own task (module doc).
 
   Args:
     method: ``"mc"`` (Monte-Carlo completions) or ``"exact"`` (``data.task=chain`` only).
     samples: solutions per prompt; rollouts: completions per step prefix (``mc``).
-    prompts: prompts per split (0 = all).
+    prompts: prompts per split (0 = all); held_out_prompts: for validation / test instead, when
+      given (0 = all).
     delimiter: the step delimiter; solutions carry no delimiter after the last step (the
       policy's own format), so train with ``data.step_final_delimiter=false``.
   Returns:
@@ -163,7 +165,8 @@ def label_steps(policy_run: str, out_dir: str, *, method: str = "mc", samples: i
     if split not in setup.splits:
       continue
     data = setup.splits[split]
-    n = len(data) if not prompts else min(prompts, len(data))
+    cap = prompts if split == "train" or held_out_prompts is None else held_out_prompts
+    n = len(data) if not cap else min(cap, len(data))
     rows_out: list[dict] = []
     for start in range(0, n, batch_prompts):
       idx = list(range(start, min(start + batch_prompts, n)))

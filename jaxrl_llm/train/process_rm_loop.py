@@ -291,14 +291,48 @@ def _start_params(config: Config, run_dir: str, setup: StepRMSetup, devices):
   return rm_lib.init_params(policy, setup.model_config, rng_lib.purpose_key(config.seed, "init"))
 
 
+def label_stage(config: Config, run_dir: str, *, devices=None) -> Config:
+  """``data.step_labels``: the starting policy's solutions labelled in ``RUN_DIR/steps``
+  (:func:`jaxrl_llm.train.label_steps.label_steps`; the SFT warm start first, when configured):
+  ``data.step_prompts`` training prompts and ``train.eval_examples`` of each held-out split
+  (0: all).
+  A finished stage (``labels.json`` present) is only read back. Returns ``config`` reading those
+  files."""
+  dc, ic = config.data, config.init
+  if not dc.step_labels:
+    return config
+  if ic.sft_steps:
+    from jaxrl_llm.train import sft_loop
+
+    sft_loop.warm_start(config, run_dir, devices=devices)
+    policy_run = os.path.join(run_dir, "sft")
+  elif ic.policy_run:
+    policy_run = ic.policy_run
+  else:
+    raise ConfigError("config field 'data.step_labels': labelling needs a policy to write "
+                      "solutions: set init.sft_steps or init.policy_run")
+  steps_dir = os.path.join(run_dir, "steps")
+  if not os.path.exists(os.path.join(steps_dir, "labels.json")):
+    from jaxrl_llm.train.label_steps import label_steps
+
+    label_steps(policy_run, steps_dir, method=dc.step_labels, samples=dc.step_samples,
+                rollouts=dc.step_rollouts, prompts=dc.step_prompts,
+                held_out_prompts=config.train.eval_examples,
+                delimiter=dc.step_delimiter, seed=config.seed,
+                progress=lambda *_: None)
+  return dataclasses.replace(config, data=dataclasses.replace(
+      dc, source="jsonl", jsonl_dir=steps_dir, step_labels=""))
+
+
 def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
           stop_after: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) ORM / PRM training in ``run_dir``; returns the final state and metrics."""
   config = shrink_for_tests(config)
   os.makedirs(run_dir, exist_ok=True)
-  setup = build(config, run_dir, devices=devices)
   if not resume:
     save_json(config, os.path.join(run_dir, "config.json"))
+  config = label_stage(config, run_dir, devices=devices)
+  setup = build(config, run_dir, devices=devices)
   tc, lc = config.train, config.logging
   start_params = _start_params(config, run_dir, setup, devices)
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=tc.keep_checkpoints,

@@ -304,7 +304,7 @@ def warm_start_config(config: Config) -> Config:
   demonstrations, and a ConfigError for tasks that have none.
   """
   ic = config.init
-  data = dataclasses.replace(config.data, preference_kind="")
+  data = dataclasses.replace(config.data, preference_kind="", step_labels="")
   if config.data.preference_kind and config.data.source == "jsonl":
     # Preference pairs are not demonstrations: a synthetic task has its own (generated locally);
     # for anything else the user must start from a policy.
