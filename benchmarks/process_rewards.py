@@ -1,7 +1,8 @@
-"""The process-rewards study, PRIME part: PRIME vs GRPO from one warm start, and how well PRIME's
-implicit PRM judges steps it was never shown.
+"""The process-rewards study: PRIME vs GRPO, an ORM and a PRM for best-of-8, and PPO with step
+rewards vs outcome rewards only -- all from one warm start on the easy reasoning problems.
 
-  python benchmarks/process_rewards.py [--out DIR] [--methods grpo prime] [--reuse]
+  python benchmarks/process_rewards.py [--out DIR] [--methods grpo prime] [--parts rl rm ppo]
+                                       [--reuse]
 
 1. Trains the reasoning experiments' shared warm start (SFT on the easy problems' traces,
    ``experiments/reasoning``) and measures it on the **easy** splits, where it answers about a
@@ -17,8 +18,16 @@ implicit PRM judges steps it was never shown.
    (Yuan et al.: σ(q) estimates the chance that the prefix ends correct); we report the AUC of
    ``q_k`` against the labels and the accuracy of ``q_k > 0``.
 
-Writes ``DIR/process_rewards.json`` and ``benchmarks/process_rewards.png`` and prints a Markdown
-table for ``benchmarks/RESULTS.md``.
+4. (``rm``) Trains ``reasoning-prm`` and ``reasoning-orm`` from copies of the warm start (the PRM
+   run labels the steps -- Math-Shepherd, 8 completions per prefix -- and the ORM run reuses its
+   labels), then scores the PRM's steps against **exact** labels on the warm start's test
+   solutions, and reranks 8 samples per easy test problem: greedy, one sample, majority vote, the
+   ORM's pick, the PRM's pick (product / min / last), pass@8.
+5. (``ppo``) ``reasoning-reft`` (PPO with a value head, partial-credit outcome reward) on the easy
+   problems, with and without the PRM's step rewards (``reward.process_model_run``).
+
+Writes ``DIR/process_rewards.json`` and ``benchmarks/process_rewards.png`` and prints Markdown
+tables for ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -155,6 +166,7 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", default=os.path.join(REPO, "runs", "process-rewards-study"))
   ap.add_argument("--methods", nargs="*", default=list(METHODS))
+  ap.add_argument("--parts", nargs="*", default=["rl", "rm", "ppo"])
   ap.add_argument("--reuse", action="store_true",
                   help="keep a method's finished run (eval.json present) and only score it")
   args = ap.parse_args(argv)
@@ -177,11 +189,13 @@ def main(argv=None) -> int:
                            "validation_accuracy": study.accuracy(warm, "validation")},
             "methods": {}}
   previous = os.path.join(args.out, "process_rewards.json")
-  if os.path.exists(previous):
+  if os.path.exists(previous):  # a later --parts / --methods adds to (or redoes) its parts
     with open(previous) as f:
-      result["methods"] = json.load(f).get("methods", {})
+      old = json.load(f)
+    result["methods"] = old.get("methods", {})
+    result.update({k: old[k] for k in ("reward_models", "ppo") if k in old})
   print(json.dumps(result["warm_start"]), flush=True)
-  for method in args.methods:
+  for method in (args.methods if "rl" in args.parts else []):
     run_dir = os.path.join(args.out, method)
     reuse = args.reuse and os.path.exists(os.path.join(run_dir, "eval.json"))
     if not reuse:
@@ -228,9 +242,108 @@ def main(argv=None) -> int:
           flush=True)
     with open(previous, "w") as f:
       json.dump(result, f, indent=1)
+  if "rm" in args.parts:
+    result["reward_models"] = _reward_models(args, warm_root, study, warm)
+    with open(previous, "w") as f:
+      json.dump(result, f, indent=1)
+  if "ppo" in args.parts:
+    result["ppo"] = _ppo(args, warm_root, study)
+    with open(previous, "w") as f:
+      json.dump(result, f, indent=1)
   _plot(result, os.path.join(HERE, "process_rewards.png"))
   print(_table(result))
   return 0
+
+
+def _run(args, name: str, run_dir: str, warm_root: str, *sets: str) -> float:
+  """``jaxrl-llm run NAME`` in ``run_dir`` from a copy of the warm start; returns seconds (0 when
+  --reuse found it finished)."""
+  if args.reuse and os.path.exists(os.path.join(run_dir, "eval.json")):
+    return 0.0
+  if os.path.exists(run_dir):
+    shutil.rmtree(run_dir)
+  shutil.copytree(os.path.join(warm_root, "sft"), os.path.join(run_dir, "sft"))
+  t0 = time.time()
+  cmd = [sys.executable, "-m", "jaxrl_llm.cli", "run", name, "--run-dir", run_dir,
+         "--set", "logging.progress=off"]
+  for item in sets:
+    cmd += ["--set", item]
+  out = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  if out.returncode:
+    print(out.stdout[-3000:])
+    raise RuntimeError(f"{name} failed")
+  return time.time() - t0
+
+
+def _reward_models(args, warm_root: str, study, warm) -> dict:
+  """Part 4: ORM and PRM, step AUC against exact labels, best-of-8 on the easy test split."""
+  from jaxrl_llm.rewards.learned import StepRewardModelFunction
+  from jaxrl_llm.rundir.artifacts import load_run
+  from jaxrl_llm.train.label_steps import label_steps, policy_sampler
+  from jaxrl_llm.train.process_rm_loop import auc
+  from jaxrl_llm.train.rerank import best_of_n
+
+  out: dict = {}
+  prm_dir, orm_dir = (os.path.join(args.out, k) for k in ("prm", "orm"))
+  out["prm_seconds"] = round(_run(args, "reasoning-prm", prm_dir, warm_root), 1)
+  if not (args.reuse and os.path.exists(os.path.join(orm_dir, "eval.json"))):
+    if os.path.exists(orm_dir):
+      shutil.rmtree(orm_dir)
+    os.makedirs(orm_dir)
+    shutil.copytree(os.path.join(prm_dir, "steps"), os.path.join(orm_dir, "steps"))
+  out["orm_seconds"] = round(_run(args, "reasoning-orm", orm_dir, warm_root), 1)
+  with open(os.path.join(prm_dir, "steps", "labels.json")) as f:
+    out["labels"] = json.load(f)["splits"]
+  for kind, d in (("prm", prm_dir), ("orm", orm_dir)):
+    with open(os.path.join(d, "eval.json")) as f:
+      out[f"{kind}_test"] = json.load(f)
+  # The PRM against exact step labels: the warm start's test solutions, labelled by the task.
+  exact_dir = os.path.join(args.out, "exact-test")
+  if not os.path.exists(os.path.join(exact_dir, "labels.json")):
+    label_steps(os.path.join(warm_root, "sft"), exact_dir, method="exact", samples=4,
+                splits=("test",), progress=lambda *_: None)
+  rows = [json.loads(line) for line in open(os.path.join(exact_dir, "test.jsonl"))]
+  fn = StepRewardModelFunction(prm_dir)
+  _, probs, _ = fn.steps([r["prompt"] for r in rows], [";".join(r["steps"]) for r in rows])
+  p_all, y_all = [], []
+  for r, p in zip(rows, probs):
+    for prob, label in zip(p, r["labels"]):
+      if np.isfinite(prob) and label is not None:
+        p_all.append(prob)
+        y_all.append(label)
+  p_all, y_all = np.asarray(p_all), np.asarray(y_all)
+  out["prm_exact_step_auc"] = auc(p_all, y_all)
+  out["prm_exact_step_accuracy"] = float(np.mean((p_all > 0.5) == (y_all > 0.5)))
+  out["exact_steps"] = int(len(y_all))
+  # Best-of-8 on the easy test split, the warm start sampling.
+  art = load_run(os.path.join(warm_root, "sft"))
+  setup, params = policy_sampler(art, os.path.join(warm_root, "sft"))
+  bon = {}
+  for name, scorer in (("orm", StepRewardModelFunction(orm_dir)),
+                       ("prm_product", StepRewardModelFunction(prm_dir, scoring="product")),
+                       ("prm_min", StepRewardModelFunction(prm_dir, scoring="min")),
+                       ("prm_last", StepRewardModelFunction(prm_dir, scoring="last"))):
+    bon[name] = best_of_n(setup, params, scorer, "test", n=8, seed=0)
+  out["best_of_8"] = bon
+  print("reward models", json.dumps({k: v for k, v in out.items() if k != "labels"}), flush=True)
+  return out
+
+
+def _ppo(args, warm_root: str, study) -> dict:
+  """Part 5: PPO (reasoning-reft) on the easy problems, outcome reward vs + PRM step rewards."""
+  from jaxrl_llm.rundir.artifacts import load_run
+
+  prm_dir = os.path.join(args.out, "prm")
+  out = {}
+  for name, extra in (("ppo_outcome", ()),
+                      ("ppo_steps", (f"reward.process_model_run={prm_dir}",))):
+    run_dir = os.path.join(args.out, name)
+    seconds = _run(args, "reasoning-reft", run_dir, warm_root, f"data.chain_level={LEVEL}",
+                   *extra)
+    policy = load_run(run_dir).policy_params()
+    out[name] = {"seconds": round(seconds, 1), "test_accuracy": study.accuracy(policy, "test")}
+    print(name, json.dumps(out[name]), flush=True)
+  return out
 
 
 def _plot(result: dict, path: str) -> None:
@@ -261,6 +374,21 @@ def _plot(result: dict, path: str) -> None:
   fig.savefig(path, dpi=110)
 
 
+def _rm_table(rm: dict) -> list[str]:
+  lines = ["", f"PRM vs exact step labels (warm start's test solutions, {rm['exact_steps']} steps): "
+           f"AUC {rm['prm_exact_step_auc']:.3f}, accuracy {rm['prm_exact_step_accuracy']:.3f}; "
+           f"on its Monte-Carlo test labels: AUC {rm['prm_test'].get('test/step_auc', float('nan')):.3f}",
+           "", "| best of 8 (easy test) | accuracy |", "|---|---|"]
+  b = rm["best_of_8"]
+  first = next(iter(b.values()))
+  for k in ("greedy", "sample", "majority_vote"):
+    lines.append(f"| {k.replace('_', ' ')} | {first[k]:.3f} |")
+  for name, r in b.items():
+    lines.append(f"| {name.replace('_', ' ')} pick | {r['best_of_n']:.3f} |")
+  lines.append(f"| pass@8 | {first['pass_at_n']:.3f} |")
+  return lines
+
+
 def _table(result: dict) -> str:
   w = result["warm_start"]
   lines = [f"Warm start: {LEVEL} test accuracy {w['test_accuracy']:.3f}", "",
@@ -277,6 +405,12 @@ def _table(result: dict) -> str:
     lines.append(f"| 0 | {start['step_auc']:.3f} | {start['step_accuracy']:.3f} |")
     for step, d in prime["implicit_prm_steps"]:
       lines.append(f"| {step} | {d['step_auc']:.3f} | {d['step_accuracy']:.3f} |")
+  if "reward_models" in result:
+    lines += _rm_table(result["reward_models"])
+  if "ppo" in result:
+    lines += ["", f"| PPO on {LEVEL} | test accuracy | minutes |", "|---|---|---|"]
+    for name, r in result["ppo"].items():
+      lines.append(f"| {name} | {r['test_accuracy']:.3f} | {r['seconds'] / 60:.1f} |")
   return "\n".join(lines)
 
 

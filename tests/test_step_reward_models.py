@@ -284,7 +284,9 @@ def test_best_of_n_picks_the_scorers_maximum(chain_policy):
 @pytest.fixture(scope="module")
 def prm_run(data_dir, steps_dir, tmp_path_factory):
   prm_dir = str(tmp_path_factory.mktemp("prm"))
-  out = run(replace(step_config(data_dir, steps_dir), train=dict(steps=2, eval_every=0)), prm_dir)
+  # "auto" buckets: the scorer must read the resolved ones back (data_report.json).
+  out = run(replace(step_config(data_dir, steps_dir), train=dict(steps=2, eval_every=0),
+                    data=dict(length_buckets="auto")), prm_dir)
   return prm_dir, out
 
 
@@ -311,6 +313,8 @@ def test_a_process_reward_model_as_a_scorer(prm_run, chain_policy, capsys):
 
   enc = enc_split([parse_step_row(r, i, "x") for i, r in enumerate(rows)], setup.tokenizer,
                   split="x", max_len=48, delimiter=";", final_delimiter=False)
+  assert isinstance(setup.config.data.length_buckets, tuple) and fn.buckets == tuple(
+      setup.config.data.length_buckets)
   b = batch_of(enc, list(range(len(rows))), 48, 3, setup.tokenizer.pad_token_id)
   b["valid"] = np.ones(len(rows), bool)
   want = prm_lib.scores(jax.device_get(out["state"].params), setup.model_config,

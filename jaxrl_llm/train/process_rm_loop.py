@@ -324,6 +324,22 @@ def label_stage(config: Config, run_dir: str, *, devices=None) -> Config:
       dc, source="jsonl", jsonl_dir=steps_dir, step_labels=""))
 
 
+def _write_data_report(run_dir: str, setup: StepRMSetup) -> None:
+  """``RUN_DIR/data_report.json``: the length buckets used (``"auto"`` resolved, which readers
+  such as :class:`jaxrl_llm.rewards.learned.StepRewardModelFunction` need) and per split the
+  solutions, skipped rows and token lengths."""
+  report: dict[str, Any] = {"length_buckets": list(setup.config.data.length_buckets)}
+  for name, split in setup.splits.items():
+    needed = np.asarray(split.needed)
+    report[name] = {"rows": len(split), "bad_rows": split.skipped,
+                    "steps": int(sum(len(p) for p in split.positions)),
+                    "tokens_needed": {"p50": int(np.percentile(needed, 50)),
+                                      "p99": int(np.percentile(needed, 99)),
+                                      "max": int(needed.max())}}
+  with open(os.path.join(run_dir, "data_report.json"), "w") as f:
+    json.dump(report, f, indent=1)
+
+
 def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
           stop_after: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) ORM / PRM training in ``run_dir``; returns the final state and metrics."""
@@ -353,7 +369,9 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   progress = Progress(tc.steps, start, mode=lc.progress, log_every=lc.log_every)
   if latest is not None:
     progress.message(f"resumed from step {start} of {tc.steps}")
-  elif start == 0:
+  if start == 0:
+    _write_data_report(run_dir, setup)
+  if latest is None:
     sizes = ", ".join(f"{k} {len(v)} solutions" + (f" ({v.skipped} bad rows skipped)"
                                                    if v.skipped else "")
                       for k, v in setup.splits.items())

@@ -155,7 +155,7 @@ class PrimeModel:
   make_state: Any  # jitted params -> TrainState (its own optimizer)
   update: Any  # jitted (state, batch) -> (state, metrics, logp); state donated
   logprobs: Any  # jitted (params, tokens, attention, mask) -> float32 [N, T]
-  rewards: Any  # jitted (prm_logp, ref_logp, mask) -> process rewards [N, T]
+  token_rewards: Any  # jitted (prm_logp, ref_logp, mask) -> process rewards [N, T]
   reference: Any = None  # frozen reference params (the starting policy)
 
 
@@ -455,7 +455,7 @@ def _build_prime(ac, model, model_config, abstract, param_shardings, mesh, rows,
   rewards = jax.jit(lambda lp, ref, m: prime_lib.process_rewards(lp, ref, m, cfg),
                     out_shardings=rows)
   return PrimeModel(config=cfg, state_shardings=shardings, make_state=make_state, update=update,
-                    logprobs=logprobs, rewards=rewards)
+                    logprobs=logprobs, token_rewards=rewards)
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,7 +552,7 @@ def prime_step(setup: RLSetup, prm_state, batch: dict):
   prm_state, metrics, logp = pm.update(prm_state, fields)
   if pm.config.update == "before":
     logp = pm.logprobs(prm_state.params, tokens, attention, mask)
-  process = pm.rewards(logp, ref, mask)
+  process = pm.token_rewards(logp, ref, mask)
   metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
   return prm_state, process, metrics
 
