@@ -318,13 +318,11 @@ def _reward_models(args, warm_root: str, study, warm) -> dict:
   # Best-of-8 on the easy test split, the warm start sampling.
   art = load_run(os.path.join(warm_root, "sft"))
   setup, params = policy_sampler(art, os.path.join(warm_root, "sft"))
-  bon = {}
-  for name, scorer in (("orm", StepRewardModelFunction(orm_dir)),
-                       ("prm_product", StepRewardModelFunction(prm_dir, scoring="product")),
-                       ("prm_min", StepRewardModelFunction(prm_dir, scoring="min")),
-                       ("prm_last", StepRewardModelFunction(prm_dir, scoring="last"))):
-    bon[name] = best_of_n(setup, params, scorer, "test", n=8, seed=0)
-  out["best_of_8"] = bon
+  scorers = {"orm": StepRewardModelFunction(orm_dir),
+             "prm_product": StepRewardModelFunction(prm_dir, scoring="product"),
+             "prm_min": StepRewardModelFunction(prm_dir, scoring="min"),
+             "prm_last": StepRewardModelFunction(prm_dir, scoring="last")}
+  out["best_of_8"] = best_of_n(setup, params, scorers, "test", n=8, seed=0)
   print("reward models", json.dumps({k: v for k, v in out.items() if k != "labels"}), flush=True)
   return out
 
@@ -380,12 +378,12 @@ def _rm_table(rm: dict) -> list[str]:
            f"on its Monte-Carlo test labels: AUC {rm['prm_test'].get('test/step_auc', float('nan')):.3f}",
            "", "| best of 8 (easy test) | accuracy |", "|---|---|"]
   b = rm["best_of_8"]
-  first = next(iter(b.values()))
   for k in ("greedy", "sample", "majority_vote"):
-    lines.append(f"| {k.replace('_', ' ')} | {first[k]:.3f} |")
-  for name, r in b.items():
-    lines.append(f"| {name.replace('_', ' ')} pick | {r['best_of_n']:.3f} |")
-  lines.append(f"| pass@8 | {first['pass_at_n']:.3f} |")
+    lines.append(f"| {k.replace('_', ' ')} | {b[k]:.3f} |")
+  for k, v in b.items():
+    if k.startswith("best_of_n/"):
+      lines.append(f"| {k.split('/')[1].replace('_', ' ')} pick | {v:.3f} |")
+  lines.append(f"| pass@8 | {b['pass_at_n']:.3f} |")
   return lines
 
 

@@ -389,3 +389,18 @@ def test_grpo_process_supervision_and_ppo_step_rewards_run(data_dir, chain_polic
   assert out["metrics"]["rewards/step_mean"] > 0
   with pytest.raises(ConfigError, match="reward.process_model_run"):
     rl_loop.build(replace(config, algorithm=dict(advantage="grpo")), str(tmp_path / "x"))
+
+
+def test_several_scorers_rerank_one_set_of_samples(chain_policy):
+  from jaxrl_llm.rundir.artifacts import load_run
+  from jaxrl_llm.train.label_steps import policy_sampler
+  from jaxrl_llm.train.rerank import best_of_n
+
+  setup, params = policy_sampler(load_run(chain_policy), chain_policy)
+  first = lambda p, c: -np.arange(len(c), dtype=np.float64)  # noqa: E731 -- always sample 0
+  length = lambda p, c: np.asarray([len(x) for x in c], np.float64)  # noqa: E731
+  kw = dict(n=3, limit=8, seed=1, batch_prompts=8)
+  both = best_of_n(setup, params, {"first": first, "length": length}, "test", **kw)
+  alone = best_of_n(setup, params, length, "test", **kw)
+  assert both["best_of_n/length"] == alone["best_of_n"] and "best_of_n" not in both
+  assert both["sample"] == alone["sample"] and both["majority_vote"] == alone["majority_vote"]

@@ -46,14 +46,16 @@ def majority_pick(keys: list[str]) -> int:
   return next(i for i, k in enumerate(keys) if k and counts[k] == best)
 
 
-def best_of_n(setup, params, scorer: Callable, split: str, *, n: int = 8, limit: int = 0,
-              seed: int = 0, batch_prompts: int = 16) -> dict[str, Any]:
+def best_of_n(setup, params, scorer: Callable | dict[str, Callable], split: str, *, n: int = 8,
+              limit: int = 0, seed: int = 0, batch_prompts: int = 16) -> dict[str, Any]:
   """The accuracies of the module doc on ``split`` (``limit`` prompts; 0 = all).
 
   Args:
     setup: an RL setup of the policy's run (sampler, splits, verifier, greedy decode).
-    scorer: ``fn(prompts, completions) -> float[B]``.
+    scorer: ``fn(prompts, completions) -> float[B]``, or several by name (one set of samples
+      reranked by each: ``best_of_n/<name>`` instead of ``best_of_n``).
   """
+  scorers = scorer if isinstance(scorer, dict) else {"": scorer}
   from jaxrl_llm.rewards import RewardRunner
   from jaxrl_llm.rollout.sampler import pad_prompts
   from jaxrl_llm.train.evaluate import decode_texts
@@ -67,7 +69,8 @@ def best_of_n(setup, params, scorer: Callable, split: str, *, n: int = 8, limit:
   tok, data, rc = setup.tokenizer, setup.splits[split], cfg.rollout
   eos = tok.eos_token_id
   total = len(data) if not limit else min(limit, len(data))
-  hits = {k: [] for k in ("greedy", "sample", "majority_vote", "best_of_n", "pass_at_n")}
+  picks = ["best_of_n" + (f"/{k}" if k else "") for k in scorers]
+  hits = {k: [] for k in ("greedy", "sample", "majority_vote", "pass_at_n", *picks)}
 
   def verdict(prompts, texts, rows):
     out = runner(prompts, texts, data.row_columns(rows)).per_function[name]
@@ -91,12 +94,13 @@ def best_of_n(setup, params, scorer: Callable, split: str, *, n: int = 8, limit:
     rep_prompts = [prompts[j // n] for j in range(real * n)]
     rows = [idx[j // n] for j in range(real * n)]
     ok = verdict(rep_prompts, texts, rows).reshape(real, n)
-    scores = np.asarray(scorer(rep_prompts, texts), np.float64).reshape(real, n)
+    for key, fn in zip(picks, scorers.values()):
+      scores = np.asarray(fn(rep_prompts, texts), np.float64).reshape(real, n)
+      hits[key] += [float(ok[q, int(np.argmax(scores[q]))]) for q in range(real)]
     for q in range(real):
       keys = [answer_key(t, name) for t in texts[q * n:(q + 1) * n]]
       hits["sample"].append(float(ok[q].mean()))
       hits["majority_vote"].append(float(ok[q, majority_pick(keys)]))
-      hits["best_of_n"].append(float(ok[q, int(np.argmax(scores[q]))]))
       hits["pass_at_n"].append(float(ok[q].max()))
   out = {k: float(np.mean(v)) if v else 0.0 for k, v in hits.items()}
   return dict(out, n=n, examples=total, split=split)
