@@ -262,8 +262,10 @@ def evaluate(setup: StepRMSetup, params, split: str, limit: int = 0) -> dict[str
   prompts = data.prompts[:n]
   step_p, step_y = np.concatenate(step_p), np.concatenate(step_y)
   sol, outcome = np.concatenate(sol), np.concatenate(outcome)
-  metrics: dict[str, float] = {"examples": float(n), "steps": float(len(step_y))}
-  if len(step_y):
+  metrics: dict[str, float] = {"examples": float(n)}
+  if setup.algo.objective == "prm":
+    metrics["steps"] = float(len(step_y))
+  if len(step_y) and setup.algo.objective == "prm":  # an ORM has no step predictions
     metrics["step_accuracy"] = float(np.mean((step_p > 0.5) == (step_y > 0.5)))
     metrics["step_auc"] = auc(step_p, step_y)
   known = np.isfinite(outcome)
