@@ -285,6 +285,15 @@ def _eval(args) -> int:
   config = load_json(os.path.join(args.run_dir, "config.json"))
   if args.best_of or args.scorer:
     return _best_of(args)
+  if config.algorithm.name == "rft":  # the last round's policy, scored as the RFT loop scores
+    from jaxrl_llm.rundir.artifacts import load_run
+    from jaxrl_llm.train.label_steps import policy_sampler
+
+    art = load_run(args.run_dir)
+    setup, params = policy_sampler(art, args.run_dir)
+    result = rl_loop.evaluate(setup, params, args.split, args.limit)
+    print(json.dumps({"step": art.step, "split": args.split, **result}))
+    return 0
   if config.algorithm.is_preference:
     print("jaxrl-llm: eval of DPO / reward-model runs: see RUN_DIR/eval.json (held-out metrics "
           "are written when the run finishes)", file=sys.stderr)

@@ -337,7 +337,7 @@ def test_rft_deduplicates_paths_by_their_equations():
 
 
 @pytest.mark.slow
-def test_rft_rounds_end_to_end_and_resume(data_dir, demo_dir, tmp_path):
+def test_rft_rounds_end_to_end_and_resume(data_dir, demo_dir, tmp_path, capsys):
   from jaxrl_llm.config import AlgorithmConfig, InitConfig
   from jaxrl_llm.train import run
 
@@ -360,6 +360,12 @@ def test_rft_rounds_end_to_end_and_resume(data_dir, demo_dir, tmp_path):
     assert len(lines.splitlines()) >= 40  # the warm start's SFT data is kept in every round
   assert json.load(open(tmp_path / "rft" / "eval.json"))["test/accuracy"] == \
       out["metrics"]["test/accuracy"]
+  # `jaxrl-llm eval` scores the last round's policy, as the loop's own last line did.
+  from jaxrl_llm import cli
+
+  assert cli.main(["eval", str(tmp_path / "rft")]) == 0
+  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert line["accuracy"] == pytest.approx(out["metrics"]["test/accuracy"])
   # Resumed: no round is redone, the same metrics come out.
   before = (tmp_path / "rft" / "metrics.jsonl").read_text()
   run(config, str(tmp_path / "rft"), resume=True)

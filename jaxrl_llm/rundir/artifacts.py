@@ -97,6 +97,18 @@ def load_run(run_dir: str, *, restore: bool = True) -> RunArtifacts:
   tokenizer = load_tokenizer(tok_dir)
   model_config = _model_config(config, tokenizer)
   state, extra, step = {}, {}, -1
+  if restore and config.algorithm.name == "rft" and not os.path.isdir(
+      os.path.join(run_dir, "checkpoints")):
+    # RFT fine-tunes once per round (RUN_DIR/rounds/<r>/sft); its policy is the last round's.
+    rounds = os.path.join(run_dir, "rounds")
+    done = sorted((int(r) for r in os.listdir(rounds) if r.isdigit() and os.path.isdir(
+        os.path.join(rounds, r, "sft", "checkpoints"))), reverse=True) \
+        if os.path.isdir(rounds) else []
+    if not done:
+      raise FileNotFoundError(f"{run_dir!r} (RFT) has no finished round with a checkpoint yet")
+    last = load_run(os.path.join(rounds, str(done[0]), "sft"))
+    return RunArtifacts(run_dir=run_dir, config=config, model_config=model_config,
+                        tokenizer=tokenizer, state=last.state, extra=last.extra, step=last.step)
   if restore:
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.train.keep_checkpoints,
                         async_save=False)
