@@ -10,6 +10,8 @@
                   [--holdout-by prompt|row] [--validation-fraction X] [--test-fraction X]
   jaxrl-llm label-steps --policy RUN_DIR --output DIR [--method mc|exact] [--samples K]
                   [--rollouts N] [--prompts N] [--delimiter ';'] [--seed S]
+  jaxrl-llm analyze sparsity RUN_OR_HF_DIR [--before RUN_OR_HF_DIR|step:N] [--against RUN]
+                  [--tol 1e-5] [--dtype bfloat16] [--out DIR]
   jaxrl-llm list
 
 Configuration errors (unknown key, wrong type, invalid value) are reported with the offending
@@ -93,6 +95,19 @@ def _parser() -> argparse.ArgumentParser:
   ls.add_argument("--prompts", type=int, default=0, help="prompts per split (0: all)")
   ls.add_argument("--delimiter", default=";", help="the step delimiter (default ';')")
   ls.add_argument("--seed", type=int, default=0)
+  an = sub.add_parser("analyze", help="analyses of runs: 'sparsity' -- which parameters a run "
+                      "changed (global, per tensor, per layer, update rank, overlap with a second "
+                      "run), JSON + heat map")
+  an.add_argument("analysis", choices=["sparsity"])
+  an.add_argument("run", help="the run directory (or Hugging Face checkpoint) after training")
+  an.add_argument("--before", help="the starting point: a run / HF directory or step:N of RUN "
+                  "(default: the run's own starting policy)")
+  an.add_argument("--against", help="a second run from the same start: overlap of the changed "
+                  "sets vs chance")
+  an.add_argument("--tol", type=float, default=1e-5, help="|Δ| <= tol counts as unchanged")
+  an.add_argument("--dtype", help="compare in this storage dtype (default: as stored)")
+  an.add_argument("--out", help="directory for sparsity.json / sparsity.png (default "
+                  "RUN/analysis)")
   sub.add_parser("list", help="list the available experiments")
   return p
 
@@ -203,6 +218,19 @@ def main(argv=None) -> int:
       return _eval(args)
     if args.command == "label":
       return _label(args)
+    if args.command == "analyze":
+      from jaxrl_llm.analysis.sparsity import analyze
+
+      try:
+        report = analyze(args.run, before=args.before, against=args.against, tol=args.tol,
+                         dtype=args.dtype, out_dir=args.out)
+      except ValueError as e:
+        print(f"jaxrl-llm: {e}", file=sys.stderr)
+        return 2
+      keys = ("dtype", "tolerance", "parameters", "sparsity", "exact_zero_fraction",
+              "update_rank_mean", "overlap", "overlap_chance", "heatmap")
+      print(json.dumps({k: report[k] for k in keys if k in report}))
+      return 0
     if args.command == "label-steps":
       from jaxrl_llm.train.label_steps import label_steps
 

@@ -1,0 +1,1 @@
+"""Analyses of finished (or running) training runs: update sparsity (:mod:`.sparsity`)."""

@@ -1,0 +1,119 @@
+"""Update sparsity (docs/algorithms.md §20): exact counts on constructed pytrees, bf16 rounding, the
+update rank of a constructed rank-r delta, overlap vs chance, and the command on real runs."""
+
+import copy
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl_llm.analysis import sparsity
+
+
+def _trees():
+  rng = np.random.default_rng(0)
+  before = {"embedding": rng.normal(size=(8, 4)).astype(np.float32),
+            "layer_0": {"attn": {"q": rng.normal(size=(4, 2, 2)).astype(np.float32),
+                                 "o": rng.normal(size=(2, 2, 4)).astype(np.float32)},
+                        "attn_norm": {"scale": np.ones(4, np.float32)}},
+            "layer_1": {"mlp": {"up": rng.normal(size=(4, 6)).astype(np.float32)}}}
+  after = copy.deepcopy(before)
+  after["embedding"][0, :2] += 0.5  # 2 of 32 changed
+  after["layer_0"]["attn"]["q"][1, 0, 0] += 1e-6  # below τ: unchanged (not exactly zero)
+  after["layer_0"]["attn"]["q"][2, 1, 1] += 0.1  # 1 of 16 changed
+  after["layer_1"]["mlp"]["up"][:, :] += 0.01  # all 24 changed
+  return before, after
+
+
+def test_exact_counts_per_tensor_layer_and_global():
+  before, after = _trees()
+  report = sparsity.compare(sparsity.flatten(before), sparsity.flatten(after))
+  t = report["tensors"]
+  assert t["['embedding']"]["changed_fraction"] == 2 / 32
+  assert t["['layer_0']['attn']['q']"]["changed_fraction"] == 1 / 16
+  assert t["['layer_0']['attn']['q']"]["exact_zero_fraction"] == 14 / 16  # the 1e-6 is not 0
+  assert t["['layer_0']['attn']['o']"]["changed_fraction"] == 0.0
+  assert t["['layer_1']['mlp']['up']"]["changed_fraction"] == 1.0
+  n = 32 + 16 + 16 + 4 + 24
+  assert report["parameters"] == n
+  assert report["changed_fraction"] == pytest.approx((2 + 1 + 24) / n)
+  assert report["sparsity"] == pytest.approx(1 - (2 + 1 + 24) / n)
+  # Per layer: the mean of the tensors' changed fractions (layer 0: q 1/16, o 0, norm 0).
+  assert report["per_layer_changed_fraction"] == {"0": pytest.approx(1 / 48), "1": 1.0}
+  assert report["dtype"] == "float32" and report["tolerance"] == 1e-5
+
+
+def test_a_change_below_bf16_resolution_is_no_change():
+  before = {"w": np.full((4, 4), 1.0, np.float32)}
+  after = {"w": before["w"].copy()}
+  after["w"][0, 0] += 1e-3  # bf16 has 8 bits of mantissa: 1 + 1e-3 rounds to 1
+  after["w"][1, 1] += 0.25  # representable: a change
+  f32 = sparsity.compare(sparsity.flatten(before), sparsity.flatten(after))
+  bf16 = sparsity.compare(sparsity.flatten(before), sparsity.flatten(after), dtype="bfloat16")
+  assert f32["tensors"]["['w']"]["changed_fraction"] == 2 / 16
+  assert bf16["tensors"]["['w']"]["changed_fraction"] == 1 / 16
+  assert bf16["dtype"] == "bfloat16" and bf16["exact_zero_fraction"] == 15 / 16
+  # Stored bf16 arrays are compared as they are (the report names their dtype).
+  stored = sparsity.compare(sparsity.flatten({"w": jnp.asarray(before["w"], jnp.bfloat16)}),
+                            sparsity.flatten({"w": jnp.asarray(after["w"], jnp.bfloat16)}))
+  assert stored["dtype"] == "bfloat16" and stored["changed_fraction"] == 1 / 16
+
+
+def test_update_rank_of_a_constructed_rank_r_delta():
+  rng = np.random.default_rng(1)
+  for r in (1, 3, 8):
+    delta = rng.normal(size=(16, r)) @ rng.normal(size=(r, 8))
+    assert sparsity.update_rank(delta) == r / 8
+  assert sparsity.update_rank(np.zeros((4, 4))) == 0.0
+  # An attention output projection [heads, head_dim, d] is the matrix [heads·head_dim, d].
+  o = rng.normal(size=(2, 3, 5))
+  assert sparsity.matrix_view("['layer_0']['attn']['o']", o).shape == (6, 5)
+  assert sparsity.matrix_view("['layer_0']['attn']['q']", np.zeros((5, 2, 3))).shape == (5, 6)
+  assert sparsity.matrix_view("['final_norm']['scale']", np.zeros(5)) is None
+  before, after = _trees()
+  report = sparsity.compare(sparsity.flatten(before), sparsity.flatten(after))
+  assert report["tensors"]["['layer_1']['mlp']['up']"]["update_rank"] == 1 / 4  # a constant shift
+  assert report["tensors"]["['layer_0']['attn_norm']['scale']"]["update_rank"] is None
+
+
+def test_overlap_and_its_chance_level():
+  base = {"w": np.zeros(100, np.float32)}
+  a = {"w": base["w"].copy()}
+  b = {"w": base["w"].copy()}
+  a["w"][:20] = 1.0  # A: 20 entries
+  b["w"][10:50] = 1.0  # B: 40 entries, 10 shared with A
+  report = sparsity.compare(sparsity.flatten(base), sparsity.flatten(a),
+                            against=sparsity.flatten(b))
+  assert report["overlap"] == 10 / 20 and report["overlap_chance"] == 40 / 100
+  with pytest.raises(ValueError, match="order differs"):
+    sparsity.compare(sparsity.flatten(base), sparsity.flatten({"v": a["w"]}))
+
+
+def test_analyze_sparsity_of_a_run_against_its_warm_start(tiny, tmp_path, capsys):
+  from conftest import replace
+
+  from jaxrl_llm import cli
+  from jaxrl_llm.config import InitConfig
+  from jaxrl_llm.train import sft_loop
+
+  start = str(tmp_path / "start")
+  sft_loop.train(replace(tiny, train=dict(steps=2, eval_every=0, test_examples=0)), start)
+  after = str(tmp_path / "after")
+  sft_loop.train(replace(tiny, init=InitConfig(policy_run=start),
+                         train=dict(steps=2, eval_every=0, test_examples=0)), after)
+  assert cli.main(["analyze", "sparsity", after, "--dtype", "bfloat16"]) == 0
+  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert line["dtype"] == "bfloat16" and 0.0 <= line["sparsity"] < 1.0
+  assert os.path.exists(os.path.join(after, "analysis", "sparsity.png"))
+  report = json.load(open(os.path.join(after, "analysis", "sparsity.json")))
+  assert report["before"] == start and "0" in report["per_layer_changed_fraction"]
+  # step:N of the same run, and a clear error for a directory that is neither kind.
+  assert cli.main(["analyze", "sparsity", after, "--before", "step:2", "--out",
+                   str(tmp_path / "same")]) == 0
+  same = json.load(open(tmp_path / "same" / "sparsity.json"))
+  assert same["sparsity"] == 1.0 and same["exact_zero_fraction"] == 1.0
+  capsys.readouterr()
+  assert cli.main(["analyze", "sparsity", after, "--before", str(tmp_path)]) == 2
+  assert "neither a run directory nor a Hugging Face checkpoint" in capsys.readouterr().err
