@@ -12,6 +12,7 @@
                   [--rollouts N] [--prompts N] [--delimiter ';'] [--seed S]
   jaxrl-llm analyze sparsity RUN_OR_HF_DIR [--before RUN_OR_HF_DIR|step:N] [--against RUN]
                   [--tol 1e-5] [--dtype bfloat16] [--out DIR]
+  jaxrl-llm analyze entropy RUN [--reward METRIC] [--out DIR]
   jaxrl-llm list
 
 Configuration errors (unknown key, wrong type, invalid value) are reported with the offending
@@ -97,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
   ls.add_argument("--seed", type=int, default=0)
   an = sub.add_parser("analyze", help="analyses of runs: 'sparsity' -- which parameters a run "
                       "changed (global, per tensor, per layer, update rank, overlap with a second "
-                      "run), JSON + heat map")
-  an.add_argument("analysis", choices=["sparsity"])
+                      "run), JSON + heat map; 'entropy' -- the fit R = -a*exp(H) + b over the "
+                      "run's steps, JSON + plot")
+  an.add_argument("analysis", choices=["sparsity", "entropy"])
   an.add_argument("run", help="the run directory (or Hugging Face checkpoint) after training")
   an.add_argument("--before", help="the starting point: a run / HF directory or step:N of RUN "
                   "(default: the run's own starting policy)")
@@ -106,8 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                   "sets vs chance")
   an.add_argument("--tol", type=float, default=1e-5, help="|Δ| <= tol counts as unchanged")
   an.add_argument("--dtype", help="compare in this storage dtype (default: as stored)")
-  an.add_argument("--out", help="directory for sparsity.json / sparsity.png (default "
-                  "RUN/analysis)")
+  an.add_argument("--reward", help="entropy: the reward metric (default reward/accuracy, else "
+                  "reward/mean)")
+  an.add_argument("--out", help="directory for the JSON and PNG (default RUN/analysis)")
   sub.add_parser("list", help="list the available experiments")
   return p
 
@@ -218,6 +221,16 @@ def main(argv=None) -> int:
       return _eval(args)
     if args.command == "label":
       return _label(args)
+    if args.command == "analyze" and args.analysis == "entropy":
+      from jaxrl_llm.analysis import entropy
+
+      try:
+        result = entropy.analyze(args.run, reward_key=args.reward, out_dir=args.out)
+      except ValueError as e:
+        print(f"jaxrl-llm: {e}", file=sys.stderr)
+        return 2
+      print(json.dumps(result))
+      return 0
     if args.command == "analyze":
       from jaxrl_llm.analysis.sparsity import analyze
 

@@ -117,3 +117,35 @@ def test_analyze_sparsity_of_a_run_against_its_warm_start(tiny, tmp_path, capsys
   capsys.readouterr()
   assert cli.main(["analyze", "sparsity", after, "--before", str(tmp_path)]) == 2
   assert "neither a run directory nor a Hugging Face checkpoint" in capsys.readouterr().err
+
+
+def test_the_entropy_law_fit_recovers_a_and_b(tmp_path, capsys):
+  from jaxrl_llm import cli
+  from jaxrl_llm.analysis import entropy
+
+  h = np.linspace(0.1, 1.2, 40)
+  r = -0.3 * np.exp(h) + 0.9
+  got = entropy.fit(h, r)
+  assert got["a"] == pytest.approx(0.3) and got["b"] == pytest.approx(0.9)
+  assert got["r2"] == pytest.approx(1.0) and got["ceiling"] == pytest.approx(0.6)
+  noisy = entropy.fit(h, r + np.random.default_rng(0).normal(0, 0.01, 40))
+  assert abs(noisy["a"] - 0.3) < 0.03 and 0.9 < noisy["r2"] < 1.0
+  with pytest.raises(ValueError, match="at least 3"):
+    entropy.fit([0.1, np.nan], [0.2, 0.3])
+  with pytest.raises(ValueError, match="same at every step"):
+    entropy.fit([0.5] * 4, [0.1, 0.2, 0.3, 0.4])
+  # The command on a run directory's metrics.jsonl (reward/accuracy preferred).
+  run = tmp_path / "run"
+  run.mkdir()
+  with open(run / "metrics.jsonl", "w") as f:
+    for hi, ri in zip(h, r):
+      f.write(json.dumps({"train/entropy": hi, "reward/accuracy": ri, "reward/mean": 0.0}) + "\n")
+  assert cli.main(["analyze", "entropy", str(run)]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["reward"] == "reward/accuracy" and out["a"] == pytest.approx(0.3)
+  assert os.path.exists(run / "analysis" / "entropy.png")
+  (tmp_path / "sft").mkdir()
+  (tmp_path / "sft" / "metrics.jsonl").write_text(json.dumps({"train/loss": 1.0}) + "\n")
+  assert cli.main(["analyze", "entropy", str(tmp_path / "sft")]) == 2
+  assert "no train/entropy" in capsys.readouterr().err
+  assert cli.main(["analyze", "entropy", str(tmp_path / "none")]) == 2
