@@ -124,6 +124,25 @@ def load_run(run_dir: str, *, restore: bool = True) -> RunArtifacts:
                       tokenizer=tokenizer, state=state, extra=extra, step=step)
 
 
+def run_tokenizer(config: Config, run_dir: str):
+  """``(tokenizer, model_config)`` of a run that starts from ``init.policy_run`` (that run's) or
+  from scratch (the run's own ``tokenizer/``, or a new character tokenizer); saved in
+  ``RUN_DIR/tokenizer`` so the run directory is self-contained."""
+  from jaxrl_llm.data import build_char_tokenizer, save_tokenizer
+
+  tok_dir = os.path.join(run_dir, "tokenizer")
+  have = os.path.exists(os.path.join(tok_dir, "tokenizer.json"))
+  if config.init.policy_run:
+    art = load_run(config.init.policy_run, restore=False)
+    tokenizer, model_config = art.tokenizer, art.model_config
+  else:
+    tokenizer = load_tokenizer(tok_dir) if have else build_char_tokenizer()
+    model_config = config.model.with_vocab(len(tokenizer))
+  if not have:
+    save_tokenizer(tokenizer, tok_dir)
+  return tokenizer, model_config
+
+
 def policy_source(config: Config):
   """``(model_config, tokenizer)`` of the policy a run starts from: ``init.policy_run`` or
   ``init.hf_checkpoint`` (a local Hugging Face directory), or ``(None, None)`` for a fresh model.

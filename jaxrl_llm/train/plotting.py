@@ -82,3 +82,18 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
   with open(os.path.join(os.path.dirname(out), "constants.json"), "w") as f:
     json.dump(constants, f, indent=1, sort_keys=True)
   return out
+
+
+def write_results(run_dir: str, result: dict, progress) -> None:
+  """The end of every loop: ``RUN_DIR/eval.json`` (the held-out ``result``), then the training
+  curves (:func:`plot_run`); a plotting failure is reported, never raised (it must not cost a
+  finished run)."""
+  import json
+
+  with open(os.path.join(run_dir, "eval.json"), "w") as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  try:
+    progress.message(f"plot: {plot_run(run_dir)}")
+  except Exception as e:  # noqa: BLE001 -- reported, and the run stays finished.
+    progress.message(f"plotting failed: {e!r}")
+

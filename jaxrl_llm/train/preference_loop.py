@@ -40,7 +40,6 @@ from jaxrl_llm.algorithms import reward_model as rm_lib
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import Config, ConfigError, save_json
-from jaxrl_llm.data import build_char_tokenizer, load_tokenizer, save_tokenizer
 from jaxrl_llm.data import preference as pref
 from jaxrl_llm.data.arithmetic import default_data_dir
 from jaxrl_llm.data.pipeline import bucket_cap, resolve_buckets
@@ -162,21 +161,9 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
   kind = _kind(config)
   mesh = make_mesh(config.mesh, devices)
   sft_loop.validate_geometry(config, mesh)  # Same batch geometry rules as SFT.
-  tok_dir = os.path.join(run_dir, "tokenizer")
-  if config.init.policy_run:
-    from jaxrl_llm.rundir.artifacts import load_run
+  from jaxrl_llm.rundir.artifacts import run_tokenizer
 
-    art = load_run(config.init.policy_run, restore=False)
-    tokenizer, model_config = art.tokenizer, art.model_config
-    if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-      save_tokenizer(tokenizer, tok_dir)
-  else:
-    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-      tokenizer = load_tokenizer(tok_dir)
-    else:
-      tokenizer = build_char_tokenizer()
-      save_tokenizer(tokenizer, tok_dir)
-    model_config = config.model.with_vocab(len(tokenizer))
+  tokenizer, model_config = run_tokenizer(config, run_dir)
   max_len = bucket_cap(config, model_config.max_seq_len)
   rows = preference_rows(config, kind)
   splits = {name: pref.encode_preference_split(r, tokenizer, kind=kind, split=name,
@@ -429,14 +416,9 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
       before = json.load(f)
     for k, v in before.items():
       result[k.replace("test/", "test/before_")] = v
-  with open(os.path.join(run_dir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  try:
-    from jaxrl_llm.train.plotting import plot_run
+  from jaxrl_llm.train.plotting import write_results
 
-    progress.message(f"plot: {plot_run(run_dir)}")
-  except Exception as e:  # A plotting failure must never cost a finished run.
-    progress.message(f"plotting failed: {e!r}")
+  write_results(run_dir, result, progress)
   shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
   progress.message(f"held-out results: {shown}")
 

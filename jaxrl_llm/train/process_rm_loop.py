@@ -36,7 +36,6 @@ from jaxrl_llm.algorithms import reward_model as rm_lib
 from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
 from jaxrl_llm.config import Config, ConfigError, save_json
 from jaxrl_llm.config.io import shrink_for_tests
-from jaxrl_llm.data import build_char_tokenizer, load_tokenizer, save_tokenizer
 from jaxrl_llm.data import steps as steps_lib
 from jaxrl_llm.data.pipeline import EpochOrder, bucket_cap, pick_bucket, resolve_buckets
 from jaxrl_llm.models import init_params
@@ -196,21 +195,9 @@ def build(config: Config, run_dir: str, *, devices=None) -> StepRMSetup:
     if getattr(tc, field) % shards:
       raise ConfigError(f"config field 'train.{field}': must be a multiple of the {shards} batch "
                         "shards (mesh data x fsdp)")
-  tok_dir = os.path.join(run_dir, "tokenizer")
-  if config.init.policy_run:
-    from jaxrl_llm.rundir.artifacts import load_run
+  from jaxrl_llm.rundir.artifacts import run_tokenizer
 
-    art = load_run(config.init.policy_run, restore=False)
-    tokenizer, model_config = art.tokenizer, art.model_config
-    if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-      save_tokenizer(tokenizer, tok_dir)
-  else:
-    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-      tokenizer = load_tokenizer(tok_dir)
-    else:
-      tokenizer = build_char_tokenizer()
-      save_tokenizer(tokenizer, tok_dir)
-    model_config = config.model.with_vocab(len(tokenizer))
+  tokenizer, model_config = run_tokenizer(config, run_dir)
   max_len = bucket_cap(config, model_config.max_seq_len)
   splits = {}
   for name, (rows, skipped) in _read_splits(config).items():
@@ -405,14 +392,9 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
       ckpt.save(done, state, {"step": done, "data_position": position}, force=final)
     if final:
       result = {k: v for k, v in line.items() if k.startswith("test/")}
-      with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-      try:
-        from jaxrl_llm.train.plotting import plot_run
+      from jaxrl_llm.train.plotting import write_results
 
-        progress.message(f"plot: {plot_run(run_dir)}")
-      except Exception as e:  # A plotting failure must never cost a finished run.
-        progress.message(f"plotting failed: {e!r}")
+      write_results(run_dir, result, progress)
       shown = {k: round(v, 4) for k, v in result.items()}
       progress.message(f"held-out results: {shown}")
   ckpt.close()

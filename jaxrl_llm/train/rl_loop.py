@@ -905,14 +905,9 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
       before = json.load(f)
     result["test/accuracy_before"] = before["test/accuracy"]
     result["test/improvement"] = result["test/accuracy"] - before["test/accuracy"]
-  with open(os.path.join(run_dir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  try:
-    from jaxrl_llm.train.plotting import plot_run
+  from jaxrl_llm.train.plotting import write_results
 
-    progress.message(f"plot: {plot_run(run_dir)}")
-  except Exception as e:  # A plotting failure must never cost a finished run.
-    progress.message(f"plotting failed: {e!r}")
+  write_results(run_dir, result, progress)
   if "test/accuracy" in result:
     msg = f"held-out test accuracy after RL: {result['test/accuracy']:.4f}"
     if "test/accuracy_before" in result:

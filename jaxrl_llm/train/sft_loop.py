@@ -14,7 +14,6 @@ Run directory layout::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -282,15 +281,9 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
 
 def _finish(run_dir: str, line: dict, progress: Progress) -> None:
   result = {k: v for k, v in line.items() if k.startswith("test/")}
-  with open(os.path.join(run_dir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  try:
-    from jaxrl_llm.train.plotting import plot_run
+  from jaxrl_llm.train.plotting import write_results
 
-    png = plot_run(run_dir)
-    progress.message(f"plot: {png}")
-  except Exception as e:  # A plotting failure must never cost a finished run.
-    progress.message(f"plotting failed: {e!r}")
+  write_results(run_dir, result, progress)
   if "test/exact_match" in result:
     progress.message(f"held-out test exact match: {result['test/exact_match']:.4f} "
                      f"({result['test/examples']} examples)")
