@@ -315,6 +315,28 @@ def _reward_models(args, warm_root: str, study, warm) -> dict:
   out["prm_exact_step_auc"] = auc(p_all, y_all)
   out["prm_exact_step_accuracy"] = float(np.mean((p_all > 0.5) == (y_all > 0.5)))
   out["exact_steps"] = int(len(y_all))
+  # Pooled AUC can come from telling easy problems from hard ones; best-of-N needs the order of
+  # solutions to the same problem: the fraction of (right, wrong) pairs of one prompt's test
+  # solutions that each model orders right.
+  test_rows = [json.loads(line) for line in open(os.path.join(prm_dir, "steps", "test.jsonl"))]
+  prompts = [r["prompt"] for r in test_rows]
+  texts = [";".join(r["steps"]) for r in test_rows]
+  outcome = np.asarray([r["outcome"] for r in test_rows])
+  for kind, d in (("prm", prm_dir), ("orm", orm_dir)):
+    scores = StepRewardModelFunction(d)(prompts, texts)
+    hits = total = 0
+    groups: dict = {}
+    for i, p in enumerate(prompts):
+      groups.setdefault(p, []).append(i)
+    for idx in groups.values():
+      for i in idx:
+        for j in idx:
+          if outcome[i] > outcome[j]:
+            total += 1
+            hits += float(scores[i] > scores[j]) + 0.5 * float(scores[i] == scores[j])
+    out[f"{kind}_within_prompt_pair_accuracy"] = hits / max(total, 1)
+    out[f"{kind}_pooled_outcome_auc"] = auc(scores, outcome)
+    out["within_prompt_pairs"] = total
   # Best-of-8 on the easy test split, the warm start sampling.
   art = load_run(os.path.join(warm_root, "sft"))
   setup, params = policy_sampler(art, os.path.join(warm_root, "sft"))
@@ -376,6 +398,12 @@ def _rm_table(rm: dict) -> list[str]:
   lines = ["", f"PRM vs exact step labels (warm start's test solutions, {rm['exact_steps']} steps): "
            f"AUC {rm['prm_exact_step_auc']:.3f}, accuracy {rm['prm_exact_step_accuracy']:.3f}; "
            f"on its Monte-Carlo test labels: AUC {rm['prm_test'].get('test/step_auc', float('nan')):.3f}",
+           "", f"Solutions to the same test problem ({rm.get('within_prompt_pairs', 0)} right/wrong "
+           "pairs), ordered right: PRM "
+           f"{rm.get('prm_within_prompt_pair_accuracy', float('nan')):.3f}, ORM "
+           f"{rm.get('orm_within_prompt_pair_accuracy', float('nan')):.3f} (pooled outcome AUC: "
+           f"PRM {rm.get('prm_pooled_outcome_auc', float('nan')):.3f}, ORM "
+           f"{rm.get('orm_pooled_outcome_auc', float('nan')):.3f})",
            "", "| best of 8 (easy test) | accuracy |", "|---|---|"]
   b = rm["best_of_8"]
   for k in ("greedy", "sample", "majority_vote"):
