@@ -1,5 +1,7 @@
-"""``reasoning-prime``: PRIME with an online implicit PRM on the reasoning task (see
-:mod:`experiments.reasoning`)."""
+"""``reasoning-prime``: PRIME with an online implicit PRM on the reasoning task.
+
+See :mod:`experiments.reasoning`.
+"""
 
 from experiments import reasoning
 

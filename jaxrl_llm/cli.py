@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
   run.add_argument("--run-dir", help="run directory (default: logging.runs_root/<name>-<time>)")
   res = sub.add_parser("resume", help="continue a run from its newest complete checkpoint")
   res.add_argument("run_dir")
-  ev = sub.add_parser("eval", help="greedy exact match of a run's newest checkpoint")
+  ev = sub.add_parser("eval", help="greedy accuracy of a run's newest checkpoint (with --best-of N "
+                      "--scorer rm:RUN: best-of-N reranking)")
   ev.add_argument("run_dir")
   ev.add_argument("--split", default="test", choices=["test", "validation"])
   ev.add_argument("--limit", type=int, default=0, help="rows to evaluate (0: all)")
