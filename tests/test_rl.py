@@ -68,7 +68,9 @@ def _fixed_batch(config: pg.Config, params, apply_fn):
   inputs = {"scores": scores, "group_ids": jnp.repeat(jnp.arange(N // G), G),
             "mask": jnp.asarray(mask), "old_logp": old, "ref_logp": ref,
             "kl_coef": jnp.asarray(config.kl_coef, jnp.float32),
-            "baseline_scores": jnp.full((N,), 0.5, jnp.float32)}
+            "baseline_scores": jnp.full((N,), 0.5, jnp.float32),
+            # PRIME's implicit per-token rewards (read only by its estimator).
+            "process_rewards": jnp.asarray(0.05 * rng.normal(size=(N, T)) * mask, jnp.float32)}
   adv, _ = pg.prepare(inputs, config, num_groups=N // G)
   return {"tokens": jnp.asarray(tokens), "attention_mask": jnp.asarray(attention),
           "mask": jnp.asarray(mask), "advantages": adv, "old_logp": old, "ref_logp": ref,
