@@ -149,3 +149,65 @@ def test_the_entropy_law_fit_recovers_a_and_b(tmp_path, capsys):
   assert cli.main(["analyze", "entropy", str(tmp_path / "sft")]) == 2
   assert "no train/entropy" in capsys.readouterr().err
   assert cli.main(["analyze", "entropy", str(tmp_path / "none")]) == 2
+
+
+def test_masked_updates_leave_masked_parameters_bit_identical():
+  import jax
+  import optax
+
+  from jaxrl_llm.algorithms.common import make_optimizer
+  from jaxrl_llm.config import OptimizerConfig
+
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
+  mask = {"w": rng.random((6, 5)) < 0.5, "b": np.array([True, False, True, False, True])}
+  tx, _ = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=0,
+                                         weight_decay=0.1), 10)
+  tx = optax.chain(tx, sparsity.masked_updates(mask))
+  state = tx.init(params)
+  p = params
+  for step in range(4):
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.3 * (step + 1)), p)
+    updates, state = tx.update(grads, state, p)
+    p = optax.apply_updates(p, updates)
+  for k in params:
+    before, after = np.asarray(params[k]), np.asarray(p[k])
+    np.testing.assert_array_equal(after[~mask[k]], before[~mask[k]])  # bit-identical
+    assert np.all(after[mask[k]] != before[mask[k]])
+
+
+def test_subnetwork_only_sft_keeps_the_rest_of_the_policy_fixed(tiny, tmp_path):
+  import jax
+  from conftest import replace
+
+  from jaxrl_llm.config import ConfigError, InitConfig
+  from jaxrl_llm.rundir.artifacts import load_run
+  from jaxrl_llm.train import sft_loop
+
+  quick = dict(steps=2, eval_every=0, test_examples=0)
+  tiny = replace(tiny, model=dict(tie_embeddings=False))
+  start = str(tmp_path / "start")
+  sft_loop.train(replace(tiny, train=quick), start)
+  # Untied, without weight decay, the input-embedding rows of characters the task never uses get
+  # no update: they are outside run A's changed set.
+  first = str(tmp_path / "a")
+  sft_loop.train(replace(tiny, init=InitConfig(policy_run=start), train=quick,
+                         optimizer=dict(weight_decay=0.0)), first)
+  mask = sparsity.update_mask(first)
+  assert 0 < sum(int(m.sum()) for m in jax.tree.leaves(mask)) < sum(
+      m.size for m in jax.tree.leaves(mask))
+  # Run B, with weight decay (which would move every matrix), may update only A's set.
+  second = str(tmp_path / "b")
+  sft_loop.train(replace(tiny, init=InitConfig(policy_run=start),
+                         train=dict(quick, update_mask=first),
+                         optimizer=dict(weight_decay=0.1)), second)
+  p0 = load_run(start).policy_params()
+  p2 = load_run(second).policy_params()
+  for m, a, b in zip(jax.tree.leaves(mask), jax.tree.leaves(p0), jax.tree.leaves(p2)):
+    np.testing.assert_array_equal(np.asarray(b)[~m], np.asarray(a)[~m])
+  assert any(np.any(np.asarray(b)[m] != np.asarray(a)[m])
+             for m, a, b in zip(jax.tree.leaves(mask), jax.tree.leaves(p0), jax.tree.leaves(p2)))
+  with pytest.raises(ConfigError, match="train.update_mask"):
+    sft_loop.train(replace(tiny, train=dict(quick, update_mask=str(tmp_path / "none"))),
+                   str(tmp_path / "c"))

@@ -299,5 +299,61 @@ def _start_of(run_dir: str) -> str:
                    "init.policy_run): pass --before RUN_OR_HF_DIR or --before step:N")
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# Subnetwork-only training (the paper's "train only the subnetwork RL updated").
+
+
+def update_mask(run_dir: str, *, before: str | None = None, tol: float = TOLERANCE,
+                dtype: str | None = None):
+  """The changed set of a finished run as a params-shaped pytree of bool numpy arrays:
+  ``|θ¹ − θ⁰| > tol`` in the stored (or ``dtype``) precision, ``θ⁰`` the run's starting policy
+  (or ``before``), ``θ¹`` its final policy."""
+  import jax
+
+  from jaxrl_llm.rundir.artifacts import load_run
+
+  start = before or _start_of(run_dir)
+  p0 = load_run(start).policy_params()
+  p1 = load_run(run_dir).policy_params()
+  if jax.tree.structure(p0) != jax.tree.structure(p1):
+    raise ValueError(f"{run_dir!r} and its start {start!r} hold different parameter trees")
+  return jax.tree.map(lambda a, b: compare_tensor("", a, b, tol=tol, dtype=dtype,
+                                                  rank=False)[1], p0, p1)
+
+
+def masked_updates(mask):
+  """An optax transform that zeroes the updates of parameters where ``mask`` is false; chained
+  after the optimizer, those parameters stay bit-identical to their start at every step (weight
+  decay included). The mask lives in the transform's state (sharded like the params, saved with
+  the optimizer state); ``init`` embeds it as a constant of the jitted state constructor, which
+  is fine at the sizes this runs on but not for billion-parameter models."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  mask_leaves, mask_def = jax.tree.flatten(mask)
+
+  def init_fn(params):
+    leaves, treedef = jax.tree.flatten(params)
+    if len(leaves) != len(mask_leaves):
+      # optax.tree_map_params probes with one placeholder for the whole params tree: answer
+      # with it, which marks the mask as params-shaped (sharded as the params are).
+      return {"mask": params}
+    if treedef != mask_def:
+      raise ValueError("train.update_mask: the mask's tree differs from the params' tree")
+    return {"mask": jax.tree.unflatten(treedef, [jnp.asarray(m, bool).reshape(p.shape)
+                                                 for m, p in zip(mask_leaves, leaves)])}
+
+  def update_fn(updates, state, params=None):
+    del params
+    out = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates, state["mask"])
+    return out, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 __all__ = ["TOLERANCE", "TensorStats", "analyze", "compare", "compare_tensor", "flatten",
-           "heatmap", "iter_source", "layer_of", "matrix_view", "summarize", "update_rank"]
+           "heatmap", "iter_source", "layer_of", "masked_updates", "matrix_view", "summarize",
+           "update_mask", "update_rank"]

@@ -767,6 +767,11 @@ class TrainConfig:
   # (RL) Evaluation decoding: 0 = greedy; > 0 = one sample per prompt at this temperature, fixed
   # key (for tasks where the argmax answer is degenerate, e.g. the sorted-digits preference task).
   eval_temperature: float = 0.0
+  # Subnetwork-only training (docs/algorithms.md §20): a finished run directory whose changed set
+  # (|Δ| > 1e-5 against its own starting policy, in its stored dtype) is the only part of the
+  # policy this run may update; every other parameter stays bit-identical to the start. Start
+  # this run where that one started (same init). SFT and the policy-gradient family.
+  update_mask: str = ""
 
   def __post_init__(self):
     _positive("train", self, "steps", "batch_size", "grad_accum_steps", "checkpoint_every",

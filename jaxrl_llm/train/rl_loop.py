@@ -361,6 +361,10 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
 
   model = Decoder(model_config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps * ac.epochs * ac.minibatches)
+  if tc.update_mask and ac.name == "ppo":
+    raise ConfigError("config field 'train.update_mask': subnetwork-only training covers SFT and "
+                      "the policy-gradient family, not PPO's actor-critic state")
+  tx = sft_loop.subnetwork_only(tx, config)
   pg_config = pg.config_from(ac, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens)
   abstract = abstract_params(model_config)
   param_shardings = tree_shardings(abstract, param_logical_axes(model_config), mesh)

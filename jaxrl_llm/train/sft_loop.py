@@ -129,6 +129,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
                        data_key=rng_lib.purpose_key(config.seed, "data"), shuffle=dc.shuffle)
   model = Decoder(model_config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps)
+  tx = subnetwork_only(tx, config)
 
   init_key = rng_lib.purpose_key(config.seed, "init")
   dropout_key = rng_lib.purpose_key(config.seed, "dropout")
@@ -287,6 +288,23 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
   if "test/exact_match" in result:
     progress.message(f"held-out test exact match: {result['test/exact_match']:.4f} "
                      f"({result['test/examples']} examples)")
+
+
+def subnetwork_only(tx, config: Config):
+  """``tx`` followed by :func:`jaxrl_llm.analysis.sparsity.masked_updates` of the changed set of
+  ``train.update_mask`` (a finished run), or ``tx`` itself when none is named."""
+  run = config.train.update_mask
+  if not run:
+    return tx
+  import optax
+
+  from jaxrl_llm.analysis.sparsity import masked_updates, update_mask
+
+  try:
+    mask = update_mask(run)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"config field 'train.update_mask': {e}") from None
+  return optax.chain(tx, masked_updates(mask))
 
 
 def warm_start_config(config: Config) -> Config:
