@@ -255,10 +255,11 @@ def encode_step_split(solutions: Sequence[StepSolution], tokenizer, *, split: st
       raise BadRowError(f"{split} row {index} field 'prompt': {len(prompt_ids)} tokens leave no "
                         f"room for a solution within {max_len} (raise model.max_seq_len or the "
                         "data.length_buckets, or set data.on_bad_row=skip)")
-    full = encode_steps(tokenizer, sol, delimiter=delimiter, final_delimiter=final_delimiter)
-    enc = encode_steps(tokenizer, sol, delimiter=delimiter, max_tokens=room,
-                       final_delimiter=final_delimiter)
-    cut = len(full.ids) > room
+    enc = encode_steps(tokenizer, sol, delimiter=delimiter, final_delimiter=final_delimiter)
+    cut = len(enc.ids) > room
+    if cut:  # a step whose label token lies past the room is unlabelled (as max_tokens does)
+      enc = EncodedSteps(enc.ids[:room], np.where(enc.positions < room, enc.positions, -1),
+                         np.where(enc.positions < room, enc.labels, np.nan).astype(np.float32))
     ids = prompt_ids + enc.ids + ([] if cut else [tokenizer.eos_token_id])
     pos = np.where(enc.positions >= 0, enc.positions + len(prompt_ids), -1)
     tokens.append(np.asarray(ids, np.int32))
