@@ -146,13 +146,24 @@ def test_sharded_load_equals_one_device(checkpoints):
                              rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_load(checkpoints):
+def test_bfloat16_load_and_export_round_trip(checkpoints, tmp_path):
   path, model = checkpoints["llama"]
   params, config = load_hf(path, param_dtype="bfloat16", dtype="bfloat16")
   assert params["embedding"].dtype == jnp.bfloat16
   got = ours(params, config)
   assert got.dtype == np.float32  # Logits always accumulate in float32.
   assert rel_err(got, hf_logits(model)) < 5e-2
+  # Export in the stored dtype and back: bit-identical; transformers reads it as bfloat16.
+  save_hf(params, config, str(tmp_path / "bf16"))
+  again, config2 = load_hf(str(tmp_path / "bf16"), param_dtype="bfloat16", dtype="bfloat16")
+  assert config2.param_dtype == "bfloat16"
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    assert b.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"),
+                                                               torch_dtype=torch.bfloat16).eval()
+  assert next(reloaded.parameters()).dtype == torch.bfloat16
+  assert rel_err(hf_logits(reloaded), got) < 5e-2
 
 
 def _rewrite(path, dst, *, drop=None, add=None, reshape=None):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -96,6 +96,56 @@ def make_optimizer(config: OptimizerConfig, total_steps: int):
   return optax.chain(*parts), schedule
 
 
+class MasterWeightsState(NamedTuple):
+  """State of :func:`with_master_weights`: the float32 master copy of the params and the inner
+  optimizer's state (built on that copy)."""
+
+  master: Any
+  inner: Any
+
+
+def with_master_weights(tx: optax.GradientTransformation,
+                        param_dtype: str = "float32") -> optax.GradientTransformation:
+  """``tx`` run on a float32 master copy of params stored in a narrower dtype.
+
+  With ``param_dtype`` ``float32`` this is ``tx`` itself. Otherwise the state is
+  :class:`MasterWeightsState`: the optimizer (moments, weight decay, masks) works on the float32
+  master, which accumulates every update exactly as a float32 run would; the stored params are
+  ``master.astype(param_dtype)`` after each step (:func:`guarded_apply` writes them so, rounding to
+  nearest even). Small updates therefore add up in the master even when each is below the
+  storage dtype's resolution (mixed-precision training as in Micikevicius et al., 2018,
+  "Mixed Precision Training", arXiv:1710.03740). The returned updates are the master's float32
+  steps.
+  """
+  if param_dtype == "float32":
+    return tx
+
+  def to_f32(p):
+    # optax.tree_map_params probes init with a placeholder object: pass it through, which marks
+    # the master copy as params-shaped (sharded like the params).
+    return p.astype(jnp.float32) if hasattr(p, "astype") else p
+
+  def init_fn(params):
+    master = jax.tree.map(to_f32, params)
+    return MasterWeightsState(master=master, inner=tx.init(master))
+
+  def update_fn(updates, state, params=None):
+    del params
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32), updates)
+    steps, inner = tx.update(grads, state.inner, state.master)
+    master = optax.apply_updates(state.master, steps)
+    return steps, MasterWeightsState(master=master, inner=inner)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def update_dtype(grads, params):
+  """Gradients cast for the optimizer: each leaf in its param's dtype, but never narrower than
+  float32 (a bf16-stored model keeps float32 gradients for its float32 master copy)."""
+  return jax.tree.map(lambda g, p: g.astype(jnp.promote_types(p.dtype, jnp.float32)), grads,
+                      params)
+
+
 def tree_all_finite(tree) -> jax.Array:
   """``bool[]``: every element of every leaf is finite."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
@@ -109,7 +159,10 @@ def guarded_apply(state: TrainState, grads, tx: optax.GradientTransformation, fi
   The step counter advances either way, so data and PRNG streams stay aligned with the step.
   """
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
+  if isinstance(new_opt_state, MasterWeightsState):  # Stored params = the rounded master.
+    new_params = jax.tree.map(lambda m, p: m.astype(p.dtype), new_opt_state.master, state.params)
+  else:
+    new_params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   return state.replace(step=state.step + 1, params=keep(new_params, state.params),
                        opt_state=keep(new_opt_state, state.opt_state),
@@ -143,7 +196,7 @@ def accumulate_and_apply(state: TrainState, tx: optax.GradientTransformation, gr
   scalar = jnp.zeros((), jnp.float32)
   init = (zeros, scalar, {name: scalar for name in metric_names})
   (grads, loss, sums), _ = jax.lax.scan(micro_step, init, (batch, weights))
-  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+  grads = update_dtype(grads, state.params)
   finite = jnp.isfinite(loss) & tree_all_finite(grads)
   new_state = guarded_apply(state, grads, tx, finite)
   step_metrics = {

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_llm import ops
-from jaxrl_llm.algorithms.common import guarded_apply, tree_all_finite
+from jaxrl_llm.algorithms.common import guarded_apply, tree_all_finite, update_dtype
 from jaxrl_llm.config.schema import AlgorithmConfig, ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
 from jaxrl_llm.models.decoder import lm_head_weight, logprob_kwargs
@@ -452,7 +452,7 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
             {k: zero for k in _AVERAGED}, zero)
     (grads, loss, ent, diag, dev), _ = jax.lax.scan(micro_step, init,
                                                     (micro, jnp.arange(a_count)))
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    grads = update_dtype(grads, state.params)
     finite = jnp.isfinite(loss) & tree_all_finite(grads)
     lr = jnp.asarray(schedule(state.step), jnp.float32)
     new_state = guarded_apply(state, grads, tx, finite)

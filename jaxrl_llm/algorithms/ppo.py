@@ -72,7 +72,7 @@ import optax
 from jaxrl_llm import ops
 from jaxrl_llm.algorithms import policy_gradient
 from jaxrl_llm.algorithms.common import (TrainState, guarded_apply, train_state_shardings,
-                                         tree_all_finite)
+                                         tree_all_finite, update_dtype)
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
 from jaxrl_llm.models import heads
@@ -574,7 +574,7 @@ def make_update(policy_apply: Callable, model_config: ModelConfig,
             {k: zero for k in _CRITIC_DIAG}, jnp.zeros((_EV_STATS,), jnp.float32), zero)
     (grads, sums, a_diag, c_diag, ev, dev), _ = jax.lax.scan(
         micro_step, init, (micro, jnp.arange(a_count)))
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    grads = update_dtype(grads, params)
     a_loss, c_loss, ent = sums[0], sums[1], sums[2]
     metrics = dict({f"actor/{k}": v for k, v in a_diag.items()},
                    **{f"critic/{k}": v for k, v in c_diag.items()})

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_llm import ops
-from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite
+from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite, update_dtype
 from jaxrl_llm.algorithms.policy_gradient import response_logprobs
 from jaxrl_llm.config.schema import AlgorithmConfig, ModelConfig
 
@@ -160,7 +160,7 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
   def update(state: TrainState, batch: dict):
     chex.assert_rank([batch["tokens"], batch["mask"], batch["labels"]], [2, 2, 1])
     (loss, (diag, logp)), grads = grad_fn(state.params, batch)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    grads = update_dtype(grads, state.params)
     finite = jnp.isfinite(loss) & tree_all_finite(grads)
     new_state = guarded_apply(state, grads, tx, finite)
     metrics = {"prm/loss": loss, **{f"prm/{k}": v for k, v in diag.items()},

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite
+from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite, update_dtype
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.models import heads
 from jaxrl_llm.ops import process
@@ -110,7 +110,7 @@ def make_update(model_config: ModelConfig, tx: optax.GradientTransformation, sch
 
   def update(state: TrainState, batch: dict):
     (loss, diag), grads = grad_fn(state.params, batch)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    grads = update_dtype(grads, state.params)
     finite = jnp.isfinite(loss) & tree_all_finite(grads)
     new_state = guarded_apply(state, grads, tx, finite)
     return new_state, {"train/loss": loss, "rm/accuracy": diag["accuracy"],

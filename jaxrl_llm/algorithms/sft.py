@@ -26,7 +26,7 @@ import optax
 
 from jaxrl_llm import ops
 from jaxrl_llm import rng as rng_lib
-from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite
+from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite, update_dtype
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
 from jaxrl_llm.models.decoder import lm_head_weight, logprob_kwargs
@@ -98,7 +98,7 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
             jnp.zeros((), jnp.float32))
     (grads, loss, correct, count), _ = jax.lax.scan(
         micro_step, init, (batch, weights, jnp.arange(accum)))
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    grads = update_dtype(grads, state.params)
     finite = jnp.isfinite(loss) & tree_all_finite(grads)
     new_state = guarded_apply(state, grads, tx, finite)
     metrics = {

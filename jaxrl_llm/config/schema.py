@@ -61,8 +61,11 @@ class ModelConfig:
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
   dropout_rate: float = 0.0
+  # Storage dtype of the params (TrainState, checkpoints, export). Narrower than float32: the
+  # optimizer keeps a float32 master copy in its state and stores its rounding (mixed precision).
+  # A run that starts from another run or a HF checkpoint casts the source to this dtype.
   param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-  dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+  dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # Compute dtype of the matmuls.
   # Family switches.
   norm: Literal["rms", "layer"] = "rms"
   norm_offset: bool = False  # Gemma: RMSNorm scales by (1 + w).

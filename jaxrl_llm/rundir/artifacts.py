@@ -41,8 +41,9 @@ class RunArtifacts:
   extra: dict
   step: int
 
-  def policy_params(self) -> dict:
-    """The decoder params of the run's policy (SFT, RL, DPO, PPO actor)."""
+  def policy_params(self, dtype: str | None = None) -> dict:
+    """The decoder params of the run's policy (SFT, RL, DPO, PPO actor); every leaf cast to
+    ``dtype`` (e.g. the new run's ``model.param_dtype``) when given."""
     state = self.state
     if "actor" in state:  # PPO: actor TrainState (+ critic).
       state = state["actor"]
@@ -51,6 +52,11 @@ class RunArtifacts:
       params = params["policy"]
     if "trunk" in params:
       raise ValueError(f"{self.run_dir} holds a reward/value model, not a policy")
+    if dtype:
+      import jax
+      import jax.numpy as jnp
+
+      params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
     return params
 
   def head_params(self) -> dict:
@@ -70,8 +76,15 @@ def _model_config(config: Config, tokenizer):
       return config_from_hf(json.load(f), param_dtype=config.model.param_dtype,
                             dtype=config.model.dtype)
   if config.init.policy_run:
-    return load_run(config.init.policy_run, restore=False).model_config
+    return stored_as(load_run(config.init.policy_run, restore=False).model_config, config)
   return config.model.with_vocab(len(tokenizer))
+
+
+def stored_as(model_config, config: Config):
+  """A source run's model config with this run's ``model.param_dtype`` (storage) and
+  ``model.dtype`` (compute): the architecture comes from the source, the dtypes from the run."""
+  return dataclasses.replace(model_config, param_dtype=config.model.param_dtype,
+                             dtype=config.model.dtype)
 
 
 def load_run(run_dir: str, *, restore: bool = True) -> RunArtifacts:
@@ -134,7 +147,7 @@ def run_tokenizer(config: Config, run_dir: str):
   have = os.path.exists(os.path.join(tok_dir, "tokenizer.json"))
   if config.init.policy_run:
     art = load_run(config.init.policy_run, restore=False)
-    tokenizer, model_config = art.tokenizer, art.model_config
+    tokenizer, model_config = art.tokenizer, stored_as(art.model_config, config)
   else:
     tokenizer = load_tokenizer(tok_dir) if have else build_char_tokenizer()
     model_config = config.model.with_vocab(len(tokenizer))
@@ -154,7 +167,7 @@ def policy_source(config: Config):
   """
   if config.init.policy_run:
     art = load_run(config.init.policy_run, restore=False)
-    return art.model_config, art.tokenizer
+    return stored_as(art.model_config, config), art.tokenizer
   path = config.init.hf_checkpoint
   if not path:
     return None, None

@@ -37,7 +37,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import dpo as dpo_lib
 from jaxrl_llm.algorithms import reward_model as rm_lib
-from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
+from jaxrl_llm.algorithms.common import (TrainState, make_optimizer, train_state_shardings,
+                                         with_master_weights)
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import Config, ConfigError, save_json
 from jaxrl_llm.data import preference as pref
@@ -147,7 +148,7 @@ def _policy_start(config: Config, run_dir: str, setup: PreferenceSetup, devices)
   if ic.policy_run:
     from jaxrl_llm.rundir.artifacts import load_run
 
-    return jax.device_put(load_run(ic.policy_run).policy_params(), setup.policy_shardings)
+    return jax.device_put(load_run(ic.policy_run).policy_params(config.model.param_dtype), setup.policy_shardings)
   return init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
                      setup.mesh)[0]
 
@@ -179,6 +180,7 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
       shuffle=dc.shuffle, num_responses=None if kind == "ratings" else num_responses)
   model = Decoder(model_config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps)
+  tx = with_master_weights(tx, model_config.param_dtype)
   policy_abstract = abstract_params(model_config)
   policy_shardings = tree_shardings(policy_abstract, param_logical_axes(model_config), mesh)
   dropout_key = rng_lib.purpose_key(config.seed, "dropout")

@@ -33,7 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import process_rm
 from jaxrl_llm.algorithms import reward_model as rm_lib
-from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
+from jaxrl_llm.algorithms.common import (TrainState, make_optimizer, train_state_shardings,
+                                         with_master_weights)
 from jaxrl_llm.config import Config, ConfigError, save_json
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.data import steps as steps_lib
@@ -213,6 +214,7 @@ def build(config: Config, run_dir: str, *, devices=None) -> StepRMSetup:
   batcher.num_steps = num_steps
   algo = algo_config(config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps)
+  tx = with_master_weights(tx, model_config.param_dtype)
   policy_abstract = abstract_params(model_config)
   abstract = jax.eval_shape(lambda p: rm_lib.init_params(p, model_config, jax.random.PRNGKey(0)),
                             policy_abstract)
@@ -273,7 +275,7 @@ def _start_params(config: Config, run_dir: str, setup: StepRMSetup, devices):
   elif ic.policy_run:
     from jaxrl_llm.rundir.artifacts import load_run
 
-    policy = load_run(ic.policy_run).policy_params()
+    policy = load_run(ic.policy_run).policy_params(config.model.param_dtype)
   else:
     policy = init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
                          setup.mesh)[0]

@@ -40,7 +40,8 @@ from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import policy_gradient as pg
 from jaxrl_llm.algorithms import ppo
 from jaxrl_llm.algorithms import prime as prime_lib
-from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
+from jaxrl_llm.algorithms.common import (TrainState, make_optimizer, train_state_shardings,
+                                         with_master_weights)
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, InitConfig, save_json
 from jaxrl_llm.config.schema import OFF_POLICY_LOSSES
@@ -364,7 +365,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   if tc.update_mask and ac.name == "ppo":
     raise ConfigError("config field 'train.update_mask': subnetwork-only training covers SFT and "
                       "the policy-gradient family, not PPO's actor-critic state")
-  tx = sft_loop.subnetwork_only(tx, config)
+  tx = with_master_weights(sft_loop.subnetwork_only(tx, config), model_config.param_dtype)
   pg_config = pg.config_from(ac, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens)
   abstract = abstract_params(model_config)
   param_shardings = tree_shardings(abstract, param_logical_axes(model_config), mesh)
@@ -379,6 +380,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
           config.optimizer, learning_rate=ac.critic_learning_rate or config.optimizer.learning_rate)
       critic_tx, critic_schedule = make_optimizer(critic_opt,
                                                   tc.steps * ac.epochs * ac.minibatches)
+      critic_tx = with_master_weights(critic_tx, model_config.param_dtype)
     state_shardings = ppo.state_shardings(ppo_config, model_config, tx, critic_tx, abstract,
                                           param_shardings, mesh)
     make_state = jax.jit(lambda p: ppo.init_state(p, model_config, ppo_config, tx, critic_tx,
@@ -448,7 +450,7 @@ def _build_prime(ac, model, model_config, abstract, param_shardings, mesh, rows,
   """The implicit PRM's optimizer, state shardings (the policy's layout, on the same mesh) and
   jitted functions."""
   cfg = prime_lib.config_from(ac)
-  tx = prime_lib.make_optimizer(ac)
+  tx = with_master_weights(prime_lib.make_optimizer(ac), model_config.param_dtype)
   shardings = train_state_shardings(tx, abstract, param_shardings, mesh)
   make_state = jax.jit(lambda p: TrainState.create(p, tx, key), out_shardings=shardings)
   update = jax.jit(prime_lib.make_update(model.apply, model_config, tx, cfg),
@@ -725,7 +727,7 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
   if ic.policy_run:
     from jaxrl_llm.rundir.artifacts import load_run
 
-    params = load_run(ic.policy_run).policy_params()
+    params = load_run(ic.policy_run).policy_params(config.model.param_dtype)
     # The policy's layout (PPO's state nests it inside the actor, so not state_shardings.params).
     shardings = tree_shardings(abstract_params(setup.model_config),
                                param_logical_axes(setup.model_config), setup.mesh)

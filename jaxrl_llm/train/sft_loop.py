@@ -24,7 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrl_llm import rng as rng_lib
 from jaxrl_llm.algorithms import sft
-from jaxrl_llm.algorithms.common import TrainState, make_optimizer, train_state_shardings
+from jaxrl_llm.algorithms.common import (TrainState, make_optimizer, train_state_shardings,
+                                         with_master_weights)
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.config import AlgorithmConfig, Config, ConfigError, load_json, save_json
 from jaxrl_llm.data.pipeline import (bucket_cap, has_split, resolve_buckets, sft_rows,
@@ -129,7 +130,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
                        data_key=rng_lib.purpose_key(config.seed, "data"), shuffle=dc.shuffle)
   model = Decoder(model_config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps)
-  tx = subnetwork_only(tx, config)
+  tx = with_master_weights(subnetwork_only(tx, config), model_config.param_dtype)
 
   init_key = rng_lib.purpose_key(config.seed, "init")
   dropout_key = rng_lib.purpose_key(config.seed, "dropout")
@@ -152,7 +153,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
     elif ic.policy_run:
       from jaxrl_llm.rundir.artifacts import load_run
 
-      params = jax.device_put(load_run(ic.policy_run).policy_params(), param_shardings)
+      params = jax.device_put(load_run(ic.policy_run).policy_params(config.model.param_dtype), param_shardings)
     elif ic.hf_checkpoint:
       from jaxrl_llm.models.hf import load_hf
 
