@@ -168,6 +168,24 @@ def test_clip_cov_and_kl_cov_selection_sizes():
   assert float(diag["kl_cov_selected"]) == 200.0
 
 
+def test_covariance_stats_by_hand():
+  # 5 valid tokens (one padded, set to values that would dominate if counted).
+  logp = jnp.array([[-1.0, -2.0, -3.0], [-4.0, -5.0, 100.0]])
+  adv = jnp.array([[2.0, 1.0, 0.0], [0.0, -3.0, 50.0]])
+  mask = jnp.array([[True, True, True], [True, True, False]])
+  # mean logp = -3, mean A = 0: Cov = (2·2, 1·1, 0·0, -1·0, -2·-3) = (4, 1, 0, 0, 6).
+  stats = jax.jit(lambda a, b, c: ops.covariance_stats(a, b, c, clip_cov_lb=0.5,
+                                                       clip_cov_ub=5.0, kl_cov_ratio=0.2))(
+      logp, adv, mask)
+  assert float(stats["cov"]) == pytest.approx(11 / 5)
+  assert float(stats["cov_clip_band"]) == 2.0  # 4 and 1 (6 is above the band)
+  assert float(stats["cov_kl_topk"]) == 1.0  # max(floor(0.2·5), 1)
+  assert float(stats["cov_kl_topk_share"]) == pytest.approx(6 / 11)
+  empty = ops.covariance_stats(logp, adv, jnp.zeros_like(mask))
+  assert {k: float(v) for k, v in empty.items()} == {
+      "cov": 0.0, "cov_clip_band": 0.0, "cov_kl_topk": 0.0, "cov_kl_topk_share": 0.0}
+
+
 # --------------------------------------------------------------------------- edge cases (§1.6)
 
 def test_constant_groups_get_exactly_zero_advantage():

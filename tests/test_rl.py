@@ -145,7 +145,8 @@ def test_two_rl_steps_end_to_end(algorithm, data_dir, tmp_path):
                 "reward/accuracy", "response/length_mean", "response/length_max",
                 "response/clipped_fraction", "train/clipfrac", "train/clipfrac_lower",
                 "train/approx_kl_old", "train/entropy", "train/grad_norm",
-                "groups/zero_variance_fraction", "train/sampler_gap_abs_max"):
+                "groups/zero_variance_fraction", "train/sampler_gap_abs_max", "train/cov",
+                "train/cov_clip_band", "train/cov_kl_topk_share"):
       assert key in row and np.isfinite(row[key]), (algorithm, key)
     # On-policy: the first minibatch's ratio is exactly 1; sampler and trainer agree.
     assert row["train/ratio_first_max_dev"] == 0.0

@@ -410,7 +410,10 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
   ``train/kl_ref`` (KL term, when in the loss), ``train/grad_norm``, ``train/learning_rate``,
   ``train/ratio_first_max_dev`` (max ``|ρ − 1|`` at the first minibatch: 0 on-policy),
   ``train/sampler_gap_k1`` and ``train/sampler_gap_abs_max`` (trainer ``old_logp`` vs sampler),
-  ``train/skipped`` (optimizer steps skipped as non-finite in this call), ``train/skipped_total``.
+  ``train/skipped`` (optimizer steps skipped as non-finite in this call), ``train/skipped_total``;
+  the entropy dynamics of the whole batch (:func:`jaxrl_llm.ops.covariance_stats` of
+  ``old_logp`` and the advantages): ``train/cov``, ``train/cov_clip_band``, ``train/cov_kl_topk``,
+  ``train/cov_kl_topk_share``.
   """
   e_count, m_count, a_count = config.epochs, config.minibatches, config.micro_batches
 
@@ -481,6 +484,9 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     sampled = batch["mask"] & ~batch["off_policy"] if "off_policy" in batch else batch["mask"]
     _, gap = ops.truncated_is_weights(batch["old_logp"], batch["sampler_logp"], sampled,
                                       cap=max(config.tis_cap, 1.0))
+    cov = ops.covariance_stats(batch["old_logp"], batch["advantages"], batch["mask"],
+                               clip_cov_lb=config.clip_cov_lb, clip_cov_ub=config.clip_cov_ub,
+                               kl_cov_ratio=config.kl_cov_ratio)
 
     def body(state, xs):
       rows, i = xs
@@ -504,6 +510,7 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
         "train/sampler_gap_abs_max": gap["sampler_gap_abs_max"],
         "train/skipped": jnp.sum(per_step["skipped"]),
         "train/skipped_total": state.skipped_steps.astype(jnp.float32),
+        **{f"train/{k}": v for k, v in cov.items()},
     }
     if config.kl_in_loss:
       metrics["train/kl_ref"] = mean(per_step["kl_loss"])

@@ -640,6 +640,10 @@ def make_update(policy_apply: Callable, model_config: ModelConfig,
     order = perms.reshape(e_count * m_count, n // m_count)
     _, gap = ops.truncated_is_weights(batch["old_logp"], batch["sampler_logp"], batch["mask"],
                                       cap=max(config.tis_cap, 1.0))
+    cov = ops.covariance_stats(batch["old_logp"], batch["advantages"], batch["mask"],
+                               clip_cov_lb=pg_config.clip_cov_lb,
+                               clip_cov_ub=pg_config.clip_cov_ub,
+                               kl_cov_ratio=pg_config.kl_cov_ratio)
 
     def body(state, xs):
       rows, i = xs
@@ -668,6 +672,7 @@ def make_update(policy_apply: Callable, model_config: ModelConfig,
                                 ).astype(jnp.float32),
         "train/sampler_gap_k1": gap["sampler_gap_k1"],
         "train/sampler_gap_abs_max": gap["sampler_gap_abs_max"],
+        **{f"actor/{k}": v for k, v in cov.items()},
     })
     if config.shared:
       metrics["train/grad_norm"] = mean("train/grad_norm")

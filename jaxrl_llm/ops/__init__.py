@@ -25,8 +25,8 @@ from jaxrl_llm.ops.basic import (AGGREGATION_MODES, aggregate_loss, aggregation_
                                  sft_token_nll, token_logprobs)
 from jaxrl_llm.ops.kl import (KL_KINDS, AdaptiveKLController, FixedKLController, KLController,
                               KLControllerState, kl_penalty)
-from jaxrl_llm.ops.policy import (clip_cov_loss, gspo_loss, kl_cov_loss, luffy_loss,
-                                  ppo_clip_loss, srft_loss, token_covariance,
+from jaxrl_llm.ops.policy import (clip_cov_loss, covariance_stats, gspo_loss, kl_cov_loss,
+                                  luffy_loss, ppo_clip_loss, srft_loss, token_covariance,
                                   truncated_is_weights, value_loss)
 from jaxrl_llm.ops.preference import (DPO_KINDS, bradley_terry_loss, dpo_loss,
                                       plackett_luce_loss, pointwise_reward_loss)
@@ -42,6 +42,6 @@ __all__ = [
     "masked_sum", "srft_loss", "masked_var", "masked_whiten", "pass_at_k", "plackett_luce_loss",
     "pointwise_reward_loss", "ppo_clip_loss", "prime_advantages", "reinforce_pp_advantages",
     "reinforce_pp_baseline_advantages", "remax_advantages", "rloo_advantages",
-    "scores_to_token_rewards", "sft_loss", "sft_token_nll", "token_covariance",
+    "scores_to_token_rewards", "sft_loss", "sft_token_nll", "token_covariance", "covariance_stats",
     "token_logprobs", "truncated_is_weights", "value_loss",
 ]

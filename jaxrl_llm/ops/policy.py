@@ -125,6 +125,37 @@ def token_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array) ->
   return jnp.where(m, cov, 0.0)
 
 
+def covariance_stats(logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
+                     clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0,
+                     kl_cov_ratio: float = 2e-3) -> dict[str, jax.Array]:
+  """The batch's entropy-dynamics statistics (Cui et al., 2025, arXiv:2505.22617; docs §11).
+
+  Args:
+    logp: float ``[B, T]`` log π of the sampled tokens (detached); advantages: float ``[B, T]``;
+    mask: bool ``[B, T]``, the N_tok valid tokens.
+  Returns:
+    float32 scalars: ``cov`` = mean_i Cov_i = the token-level covariance of (log π, A) (a
+    positive value predicts falling entropy under policy gradient); ``cov_clip_band`` = the
+    number of tokens with ``clip_cov_lb < Cov_i < clip_cov_ub`` (Clip-Cov's candidate band,
+    before its exclusion of already-clipped tokens); ``cov_kl_topk`` = KL-Cov's
+    ``k = max(⌊κ·N_tok⌋, 1)``; ``cov_kl_topk_share`` = the share of the positive covariance mass
+    ``Σ max(Cov_i, 0)`` held by those k tokens (how concentrated the entropy-lowering push is).
+  """
+  m = _bool(mask)
+  cov = token_covariance(logp, advantages, m)
+  pool = jnp.sum(m.astype(jnp.float32))
+  k = _selection_size(kl_cov_ratio, pool)
+  top = _first_k(-cov, m, k)
+  positive = jnp.sum(jnp.where(m, jnp.maximum(cov, 0.0), 0.0))
+  top_mass = jnp.sum(jnp.where(top, jnp.maximum(cov, 0.0), 0.0))
+  return {"cov": masked_mean(cov, m),
+          "cov_clip_band": jnp.sum((m & (cov > clip_cov_lb) & (cov < clip_cov_ub)
+                                    ).astype(jnp.float32)),
+          "cov_kl_topk": jnp.where(pool > 0, k, 0.0),
+          "cov_kl_topk_share": jnp.where(positive > 0, top_mass / jnp.maximum(positive, 1e-30),
+                                         0.0)}
+
+
 def _selection_size(ratio: float, pool: jax.Array) -> jax.Array:
   # floor(ratio·N) with N traced; the 1e-3 absorbs float32 rounding (2e-4 · 100000 is 19.99999).
   return jnp.maximum(jnp.floor(ratio * pool + 1e-3), 1.0)
