@@ -13,6 +13,8 @@
   jaxrl-llm analyze sparsity RUN_OR_HF_DIR [--before RUN_OR_HF_DIR|step:N] [--against RUN]
                   [--tol 1e-5] [--dtype bfloat16] [--out DIR]
   jaxrl-llm analyze entropy RUN [--reward METRIC] [--out DIR]
+  jaxrl-llm compare RUN_A RUN_B ... [--metrics KEY,KEY] [--smooth N] [--out FILE]
+  jaxrl-llm report RUN [--out FILE]
   jaxrl-llm list
 
 Configuration errors (unknown key, wrong type, invalid value) are reported with the offending
@@ -112,8 +114,31 @@ def _parser() -> argparse.ArgumentParser:
   an.add_argument("--reward", help="entropy: the reward metric (default reward/accuracy, else "
                   "reward/mean)")
   an.add_argument("--out", help="directory for the JSON and PNG (default RUN/analysis)")
+  cmp = sub.add_parser("compare", help="overlaid curves of several runs in one PNG (default: "
+                       "reward, accuracy, entropy, KL, response length); legends name each "
+                       "run's experiment and what sets it apart")
+  cmp.add_argument("runs", nargs="+", metavar="RUN")
+  cmp.add_argument("--metrics", help="comma-separated metric keys instead of the defaults, e.g. "
+                   "train/loss,train/cov")
+  cmp.add_argument("--smooth", type=int, default=1, help="moving-average window (default 1: raw)")
+  cmp.add_argument("--out", default="compare.png", help="output PNG (default ./compare.png)")
+  rep = sub.add_parser("report", help="one self-contained HTML page of a run: config, held-out "
+                       "numbers, curves, the analyses present")
+  rep.add_argument("run")
+  rep.add_argument("--out", help="output HTML (default RUN/report.html)")
   sub.add_parser("list", help="list the available experiments")
   return p
+
+
+def experiment_defaults(name: str) -> dict | None:
+  """The default config of experiment ``name`` as a dict, or None when it is not a known one."""
+  from experiments import get_experiment
+  from jaxrl_llm.config.io import to_dict
+
+  try:
+    return to_dict(get_experiment(name))
+  except (KeyError, ImportError, OSError):
+    return None
 
 
 def resolve_config(args) -> "Config":  # noqa: F821
@@ -244,6 +269,23 @@ def main(argv=None) -> int:
       keys = ("dtype", "tolerance", "parameters", "sparsity", "exact_zero_fraction",
               "update_rank_mean", "overlap", "overlap_chance", "heatmap")
       print(json.dumps({k: report[k] for k in keys if k in report}))
+      return 0
+    if args.command in ("compare", "report"):
+      from jaxrl_llm.analysis import compare, report
+
+      try:
+        if args.command == "compare":
+          metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics \
+              else None
+          result = compare.compare(args.runs, metrics=metrics, out=args.out,
+                                   defaults=experiment_defaults, smooth=args.smooth)
+        else:
+          result = {"report": report.report(args.run, out=args.out,
+                                             defaults=experiment_defaults)}
+      except ValueError as e:
+        print(f"jaxrl-llm: {e}", file=sys.stderr)
+        return 2
+      print(json.dumps(result))
       return 0
     if args.command == "label-steps":
       from jaxrl_llm.train.label_steps import label_steps
