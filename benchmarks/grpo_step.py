@@ -63,8 +63,12 @@ def main():
   logprobs = jax.jit(lambda p, t, a, m: pg.response_logprobs(model.apply, p, config, t, a, m).logp)
   sampler = Sampler(config)
   sampling = SamplingConfig(temperature=1.0)
-  reference = jax.tree.map(jnp.copy, params)
-  state = TrainState.create(params, tx, jax.random.PRNGKey(0))
+  # Committed to the device, as the loops' jitted state constructors leave them: a state built
+  # eagerly holds uncommitted arrays, the first donated update returns committed ones, and every
+  # jitted function would then be traced and compiled a second time at the first timed step.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  reference = jax.device_put(jax.tree.map(jnp.copy, params), device)
+  state = jax.device_put(TrainState.create(params, tx, jax.random.PRNGKey(0)), device)
   rng = np.random.default_rng(0)
   prompts = rng.integers(0, 32000, (args.prompts, args.prompt)).astype(np.int32)
   lengths = np.full((args.prompts,), args.prompt, np.int32)
@@ -103,7 +107,11 @@ def main():
   print(json.dumps({"prompts": args.prompts, "samples": args.samples, "prompt_len": args.prompt,
                     "new_tokens": args.new, "beta": args.beta, "epochs": 1,
                     "first_step_s_incl_compile": round(warm["step_s"], 2), **med,
-                    "generated_tokens_per_s": round(n * args.new / med["step_s"], 1)}))
+                    "generated_tokens_per_s": round(n * args.new / med["step_s"], 1),
+                    # Traces of each jitted function over all steps: 1 = no recompilation.
+                    "update_traces": update._cache_size(),
+                    "logprobs_traces": logprobs._cache_size(),
+                    "sampler_traces": sampler.compilations}))
 
 
 if __name__ == "__main__":

@@ -179,11 +179,26 @@ def grpo_reference(data_dir, tmp_path_factory):
   config = replace(tiny_rl_config(data_dir, "grpo"), train=dict(steps=4, checkpoint_every=2))
   run_dir = str(tmp_path_factory.mktemp("grpo_ref"))
   out = rl_loop.train(config, run_dir)
-  return config, run_dir, jax.device_get(out["state"].params)
+  return config, run_dir, jax.device_get(out["state"].params), traces(out["setup"])
+
+
+def traces(setup) -> dict:
+  """How often each jitted step function was traced (one per compilation)."""
+  return {"update": setup.update._cache_size(), "logprobs": setup.logprobs._cache_size(),
+          "sampler": setup.sampler.compilations}
+
+
+def test_no_step_function_is_traced_again_after_the_first_step(grpo_reference):
+  # Four steps with checkpoints, a KL reference and evaluation: one trace each (a state that
+  # changes sharding, committed-ness or weak types after the first donated update would show
+  # here as 2).
+  config, _, _, counts = grpo_reference
+  assert config.algorithm.kl_coef > 0 and config.train.steps == 4
+  assert counts == {"update": 1, "logprobs": 1, "sampler": 1}
 
 
 def test_same_seed_same_metrics_and_resume_equality(grpo_reference, tmp_path):
-  config, ref_dir, ref_params = grpo_reference
+  config, ref_dir, ref_params, _ = grpo_reference
   text = lambda d: open(os.path.join(d, "metrics.jsonl")).read()
   again = str(tmp_path / "again")
   os.makedirs(again)
@@ -196,6 +211,8 @@ def test_same_seed_same_metrics_and_resume_equality(grpo_reference, tmp_path):
   assert Checkpointer(os.path.join(cut, "checkpoints"), keep=3).latest_step() == 2
   out = rl_loop.resume(cut)
   assert text(cut) == text(ref_dir)
+  # A restored state has the signature of an updated one: no second trace after resume either.
+  assert traces(out["setup"]) == {"update": 1, "logprobs": 1, "sampler": 1}
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(out["state"].params), ref_params)
   # A different seed differs (the comparisons above can fail).
   other = str(tmp_path / "other")

@@ -62,3 +62,16 @@ def test_report_is_one_self_contained_page(two_runs, tmp_path, capsys):
   assert 'src="/' not in page and "src='/" not in page
   assert cli.main(["report", str(tmp_path)]) == 2
   assert "has no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_the_four_analysis_commands_are_in_help(capsys):
+  from jaxrl_llm import cli
+
+  with pytest.raises(SystemExit):
+    cli.main(["--help"])
+  text = capsys.readouterr().out
+  for command in ("analyze", "compare", "report"):
+    assert command in text
+  with pytest.raises(SystemExit):
+    cli.main(["analyze", "--help"])
+  assert "{sparsity,entropy}" in capsys.readouterr().out
