@@ -9,6 +9,10 @@ epoch, one minibatch. The reward is a cheap host function (it is not what is mea
 Timings are medians over ``--steps`` steps after one warm-up step (which carries compilation).
 
   python benchmarks/grpo_step.py [--steps 5] [--prompts 8] [--samples 8] [--prompt 64] [--new 64]
+                                 [--old-logp-pass auto|always]
+
+``auto`` (the loops' default) skips the old-policy forward, as the loop does for this
+configuration; ``always`` times the earlier pipeline with it.
 """
 
 import argparse
@@ -28,6 +32,7 @@ def main():
   ap.add_argument("--prompt", type=int, default=64)
   ap.add_argument("--new", type=int, default=64)
   ap.add_argument("--beta", type=float, default=0.04)
+  ap.add_argument("--old-logp-pass", default="auto", choices=["auto", "always"])
   args = ap.parse_args()
 
   import jax
@@ -54,7 +59,8 @@ def main():
                     "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
                     "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}))
 
-  algo = AlgorithmConfig(**dict(pg.PRESETS["grpo"], kl_coef=args.beta))
+  algo = AlgorithmConfig(**dict(pg.PRESETS["grpo"], kl_coef=args.beta,
+                                old_logp_pass=args.old_logp_pass))
   pgc = pg.config_from(algo, temperature=1.0, max_new_tokens=args.new)
   model = Decoder(config)
   tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-6, warmup_steps=0), 1000)
@@ -85,17 +91,23 @@ def main():
     tokens = ro.tokens
     attention = ro.prompt_mask | ro.response_mask
     mask = ro.response_mask[:, args.prompt:]
-    old = logprobs(state.params, tokens, attention, mask)
+    # As the loop does: no old-policy pass when the update's own forward is the same
+    # (pg.reuses_update_logp; --old-logp-pass always runs it).
+    old = None if pgc.old_from_update else logprobs(state.params, tokens, attention, mask)
     ref = logprobs(reference, tokens, attention, mask)
     scores = jnp.asarray(rng.integers(0, 2, n), jnp.float32)  # Stand-in for a verifier.
-    adv, _ = prepare({"scores": scores, "group_ids": ro.group_ids, "mask": mask,
-                      "old_logp": old, "ref_logp": ref,
-                      "kl_coef": jnp.asarray(args.beta, jnp.float32),
-                      "baseline_scores": jnp.zeros((n,), jnp.float32)})
+    inputs = {"scores": scores, "group_ids": ro.group_ids, "mask": mask, "ref_logp": ref,
+              "kl_coef": jnp.asarray(args.beta, jnp.float32),
+              "baseline_scores": jnp.zeros((n,), jnp.float32)}
+    if old is not None:
+      inputs["old_logp"] = old
+    adv, _ = prepare(inputs)
     jax.block_until_ready(adv)
     t2 = time.perf_counter()
     batch = {"tokens": tokens, "attention_mask": attention, "mask": mask, "advantages": adv,
-             "old_logp": old, "ref_logp": ref, "sampler_logp": ro.sampler_logprobs}
+             "ref_logp": ref, "sampler_logp": ro.sampler_logprobs}
+    if old is not None:
+      batch["old_logp"] = old
     state, metrics = update(state, batch)
     jax.block_until_ready(metrics["train/loss"])
     t3 = time.perf_counter()
@@ -106,6 +118,7 @@ def main():
   med = {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
   print(json.dumps({"prompts": args.prompts, "samples": args.samples, "prompt_len": args.prompt,
                     "new_tokens": args.new, "beta": args.beta, "epochs": 1,
+                    "old_logp_pass": args.old_logp_pass,
                     "first_step_s_incl_compile": round(warm["step_s"], 2), **med,
                     "generated_tokens_per_s": round(n * args.new / med["step_s"], 1),
                     # Traces of each jitted function over all steps: 1 = no recompilation.

@@ -91,6 +91,9 @@ class Config:
   prime_outcome_coef: float = 1.0
   prime_whiten: bool = False
   prime_loo: str = "paper"
+  # The batch carries no ``old_logp``: the update's own (first-minibatch) forward supplies the
+  # rollout log-probs for its metrics (see :func:`reuses_update_logp`).
+  old_from_update: bool = False
 
   @property
   def kl_in_loss(self) -> bool:
@@ -166,7 +169,21 @@ def config_from(algorithm: AlgorithmConfig, *, temperature: float, max_new_token
       srft_rl_coef=algorithm.srft_rl_coef, srft_logp_floor=algorithm.srft_logp_floor,
       prime_process_coef=algorithm.prime_process_coef,
       prime_outcome_coef=algorithm.prime_outcome_coef, prime_whiten=algorithm.prime_whiten,
-      prime_loo=algorithm.prime_loo)
+      prime_loo=algorithm.prime_loo, old_from_update=reuses_update_logp(algorithm))
+
+
+def reuses_update_logp(algorithm: AlgorithmConfig) -> bool:
+  """Whether a run skips the separate old-policy forward (``algorithm.old_logp_pass="auto"``).
+
+  With one epoch of one minibatch the update runs on the rollout's own params, where the loss
+  already takes ``old_logp = stop_gradient(logp)``; the old log-probs are then needed only by an
+  in-reward KL (before the update) or truncated importance sampling, and by metrics, which the
+  update computes from its own forward. PPO (values from the same pass) always runs it.
+  """
+  kl_in_reward = algorithm.kl_coef > 0 and algorithm.kl_placement == "reward"
+  return (algorithm.old_logp_pass == "auto" and algorithm.name != "ppo"
+          and algorithm.epochs == 1 and algorithm.minibatches == 1 and not kl_in_reward
+          and not algorithm.tis_cap)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +242,11 @@ def prepare(inputs: dict, config: Config, *, num_groups: int):
   beta = inputs["kl_coef"]
   diag = {}
   kl = None
-  if config.kl_coef > 0:
-    # k(old, ref) on the rollout tokens: the in-reward penalty, and the KL-to-reference metric.
+  if config.kl_in_reward and "old_logp" not in inputs:
+    raise ValueError("an in-reward KL needs the rollout's old_logp (algorithm.kl_placement)")
+  if config.kl_coef > 0 and "old_logp" in inputs:
+    # k(old, ref) on the rollout tokens: the in-reward penalty, and the KL-to-reference metric
+    # (which the update reports itself when the batch has no old_logp).
     kind = config.kl_estimator.rstrip("+")
     kl = ops.kl_penalty(inputs["old_logp"], inputs["ref_logp"], kind, mask=m)
     row_len = jnp.maximum(jnp.sum(m, -1), 1)
@@ -402,7 +422,11 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     for the sampler-trainer gap metric; optional ``behaviour_logp``: under the truncated
     distribution actually sampled from, for truncated importance sampling).
 
-  ``N`` must divide into ``minibatches × micro_batches`` equal parts.
+  ``N`` must divide into ``minibatches × micro_batches`` equal parts. With
+  ``config.old_from_update`` the batch may omit ``old_logp``: the update's own forward (one epoch,
+  one minibatch: the rollout's params) stands in for it in every metric, and it also reports
+  ``kl/ref`` (the rollout's mean per-row KL to the reference, which ``prepare`` reports
+  otherwise).
 
   Metrics (float32 scalars, means over the optimizer steps of this call unless noted):
   ``train/loss``, ``train/pg_loss``, ``train/entropy``, ``train/clipfrac`` (token clip, high
@@ -428,7 +452,7 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     first_dev = jnp.max(jnp.where(micro["mask"], jnp.abs(
         jnp.exp(jnp.clip(sg(out.logp) - jnp.where(on_policy, sg(out.logp), micro["old_logp"]),
                          -20.0, 20.0)) - 1.0), 0.0))
-    return loss, (diag, ent, first_dev)
+    return loss, (diag, ent, first_dev, sg(out.logp))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -443,27 +467,35 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
       grads_acc, loss_acc, ent_acc, diag_acc, dev_acc = carry
       mu, i = xs
       w = mu.pop("weights")
-      (loss, (diag, ent, dev)), grads = grad_fn(state.params, mu, w, on_policy,
-                                                jax.random.fold_in(key, i))
+      (loss, (diag, ent, dev, logp)), grads = grad_fn(state.params, mu, w, on_policy,
+                                                      jax.random.fold_in(key, i))
       diag = {k: jnp.asarray(diag.get(k, 0.0), jnp.float32) for k in _AVERAGED}
       return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss, ent_acc + ent,
               jax.tree.map(lambda a, b: a + b / a_count, diag_acc, diag),
-              jnp.maximum(dev_acc, dev)), None
+              jnp.maximum(dev_acc, dev)), (logp if config.old_from_update else None)
 
     zero = jnp.zeros((), jnp.float32)
     init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params), zero, zero,
             {k: zero for k in _AVERAGED}, zero)
-    (grads, loss, ent, diag, dev), _ = jax.lax.scan(micro_step, init,
-                                                    (micro, jnp.arange(a_count)))
+    (grads, loss, ent, diag, dev), logp = jax.lax.scan(micro_step, init,
+                                                       (micro, jnp.arange(a_count)))
     grads = update_dtype(grads, state.params)
     finite = jnp.isfinite(loss) & tree_all_finite(grads)
     lr = jnp.asarray(schedule(state.step), jnp.float32)
     new_state = guarded_apply(state, grads, tx, finite)
     metrics = dict(diag, loss=loss, entropy=ent, grad_norm=optax.tree_utils.tree_norm(grads),
                    learning_rate=lr, skipped=1.0 - finite.astype(jnp.float32), first_dev=dev)
+    if config.old_from_update:  # this minibatch's log-probs before the step, [n, T]
+      metrics["logp"] = logp.reshape((n,) + logp.shape[2:])
     return new_state, metrics
 
   def update(state, batch: dict):
+    own = config.old_from_update and "old_logp" not in batch  # static per trace
+    if own:
+      if e_count * m_count != 1:
+        raise ValueError("old_from_update needs one epoch of one minibatch")
+      # Never read: the only optimizer step is on-policy (old = stop_gradient(logp)).
+      batch = dict(batch, old_logp=jnp.zeros(batch["mask"].shape, jnp.float32))
     chex.assert_rank([batch["tokens"], batch["attention_mask"], batch["mask"],
                       batch["advantages"], batch["old_logp"]], 2)
     chex.assert_equal_shape([batch["mask"], batch["advantages"], batch["old_logp"],
@@ -480,13 +512,6 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     else:
       perms = jnp.tile(jnp.arange(n), (e_count, 1))
     order = perms.reshape(e_count * m_count, n // m_count)
-    # The sampler-trainer gap over the policy's own tokens (teacher tokens were not sampled).
-    sampled = batch["mask"] & ~batch["off_policy"] if "off_policy" in batch else batch["mask"]
-    _, gap = ops.truncated_is_weights(batch["old_logp"], batch["sampler_logp"], sampled,
-                                      cap=max(config.tis_cap, 1.0))
-    cov = ops.covariance_stats(batch["old_logp"], batch["advantages"], batch["mask"],
-                               clip_cov_lb=config.clip_cov_lb, clip_cov_ub=config.clip_cov_ub,
-                               kl_cov_ratio=config.kl_cov_ratio)
 
     def body(state, xs):
       rows, i = xs
@@ -494,6 +519,17 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
       return optimizer_step(state, mb, i == 0, jax.random.fold_in(key, 1000 + i))
 
     state, per_step = jax.lax.scan(body, state, (order, jnp.arange(e_count * m_count)))
+    # The rollout's log-probs under the trainer: the batch's, or the update's own first forward
+    # (one unshuffled minibatch: rows in batch order).
+    own_logp = per_step.pop("logp", None)
+    old_logp = own_logp[0] if own else batch["old_logp"]
+    # The sampler-trainer gap over the policy's own tokens (teacher tokens were not sampled).
+    sampled = batch["mask"] & ~batch["off_policy"] if "off_policy" in batch else batch["mask"]
+    _, gap = ops.truncated_is_weights(old_logp, batch["sampler_logp"], sampled,
+                                      cap=max(config.tis_cap, 1.0))
+    cov = ops.covariance_stats(old_logp, batch["advantages"], batch["mask"],
+                               clip_cov_lb=config.clip_cov_lb, clip_cov_ub=config.clip_cov_ub,
+                               kl_cov_ratio=config.kl_cov_ratio)
     mean = lambda x: jnp.mean(x)
     metrics = {
         "train/loss": mean(per_step["loss"]),
@@ -514,6 +550,11 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
     }
     if config.kl_in_loss:
       metrics["train/kl_ref"] = mean(per_step["kl_loss"])
+    if own and config.kl_coef > 0:  # what prepare reports from old_logp
+      m = batch["mask"]
+      kl = ops.kl_penalty(old_logp, batch["ref_logp"], config.kl_estimator.rstrip("+"), mask=m)
+      metrics["kl/ref"] = ops.masked_mean(jnp.sum(kl, -1) / jnp.maximum(jnp.sum(m, -1), 1),
+                                          jnp.any(m, -1))
     if config.tis_cap:
       metrics["train/is_weight_mean"] = mean(per_step["is_weight_mean"])
       metrics["train/is_capped_fraction"] = mean(per_step["is_capped_fraction"])

@@ -412,6 +412,10 @@ class AlgorithmConfig:
   minibatches: int = 1  # (RL) optimizer steps per epoch.
   micro_batches: int = 1  # (RL) gradient-accumulation chunks per minibatch (memory only).
   shuffle_minibatches: bool = True  # (RL) re-shuffle rows into minibatches every epoch.
+  # (RL, policy-gradient family) "auto": with one epoch, one minibatch, no in-reward KL and no
+  # truncated IS, the old-policy log-probs equal the update's own forward (its first minibatch
+  # uses stop_gradient(logp)): skip the separate pass; "always": run it anyway.
+  old_logp_pass: str = "auto"
   dynamic_sampling: bool = False  # (RL) DAPO: drop groups whose accuracy is constant, refill.
   # LUFFY (docs/algorithms.md §12): teacher tokens get -A·p/(p + luffy_gamma), no clip; on-policy
   # tokens the clipped surrogate (clip_on_policy=false: the released script's unclipped -A·ρ).
@@ -517,6 +521,8 @@ class AlgorithmConfig:
     if self.kl_placement == "reward" and self.kl_estimator.endswith("+"):
       _fail(f("kl_estimator"), "straight-through '+' estimators only make sense as a loss; "
             "with kl_placement='reward' use k1/abs/k2/k3")
+    if self.old_logp_pass not in ("auto", "always"):
+      _fail(f("old_logp_pass"), f"must be 'auto' or 'always', got {self.old_logp_pass!r}")
     if self.kl_controller not in ("fixed", "adaptive"):
       _fail(f("kl_controller"), f"must be 'fixed' or 'adaptive', got {self.kl_controller!r}")
     if self.kl_controller == "adaptive" and self.kl_placement != "reward":

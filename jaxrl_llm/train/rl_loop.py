@@ -634,16 +634,19 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 
   tokens = put(batch["tokens"])
   attention = put(batch["prompt_mask"] | batch["response_mask"])
   mask_d = put(mask)
+  old = None  # the update computes it itself (pg.reuses_update_logp)
   if setup.ppo_config is not None:
     old, old_values = setup.rollout_values(state, tokens, attention, mask_d)
-  else:
+  elif not pg.reuses_update_logp(ac):
     old = setup.logprobs(state.params, tokens, attention, mask_d).logp
   if setup.reference is not None:
     ref = setup.logprobs(setup.reference, tokens, attention, mask_d).logp
   else:
-    ref = jnp.zeros_like(old)
-  inputs = {"scores": put(scores), "mask": mask_d, "old_logp": old, "ref_logp": ref,
+    ref = put(np.zeros(mask.shape, np.float32))
+  inputs = {"scores": put(scores), "mask": mask_d, "ref_logp": ref,
             "kl_coef": jnp.asarray(kl_coef, jnp.float32)}
+  if old is not None:
+    inputs["old_logp"] = old
   extra = {}
   if setup.process_scorer is not None:
     step_rewards, step_positions = process_step_rewards(setup, batch)
@@ -664,8 +667,10 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 
     adv, diag = setup.prepare(dict(inputs, group_ids=put(batch["group_ids"].astype(np.int32)),
                                    baseline_scores=put(batch["baseline_scores"]), **more))
   device_batch = {"tokens": tokens, "attention_mask": attention, "mask": mask_d,
-                  "advantages": adv, "old_logp": old, "ref_logp": ref,
-                  "sampler_logp": put(batch["sampler_logp"]), **extra}
+                  "advantages": adv, "ref_logp": ref, "sampler_logp": put(batch["sampler_logp"]),
+                  **extra}
+  if old is not None:
+    device_batch["old_logp"] = old
   if setup.sampling.truncates:
     device_batch["behaviour_logp"] = put(batch["behaviour_logp"])
   if "demonstrations" in setup.config.rollout.sources:
