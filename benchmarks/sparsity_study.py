@@ -50,8 +50,10 @@ RUNS = {
     "sft_seed1": ("sft", 1, ()),
     "grpo_fp32": ("grpo", 0, ("model.param_dtype=float32",)),
     "grpo_subnetwork": ("grpo", 0, ("train.update_mask={out}/grpo",)),
+    # The paper's step size (1e-6 on 7B models): how much of the density is our learning rate.
+    "grpo_lr1e-6": ("grpo", 0, ("optimizer.learning_rate=1e-6",)),
 }
-OVERLAPS = [("grpo", "grpo_seed1"), ("sft", "sft_seed1"), ("grpo", "ppo"), ("grpo", "dpo"),
+OVERLAPS = [("grpo", "grpo_seed1"), ("grpo", "grpo_lr1e-6"), ("sft", "sft_seed1"), ("grpo", "ppo"), ("grpo", "dpo"),
             ("grpo", "sft"), ("ppo", "sft"), ("dpo", "sft")]
 COMMON = ("model.param_dtype=bfloat16", "optimizer.learning_rate=2e-4",
           "optimizer.warmup_steps=10", "optimizer.weight_decay=0.0",
@@ -86,6 +88,21 @@ class Evaluator:
     from jaxrl_llm.rundir.artifacts import load_run
 
     return jax.device_put(load_run(run_dir).policy_params(), self.setup.state_shardings.params)
+
+  def master_params(self, run_dir: str):
+    """The float32 master copy of a bf16-stored run's policy (None when it has none)."""
+    import jax
+
+    from jaxrl_llm.rundir.artifacts import load_run
+
+    state = load_run(run_dir).state
+    state = state.get("actor", state)
+    master = state.get("opt_state", {}).get("master") if isinstance(
+        state.get("opt_state"), dict) else None
+    if master is None or jax.tree.structure(master) != jax.tree.structure(
+        self.setup.state_shardings.params):
+      return None
+    return jax.device_put(master, self.setup.state_shardings.params)
 
 
 def dpo_pairs(evaluator: Evaluator, warm_params, out_dir: str, *, prompts: int = 4000, k: int = 4,
@@ -213,6 +230,9 @@ def main(argv=None) -> int:
   evaluator = Evaluator(os.path.join(args.out, "eval"), warm_run)
   warm = evaluator.params(warm_run)
   result["warm_start"]["test_accuracy"] = evaluator.accuracy(warm)
+  # The same weights before rounding to bf16 storage (the optimizer's float32 master).
+  result["warm_start"]["test_accuracy_fp32_master"] = evaluator.accuracy(
+      evaluator.master_params(warm_run))
   print(json.dumps(result["warm_start"]), flush=True)
   pairs_dir = os.path.join(args.out, "dpo_pairs")
   if "dpo" in args.runs and not (args.reuse and os.path.exists(
@@ -224,7 +244,9 @@ def main(argv=None) -> int:
     run_dir = os.path.join(args.out, name)
     acc = evaluator.accuracy(evaluator.params(run_dir))
     rep = sparsity.analyze(run_dir, before=warm_run, out_dir=os.path.join(run_dir, "analysis"))
+    master = evaluator.master_params(run_dir)
     entry = {"kind": kind, "seed": seed, "seconds": round(seconds, 1), "test_accuracy": acc,
+             "test_accuracy_fp32_master": None if master is None else evaluator.accuracy(master),
              **{k: rep[k] for k in ("dtype", "sparsity", "exact_zero_fraction",
                                     "update_rank_mean", "parameters")},
              "per_layer_changed_fraction": rep["per_layer_changed_fraction"]}
@@ -283,11 +305,13 @@ def _plot(result: dict, path: str) -> None:
 
 def _table(result: dict) -> str:
   lines = ["| run | storage | unchanged (sparsity) | exactly zero Δ | mean update rank | "
-           "test accuracy | wall s |", "|---|---|---|---|---|---|---|"]
+           "test accuracy (stored / fp32 master) | wall s |", "|---|---|---|---|---|---|---|"]
   for name, r in result["runs"].items():
+    master = r.get("test_accuracy_fp32_master")
+    acc = f"{r['test_accuracy']:.3f}" + (f" / {master:.3f}" if master is not None else "")
     lines.append(f"| {name} | {r['dtype']} | {r['sparsity']:.3f} | "
                  f"{r['exact_zero_fraction']:.3f} | {r['update_rank_mean']:.3f} | "
-                 f"{r['test_accuracy']:.3f} | {r['seconds']:.0f} |")
+                 f"{acc} | {r['seconds']:.0f} |")
   lines += ["", "| runs | overlap | chance |", "|---|---|---|"]
   for pair, o in result["overlaps"].items():
     lines.append(f"| {pair} | {o['overlap']:.3f} | {o['chance']:.3f} |")
