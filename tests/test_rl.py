@@ -169,7 +169,19 @@ def test_sampler_logprobs_equal_trainer_old_logprobs(data_dir, tmp_path):
   params, _ = init_params(setup.model_config, jax.random.PRNGKey(3), setup.mesh)
   state = TrainState.create(params, setup.tx, jax.random.PRNGKey(0))
   batch, _, _, _ = rl_loop.collect_rollout(setup, params, 0, 0)
+  # A KL reference (train() sets the starting policy; build() leaves it unset). A different
+  # model, so that the KL term has a real gradient (the untrained policy's rewards are all 0).
+  setup = dataclasses.replace(setup, reference=init_params(setup.model_config,
+                                                           jax.random.PRNGKey(4), setup.mesh)[0])
+  calls, logprobs, reference = [], setup.logprobs, setup.reference
+
+  def counted(p, *args):
+    calls.append(p is reference)
+    return logprobs(p, *args)
+
+  setup = dataclasses.replace(setup, logprobs=counted)
   device_batch, diag = rl_loop.train_batch(setup, batch, state, 0.04)
+  assert calls == [False, True]  # the old policy, then the reference
   m = np.asarray(device_batch["mask"])
   gap = np.abs(np.asarray(device_batch["old_logp"]) - batch["sampler_logp"])[m]
   assert m.sum() > 0 and gap.max() < 1e-5
@@ -179,7 +191,9 @@ def test_sampler_logprobs_equal_trainer_old_logprobs(data_dir, tmp_path):
   auto_config = tiny_rl_config(data_dir, "grpo")
   assert pg.reuses_update_logp(auto_config.algorithm)
   auto = dataclasses.replace(setup, config=auto_config)
+  calls.clear()
   auto_batch, auto_diag = rl_loop.train_batch(auto, batch, state, 0.04)
+  assert calls == [True]  # the reference only: no old-policy forward
   assert "old_logp" not in auto_batch and "kl_ref_seq" not in auto_diag
   update_auto = jax.jit(pg.make_update(setup.model.apply, setup.model_config, setup.tx,
                                        setup.schedule, pg.config_from(
