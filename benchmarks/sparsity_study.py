@@ -233,6 +233,12 @@ def main(argv=None) -> int:
   # The same weights before rounding to bf16 storage (the optimizer's float32 master).
   result["warm_start"]["test_accuracy_fp32_master"] = evaluator.accuracy(
       evaluator.master_params(warm_run))
+  # The same warm start trained with float32 storage: what bf16 storage costs before any RL.
+  from experiments import arithmetic_grpo
+
+  sft_loop.warm_start(arithmetic_grpo.config("grpo"), os.path.join(args.out, "warm_fp32"))
+  result["warm_start"]["test_accuracy_fp32_storage_run"] = evaluator.accuracy(
+      evaluator.params(os.path.join(args.out, "warm_fp32", "sft")))
   print(json.dumps(result["warm_start"]), flush=True)
   pairs_dir = os.path.join(args.out, "dpo_pairs")
   if "dpo" in args.runs and not (args.reuse and os.path.exists(
