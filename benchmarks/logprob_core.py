@@ -15,7 +15,8 @@ reported. On GPU it is the device's peak bytes in use.
   python benchmarks/logprob_core.py --one chunked 4096 fwdbwd   # a single measurement (JSON)
   python benchmarks/logprob_core.py --impls matmul naive chunked pallas_gpu   # on a GPU
 
-Impls: ``naive`` (full logits), ``chunked``, ``pallas`` / ``pallas_gpu`` / ``pallas_tpu`` (the
+Impls: ``naive`` (full logits), ``chunked``, ``onepass[:ROWS]`` (``fwdbwd`` only: the token-local
+one-pass path, ``kernels/onepass.py``, with ROWS rows per chunk, default 128), ``pallas`` / ``pallas_gpu`` / ``pallas_tpu`` (the
 Pallas families; skipped on CPU, where they only run in interpret mode) and ``matmul`` (the bare
 ``h·W`` and its backward matmuls, for the "half the matmul throughput" target).
 """
@@ -58,6 +59,19 @@ def _fn(impl, mode, block_v=None):
       return vjp(jnp.ones_like(logits))
 
     return jax.jit(lambda h, w, y: h @ w) if mode == "fwd" else jax.jit(matmul_fwdbwd)
+  if impl.startswith("onepass"):  # onepass or onepass:BLOCK_ROWS; the token-local one-pass path
+    from jaxrl_llm.kernels.onepass import linear_token_loss
+
+    rows = int(impl.split(":")[1]) if ":" in impl else 128
+    if mode == "fwd":
+      raise SystemExit("onepass computes the gradient in its forward: use --modes fwdbwd")
+
+    def onepass_grad(h, w, y):
+      scale = {"scale": jnp.full(y.shape, 1.0 / y.shape[0], jnp.float32)}
+      return jax.grad(lambda h, w: linear_token_loss(h, w, y, _mean_logp, scale,
+                                                     block_rows=rows)[0], argnums=(0, 1))(h, w)
+
+    return jax.jit(onepass_grad)
   kernel_impl = "reference" if impl == "naive" else impl
   blocks = None
   if block_v:
@@ -73,6 +87,11 @@ def _fn(impl, mode, block_v=None):
   if mode == "fwd":
     return jax.jit(forward)
   return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def _mean_logp(logp, entropy, aux):  # the fwdbwd loss, as the per-token loss of the one pass
+  del entropy
+  return logp * aux["scale"]
 
 
 def _peak_rss_mb() -> float:
@@ -172,7 +191,8 @@ def main():
     base = _subprocess(["--baseline", str(n)])
     for mode in args.modes:
       for impl in args.impls:
-        if f"{impl}:{n}" in args.skip or (impl.startswith("pallas") and backend == "cpu"):
+        if f"{impl}:{n}" in args.skip or (impl.startswith("pallas") and backend == "cpu") or (
+            impl.startswith("onepass") and mode == "fwd"):
           continue  # Pallas on CPU only runs in interpret mode: correctness, not speed.
         extra = ["--block-v", str(args.block_v)] if args.block_v else []
         r = _subprocess(["--one", impl, str(n), mode, "--repeats", str(args.repeats)] + extra)
