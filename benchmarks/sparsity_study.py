@@ -52,9 +52,13 @@ RUNS = {
     "grpo_subnetwork": ("grpo", 0, ("train.update_mask={out}/grpo",)),
     # The paper's step size (1e-6 on 7B models): how much of the density is our learning rate.
     "grpo_lr1e-6": ("grpo", 0, ("optimizer.learning_rate=1e-6",)),
+    "grpo_lr1e-6_seed1": ("grpo", 1, ("optimizer.learning_rate=1e-6",)),
+    "sft_lr1e-6": ("sft", 0, ("optimizer.learning_rate=1e-6",)),
 }
 OVERLAPS = [("grpo", "grpo_seed1"), ("grpo", "grpo_lr1e-6"), ("sft", "sft_seed1"), ("grpo", "ppo"), ("grpo", "dpo"),
-            ("grpo", "sft"), ("ppo", "sft"), ("dpo", "sft")]
+            ("grpo", "sft"), ("ppo", "sft"), ("dpo", "sft"),
+            ("grpo_lr1e-6", "grpo_lr1e-6_seed1"), ("grpo_lr1e-6", "sft_lr1e-6"),
+            ("sft_lr1e-6", "grpo_lr1e-6"), ("grpo_lr1e-6", "grpo")]
 COMMON = ("model.param_dtype=bfloat16", "optimizer.learning_rate=2e-4",
           "optimizer.warmup_steps=10", "optimizer.weight_decay=0.0",
           "optimizer.end_learning_rate_ratio=1.0", "optimizer.max_grad_norm=1.0",
