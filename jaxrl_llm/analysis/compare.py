@@ -42,8 +42,8 @@ class NoMetricsError(FileNotFoundError):
 
 
 def load_series(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-  """``{metric: [(step, value), ...]}`` of a run's numeric metrics, held-out metrics from
-  ``eval_before.json`` placed at step 0.
+  """:func:`jaxrl_llm.train.tracking.metric_series` of a run (numeric metrics by step, held-out
+  metrics of ``eval_before.json`` at step 0).
 
   Raises:
     NoMetricsError: ``run_dir`` has no (or an empty) ``metrics.jsonl``.
@@ -52,21 +52,11 @@ def load_series(run_dir: str) -> dict[str, list[tuple[int, float]]]:
   if not os.path.exists(path):
     raise NoMetricsError(f"{run_dir!r} has no metrics.jsonl: is it a run directory? (a run "
                          "writes it from its first logged step on)")
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  if not rows:
+  from jaxrl_llm.train.tracking import metric_series
+
+  series = metric_series(run_dir)
+  if not series:
     raise NoMetricsError(f"{path} is empty: the run has not logged a step yet")
-  series: dict[str, list[tuple[int, float]]] = {}
-  for r in rows:
-    for k, v in r.items():
-      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-        series.setdefault(k, []).append((int(r["step"]), float(v)))
-  before = os.path.join(run_dir, "eval_before.json")
-  if os.path.exists(before):
-    with open(before) as f:
-      for k, v in json.load(f).items():
-        if k in series and isinstance(v, (int, float)):
-          series[k].insert(0, (0, float(v)))
   return series
 
 

@@ -6,7 +6,7 @@ import json
 import math
 import os
 
-from jaxrl_llm.train.tracking import read_metrics
+from jaxrl_llm.train.tracking import metric_series
 
 # Curves a reader looks at first, in this order (a metric matches the first pattern it contains);
 # everything else follows alphabetically.
@@ -35,21 +35,9 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  rows = read_metrics(run_dir)
-  if not rows:
+  series = metric_series(run_dir)
+  if not series:
     raise FileNotFoundError(f"{run_dir}/metrics.jsonl is missing or empty")
-  series: dict[str, list[tuple[int, float]]] = {}
-  for r in rows:
-    for k, v in r.items():
-      if (k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
-          and not k.startswith("data/")):
-        series.setdefault(k, []).append((r["step"], float(v)))
-  before_path = os.path.join(run_dir, "eval_before.json")
-  if os.path.exists(before_path):
-    with open(before_path) as f:
-      for k, v in json.load(f).items():
-        if k in series and isinstance(v, (int, float)):
-          series[k].insert(0, (0, float(v)))
   constants = {k: pts[0][1] for k, pts in series.items()
                if len(pts) > 1 and all(y == pts[0][1] for _, y in pts)}
   keys = sorted((k for k in series if k not in constants), key=_rank)

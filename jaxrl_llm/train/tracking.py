@@ -35,6 +35,25 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def metric_series(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+  """``{metric: [(step, value), ...]}`` of the numeric metrics in ``metrics.jsonl`` (``data/``
+  bookkeeping left out), with the held-out numbers of ``eval_before.json`` placed at step 0.
+  Empty when the run has logged nothing."""
+  series: dict[str, list[tuple[int, float]]] = {}
+  for r in read_metrics(run_dir):
+    for k, v in r.items():
+      if (k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+          and not k.startswith("data/")):
+        series.setdefault(k, []).append((int(r["step"]), float(v)))
+  before_path = os.path.join(run_dir, "eval_before.json")
+  if series and os.path.exists(before_path):
+    with open(before_path) as f:
+      for k, v in json.load(f).items():
+        if k in series and isinstance(v, (int, float)):
+          series[k].insert(0, (0, float(v)))
+  return series
+
+
 class MetricsWriter:
   """Appends step metrics to ``metrics.jsonl`` and (optionally) TensorBoard.
 
