@@ -3,8 +3,9 @@ study's runs (``benchmarks/sparsity_study.py``):
 
   python benchmarks/readme_images.py [--study runs/sparsity-study]
 
-* ``benchmarks/readme_sparsity.png``: ``jaxrl-llm analyze sparsity`` of the GRPO run (seed 0);
-* ``benchmarks/readme_entropy.png``: ``jaxrl-llm analyze entropy`` of the same run;
+* ``benchmarks/readme_sparsity.png``: ``jaxrl-llm analyze sparsity`` of the GRPO run at the
+  paper's step size (``grpo_lr1e-6``), where the update is sparse;
+* ``benchmarks/readme_entropy.png``: ``jaxrl-llm analyze entropy`` of the GRPO run (seed 0);
 * ``benchmarks/readme_compare.png``: ``jaxrl-llm compare`` of GRPO, PPO and the subnetwork-only
   GRPO rerun;
 * ``benchmarks/readme_report.html``: ``jaxrl-llm report`` of the GRPO run.
@@ -36,9 +37,12 @@ def main(argv=None) -> int:
   tmp = os.path.join(args.study, "readme")
   # The sparsity and entropy analyses go to the run's own analysis/ (the report shows them).
   analysis = os.path.join(grpo, "analysis")
+  small_step = os.path.join(args.study, "grpo_lr1e-6")
   steps = [
+      (["analyze", "sparsity", small_step, "--before", warm],
+       os.path.join(small_step, "analysis", "sparsity.png"), "readme_sparsity.png"),
       (["analyze", "sparsity", grpo, "--before", warm], os.path.join(analysis, "sparsity.png"),
-       "readme_sparsity.png"),
+       None),
       (["analyze", "entropy", grpo], os.path.join(analysis, "entropy.png"),
        "readme_entropy.png"),
       (["compare", grpo, os.path.join(args.study, "ppo"),
@@ -52,8 +56,9 @@ def main(argv=None) -> int:
     code = cli.main(argv_)
     if code:
       raise SystemExit(f"jaxrl-llm {' '.join(argv_)} exited {code}")
-    shutil.copy(produced, os.path.join(HERE, target))
-    print(json.dumps({"command": "jaxrl-llm " + argv_[0], "file": f"benchmarks/{target}"}))
+    if target:
+      shutil.copy(produced, os.path.join(HERE, target))
+      print(json.dumps({"command": "jaxrl-llm " + argv_[0], "file": f"benchmarks/{target}"}))
   return 0
 
 

@@ -31,10 +31,13 @@ FALLBACK_PANELS: dict[str, tuple[str, ...]] = {
     "preference accuracy": ("train/accuracy", "dpo/accuracy", "rm/accuracy"),
 }
 
-# Fields that say where a run lives, not what it is: never a legend.
-_LOCATION_FIELDS = ("data.data_dir", "data.jsonl_dir", "logging.runs_root", "init.policy_run",
-                    "init.hf_checkpoint", "reward.model_run", "reward.process_model_run",
-                    "train.update_mask")
+# Fields that say where a run lives or how it logs, not what it is: never a legend.
+_LOCATION_FIELDS = ("data.data_dir", "logging.runs_root", "logging.progress",
+                    "logging.log_every", "logging.tensorboard", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.async_checkpointing")
+# Fields whose value is a path: shown by their last component.
+_PATH_FIELDS = ("data.jsonl_dir", "init.policy_run", "init.hf_checkpoint", "reward.model_run",
+                "reward.process_model_run", "train.update_mask")
 
 
 class NoMetricsError(FileNotFoundError):
@@ -79,7 +82,9 @@ def _run_config(run_dir: str) -> dict:
     return json.load(f)
 
 
-def _short(v) -> str:
+def _short(v, key: str = "") -> str:
+  if key in _PATH_FIELDS and isinstance(v, str) and v:
+    return os.path.basename(os.path.normpath(v))
   if isinstance(v, float):
     return f"{v:g}"
   if isinstance(v, list):
@@ -96,11 +101,13 @@ def config_differences(config: dict, baseline: dict) -> dict[str, object]:
 
 
 def labels(run_dirs: Sequence[str], defaults: Callable[[str], dict | None] | None = None,
-           max_fields: int = 4) -> list[str]:
-  """Legend of each run: ``experiment  key=value ...`` (see the module docstring).
+           max_fields: int = 3) -> list[str]:
+  """Legend of each run: ``experiment  key=value ...`` -- the fields that set it apart.
 
-  ``defaults(experiment_name)`` returns that experiment's default config as a dict, or None when
-  unknown; without it (or when it is unknown) the fields that differ between the runs are used.
+  With several runs, those are the fields that differ between them; of those, a run whose
+  experiment is known (``defaults(experiment_name)`` returns its default config as a dict, else
+  None) shows the ones it changed from that default (so two presets of different experiments do
+  not list every preset field). A single run shows its changes from its experiment's default.
   """
   configs = [_run_config(d) for d in run_dirs]
   flats = [_flat(c) for c in configs]
@@ -111,11 +118,10 @@ def labels(run_dirs: Sequence[str], defaults: Callable[[str], dict | None] | Non
   for run_dir, config, flat in zip(run_dirs, configs, flats):
     name = config.get("experiment") or os.path.basename(os.path.normpath(run_dir))
     base = defaults(name) if (defaults and config) else None
-    if base is not None:
-      diff = config_differences(config, base)
-    else:
-      diff = {k: flat[k] for k in sorted(varying) if k in flat and k != "experiment"}
-    parts = [f"{k}={_short(v)}" for k, v in sorted(diff.items())]
+    diff = config_differences(config, base) if base is not None else dict(flat)
+    if len(run_dirs) > 1:
+      diff = {k: v for k, v in diff.items() if k in varying and k != "experiment"}
+    parts = [f"{k}={_short(v, k)}" for k, v in sorted(diff.items())]
     if len(parts) > max_fields:
       parts = parts[:max_fields] + [f"+{len(parts) - max_fields} more"]
     out.append(" ".join([name] + parts))

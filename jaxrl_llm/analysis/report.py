@@ -112,7 +112,7 @@ def report(run_dir: str, *, out: str | None = None,
             _table([(k, last[k]) for k in keys], ("metric", "value"))]
 
   with tempfile.TemporaryDirectory() as tmp:
-    curves = plot_run(run_dir, os.path.join(tmp, "curves.png"))
+    curves = plot_run(run_dir, os.path.join(tmp, "curves.png"), dpi=60)  # a page, not a poster
     parts += ["<h2>Curves</h2>", _img(curves, "training curves")]
 
   analysis_dir = os.path.join(run_dir, "analysis")

@@ -248,7 +248,7 @@ def heatmap(report: dict, path: str, title: str = "") -> str:
   ax.set_title(title or f"update sparsity {report['sparsity']:.3f}")
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
 

@@ -22,7 +22,7 @@ def _rank(key: str) -> tuple[int, str]:
   return len(PRIORITY), key
 
 
-def plot_run(run_dir: str, out: str | None = None) -> str:
+def plot_run(run_dir: str, out: str | None = None, *, dpi: int = 100) -> str:
   """Draws the numeric metrics against step, most important first; returns the PNG path.
 
   Order: accuracy and reward, held-out evaluation (with the before-training point of
@@ -65,7 +65,7 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
   fig.tight_layout()
   out = out or os.path.join(run_dir, "plots", "curves.png")
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  fig.savefig(out, dpi=100)
+  fig.savefig(out, dpi=dpi)
   plt.close(fig)
   with open(os.path.join(os.path.dirname(out), "constants.json"), "w") as f:
     json.dump(constants, f, indent=1, sort_keys=True)
