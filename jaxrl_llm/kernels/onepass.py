@@ -68,10 +68,15 @@ def _forward(loss_fn, temperature, block_rows, h, w, y, aux):
 
     value, vjp = jax.vjp(total, logp, ent)
     g, e = vjp(jnp.ones((), value.dtype))
-    onehot = jax.nn.one_hot(y_c, w.shape[1], dtype=jnp.float32)
-    dz = (g[:, None] * (onehot - p) - e[:, None] * p * (logp_all + ent[:, None])) / temperature
-    dh_c = jnp.dot(dz, w.astype(jnp.float32).T)
-    dw = dw + jnp.dot(h_c.astype(jnp.float32).T, dz)
+    # dz = g·(onehot − p) − e·p·(log p + H), written so that no one-hot tile is built: one fused
+    # elementwise pass over the chunk's logits, then g added at the targets.
+    dz = -p * (g[:, None] + e[:, None] * (logp_all + ent[:, None]))
+    dz = dz.at[jnp.arange(dz.shape[0]), y_c].add(g) / temperature
+    # Contract without transposing W or h in memory (a [D, V] copy per chunk otherwise).
+    dh_c = jax.lax.dot_general(dz.astype(w.dtype), w, (((1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+    dw = dw + jax.lax.dot_general(h_c.astype(jnp.float32), dz, (((0,), (0,)), ((), ())),
+                                  preferred_element_type=jnp.float32)
     return dw, (value, logp, ent, dh_c)
 
   dw, (values, logp, ent, dh) = jax.lax.scan(
