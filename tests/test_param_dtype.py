@@ -75,18 +75,21 @@ def test_bf16_params_sft_resume_is_bit_identical_and_stored_in_bf16(tiny, tmp_pa
 def test_grpo_in_bf16_from_a_float32_warm_start(tiny, data_dir, tmp_path):
   import jax.numpy as jnp
   from conftest import replace
-  from test_rl import tiny_rl_config
+  from test_rl import _digit_fraction, tiny_rl_config
 
-  from jaxrl_llm.config import InitConfig
+  from jaxrl_llm.config import InitConfig, RewardConfig
+  from jaxrl_llm.rewards import RewardSpec
   from jaxrl_llm.rundir.artifacts import load_run
   from jaxrl_llm.train import read_metrics, rl_loop, sft_loop
 
   start = str(tmp_path / "sft")
   sft_loop.train(replace(tiny, train=dict(steps=2, eval_every=0, test_examples=0)), start)
   cfg = replace(tiny_rl_config(data_dir), model=dict(param_dtype="bfloat16"),
-                init=InitConfig(policy_run=start))
+                init=InitConfig(policy_run=start),
+                reward=RewardConfig(functions=("digits",), weights=(1.0,), accuracy=""))
   run = str(tmp_path / "grpo")
-  rl_loop.train(cfg, run)
+  # A reward with signal for an untrained policy, so that the steps have real gradients.
+  rl_loop.train(cfg, run, reward_fns=[RewardSpec("digits", _digit_fraction)])
   rows = read_metrics(run)
   assert [r["step"] for r in rows] == [1, 2]
   assert all(np.isfinite(r["train/loss"]) for r in rows)
@@ -96,7 +99,7 @@ def test_grpo_in_bf16_from_a_float32_warm_start(tiny, data_dir, tmp_path):
   p2 = art.policy_params()
   assert all(x.dtype == jnp.bfloat16 for x in _leaves(p2))
   assert all(x.dtype == np.float32 for x in _leaves(art.state["opt_state"]["master"]))
-  # The warm start is rounded once to bf16 storage; RL then moves it.
-  moved = [np.any(np.asarray(a, np.float32).astype(jnp.bfloat16) != b)
+  # The warm start is rounded once to bf16 storage; RL then moves most of every matrix.
+  moved = [np.mean(np.asarray(a, np.float32).astype(jnp.bfloat16) != b)
            for a, b in zip(_leaves(p0), _leaves(p2))]
-  assert any(moved)
+  assert max(moved) > 0.5, moved
