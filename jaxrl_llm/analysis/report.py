@@ -72,12 +72,12 @@ def report(run_dir: str, *, out: str | None = None,
     NoMetricsError: ``run_dir`` has no metrics (not a run, or not started).
   """
   from jaxrl_llm.train.plotting import plot_run
+  from jaxrl_llm.train.tracking import read_metrics
 
   series = load_series(run_dir)  # raises NoMetricsError for a directory that is not a run
   config = _read_json(os.path.join(run_dir, "config.json")) or {}
   name = config.get("experiment") or os.path.basename(os.path.normpath(run_dir))
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    last = [json.loads(line) for line in f if line.strip()][-1]
+  last = read_metrics(run_dir)[-1]  # load_series above has checked there is a row
   checkpoints = os.path.join(run_dir, "checkpoints")
   steps = sorted(int(s) for s in os.listdir(checkpoints) if s.isdigit()) if os.path.isdir(
       checkpoints) else []
