@@ -218,3 +218,51 @@ def test_token_frequencies_match_the_distribution(params, sampling):
   keep = exp > 0
   chi2 = float(np.sum((obs[keep] - exp[keep]) ** 2 / exp[keep]))
   assert chi2 < stats.chi2.ppf(0.999, keep.sum() - 1), chi2
+
+
+REFILL_STOPS = tuple(range(0, CONFIG.vocab_size, 4))  # A quarter of the vocabulary: rows end early.
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=1.0),
+                                      SamplingConfig(temperature=0.8, top_k=20, top_p=0.9),
+                                      SamplingConfig(greedy=True)], ids=["t1", "truncated", "greedy"])
+def test_refill_returns_the_static_rows_bit_for_bit(params, sampling):
+  # 4 prompts x 3 samples = 12 rows through 2, 3 and 5 slots: rows stop at different steps, so
+  # slots are refilled mid-decode and rows run in other slots and at other times than in the
+  # static batch; tokens, masks and lengths must match exactly. Log-probs match to float rounding
+  # only: XLA:CPU picks its matmul kernel by batch size (2 rows and 12 rows round differently).
+  static = Sampler(CONFIG)
+  kw = dict(t=10, g=3, stop=REFILL_STOPS, rng=4)
+  want = jax.device_get(gen(static, params, sampling, **kw))
+  lengths = np.asarray(want.lengths)
+  assert want.finished.any() and len(set(lengths.tolist())) >= 2  # Refill has work to do.
+  for slots in (2, 3, 5):
+    s = Sampler(CONFIG, slots=slots)
+    got = jax.device_get(gen(s, params, sampling, **kw))
+    for field in ("tokens", "prompt_mask", "response_mask", "lengths", "finished", "group_ids"):
+      np.testing.assert_array_equal(getattr(got, field), getattr(want, field),
+                                    err_msg=f"{field} with {slots} slots")
+    for field in ("sampler_logprobs", "sampler_logprobs_truncated"):
+      np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=0, atol=2e-6,
+                                 err_msg=f"{field} with {slots} slots")
+    gen(s, params, sampling, **dict(kw, rng=9))
+    assert s.compilations == 1
+
+
+def test_refill_on_a_mesh_and_with_one_slot(params):
+  mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+  from jaxrl_llm.models import init_params as init
+
+  sharded_params, _ = init(CONFIG, jax.random.PRNGKey(0), mesh)
+  sampling = SamplingConfig(temperature=1.0)
+  kw = dict(t=8, g=2, stop=REFILL_STOPS, rng=2)
+  want = gen(Sampler(CONFIG), params, sampling, **kw)
+  got = gen(Sampler(CONFIG, mesh=mesh, slots=4), sharded_params, sampling, **kw)
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_allclose(got.sampler_logprobs, want.sampler_logprobs, atol=1e-5)
+  # One slot decodes with matrix-vector kernels (other rounding); the rows are still the same.
+  one = gen(Sampler(CONFIG, slots=1), params, sampling, **kw)
+  np.testing.assert_array_equal(one.tokens, want.tokens)
+  np.testing.assert_allclose(one.sampler_logprobs, want.sampler_logprobs, atol=1e-5)
+  with pytest.raises(ValueError, match="slots"):
+    Sampler(CONFIG, slots=-1)

@@ -620,6 +620,10 @@ class RolloutConfig:
   samples_per_prompt: int = 8  # G: responses per prompt.
   gen_prompts: int = 0  # Prompts per generation round (dynamic sampling); 0: prompts_per_step.
   max_new_tokens: int = 8  # Generation budget T (the cache size; constant over the run).
+  # In-flight refill: decode this many rows at a time, a finished row's slot taking the next
+  # pending row at once (rows of long-tailed lengths then cost their tokens, not rows x the
+  # longest); 0 decodes each round's rows as one static batch. Same rows either way.
+  slots: int = 64
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
@@ -650,7 +654,7 @@ class RolloutConfig:
             f"got {self.prefix_ratio_min} and {self.prefix_ratio_max}")
     if not 0.0 <= self.accuracy_band_low <= self.accuracy_band_high <= 1.0:
       _fail("rollout.accuracy_band_low", "need 0 <= accuracy_band_low <= accuracy_band_high <= 1")
-    _positive("rollout", self, "gen_prompts", "top_k", "min_p", allow_zero=True)
+    _positive("rollout", self, "gen_prompts", "top_k", "min_p", "slots", allow_zero=True)
     if not 0.0 < self.top_p <= 1.0:
       _fail("rollout.top_p", f"must be in (0, 1], got {self.top_p}")
     if not self.min_p < 1.0:

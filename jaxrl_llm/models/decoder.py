@@ -9,7 +9,8 @@ left-padded prompt starts at position 0 at its first real token), ``segment_ids`
 sequences apart (positions restart per segment), and logits are float32.
 
 KV cache: pass ``cache=`` (from :func:`init_cache`) and the call writes this chunk's keys and values
-at ``cache["index"]`` and returns ``(output, new_cache)``; :func:`prefill` and :func:`decode_step`
+at ``cache["index"]`` (one position for all rows, or ``int32[B]``: one per row) and returns
+``(output, new_cache)``; :func:`prefill` and :func:`decode_step`
 wrap it. Shapes stay static (the cache is preallocated), so decoding compiles once.
 """
 
@@ -124,6 +125,15 @@ def _norm(c: ModelConfig, name: str, axis_name: str = "norm") -> Norm:
   return Norm(c.norm, c.norm_eps, c.norm_offset, _dtype(c.param_dtype), axis_name, name=name)
 
 
+def _write(buf: jax.Array, update: jax.Array, index: jax.Array, axis: int) -> jax.Array:
+  """Writes ``update`` into ``buf`` at ``index`` along ``axis``: a scalar index for every row, or
+  ``int32[B]`` -- one write position per row (the refill sampler's slots)."""
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(buf, update, index, axis=axis)
+  return jax.vmap(lambda b, u, i: jax.lax.dynamic_update_slice_in_dim(b, u, i, axis=axis - 1))(
+      buf, update, index)
+
+
 class Attention(nn.Module):
   config: ModelConfig
 
@@ -162,10 +172,8 @@ class Attention(nn.Module):
     scale = c.query_scale if c.query_scale else h ** -0.5
     new_cache = None
     if cache is not None:
-      kt = jax.lax.dynamic_update_slice_in_dim(
-          cache["k"], jnp.transpose(kk, (0, 2, 3, 1)).astype(cache["k"].dtype), index, axis=3)
-      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index,
-                                              axis=2)
+      kt = _write(cache["k"], jnp.transpose(kk, (0, 2, 3, 1)).astype(cache["k"].dtype), index, 3)
+      v = _write(cache["v"], v.astype(cache["v"].dtype), index, 2)
       new_cache = {"k": kt, "v": v}
       v = v.astype(cd)
       scores = jnp.einsum("BKGTH,BKHS->BKGTS", q, kt.astype(cd)).astype(jnp.float32) * scale
@@ -264,32 +272,34 @@ class Decoder(nn.Module):
     b, t = tokens.shape
     if cache is None:
       positions = positions_from_mask(attention_mask, segment_ids)
-      q_idx = jnp.arange(t)
+      q_idx = jnp.arange(t)[None, :]
       key_mask = attention_mask
       index = None
     else:
+      # A scalar index (every row writes at the same slot) or int32[B] (one per row).
       index = cache["index"]
       seen = jnp.sum(cache["mask"].astype(jnp.int32), axis=-1, keepdims=True)
       positions = seen + jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), -1) - 1, 0)
-      q_idx = index + jnp.arange(t)
-      key_mask = jax.lax.dynamic_update_slice_in_dim(cache["mask"], attention_mask, index, axis=1)
+      q_idx = jnp.reshape(index, (-1, 1)) + jnp.arange(t)[None, :]  # [1 or B, T]
+      key_mask = _write(cache["mask"], attention_mask, index, 1)
     s = key_mask.shape[1]
     k_idx = jnp.arange(s)
-    causal = k_idx[None, :] <= q_idx[:, None]  # [T, S]
-    mask = causal[None] & key_mask[:, None, :]
+    causal = k_idx[None, None, :] <= q_idx[:, :, None]  # [1 or B, T, S]
+    mask = causal & key_mask[:, None, :]
     if segment_ids is not None:
       if cache is not None:
         raise ValueError("segment_ids (packing) and a KV cache cannot be combined")
       chex.assert_equal_shape([tokens, segment_ids])
       mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    window = (q_idx[:, None] - k_idx[None, :]) < c.sliding_window if c.sliding_window else None
+    window = ((q_idx[:, :, None] - k_idx[None, None, :]) < c.sliding_window
+              if c.sliding_window else None)
     if c.positions == "learned":
       table = _param(self, "pos_embedding", nn.initializers.normal(stddev=0.02),
                      (c.max_seq_len, c.d_model), ("positions", "embed"), pd)
       x = x + jnp.take(table, jnp.minimum(positions, c.max_seq_len - 1), axis=0).astype(cd)
     new_layers = []
     for i in range(c.n_layers):
-      layer_mask = mask & window[None] if c.layer_is_sliding(i) else mask
+      layer_mask = mask & window if c.layer_is_sliding(i) else mask
       layer_cache = None if cache is None else cache["layers"][i]
       x, new = Block(c, name=f"layer_{i}")(x, positions, layer_mask, deterministic,
                                                     layer_cache, index)

@@ -180,7 +180,8 @@ def _draw(z: jax.Array, u: jax.Array):
 
 
 def sample_vocab_major(logits: jax.Array, row_keys: jax.Array, step, sampling: SamplingConfig):
-  """:func:`sample_tokens` on vocabulary-major logits float32 ``[V, N]`` (the decode layout)."""
+  """:func:`sample_tokens` on vocabulary-major logits float32 ``[V, N]`` (the decode layout);
+  ``step`` is a scalar or int32 ``[N]`` (each row's own step)."""
   chex.assert_rank(logits, 2)
   chex.assert_axis_dimension(row_keys, 0, logits.shape[1])  # Raw [N, 2] or typed [N] keys.
   z = logits.astype(jnp.float32) / sampling.temperature
@@ -196,7 +197,10 @@ def sample_vocab_major(logits: jax.Array, row_keys: jax.Array, step, sampling: S
     m = jnp.max(bmax, axis=0)
     picked = pick(z, tok) - (m + jnp.log(jnp.sum(jnp.exp(z - m), axis=0)))
     return tok, picked, picked
-  keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
+  if jnp.ndim(step):  # One step per row (the refill sampler's slots are at different steps).
+    keys = jax.vmap(jax.random.fold_in)(row_keys, step)
+  else:
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
   u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
   if not sampling.truncates:
     tok, lse = _draw(z, u)
@@ -263,6 +267,15 @@ def _generate(params, prompts, prompt_mask, rng, *, config: ModelConfig,
 
   init = (jnp.ones((), jnp.int32), out, lp, lpt, is_stop_token(tok), cache, tok)
   _, out, lp, lpt, _, _, _ = jax.lax.while_loop(cond, body, init)
+  return _finish(out, lp, lpt, prompts, prompt_mask, stops, g, pad_id)
+
+
+def _finish(out, lp, lpt, prompts, prompt_mask, stops, g: int, pad_id: int) -> Rollout:
+  """The :class:`Rollout` of drawn tokens ``out [N, T]`` and their log-probs (rows cut after
+  their first stop token)."""
+  b, p = prompts.shape
+  n, t_max = out.shape
+  fan = lambda x: jnp.repeat(x, g, axis=0)
   is_stop = jnp.any(out[:, :, None] == stops[None, None, :], axis=-1)
   first_stop = jnp.where(jnp.any(is_stop, -1), jnp.argmax(is_stop, -1), t_max)
   finished = first_stop < t_max
@@ -279,6 +292,89 @@ def _generate(params, prompts, prompt_mask, rng, *, config: ModelConfig,
       sampler_logprobs_truncated=jnp.where(gen_mask, lpt, 0.0),
       lengths=lengths, finished=finished,
       group_ids=jnp.repeat(jnp.arange(b, dtype=jnp.int32), g))
+
+
+def _generate_refill(params, prompts, prompt_mask, rng, *, config: ModelConfig,
+                     sampling: SamplingConfig, max_new_tokens: int, stop_ids: tuple[int, ...],
+                     num_samples: int, pad_id: int, slots: int) -> Rollout:
+  """:func:`_generate` with in-flight refill: ``slots`` rows decode at a time, and a slot whose row
+  stops takes the next pending row at once, so the batch never waits for its longest row.
+
+  Every prompt is prefilled once, as in the static path, into a prompt cache ``[B, ..., P + T]``;
+  every row's first token is drawn from it exactly as there. A row that needs decoding is queued
+  in row order; taking a slot copies its prompt's cache row into the slot (the key mask beyond the
+  prompt is reset with it), after which the slot decodes with its own write position
+  (``cache["index"]`` is ``int32[slots]``). A row's cache then holds the same values at the same
+  positions as in the static sampler and it draws step ``t`` from the same
+  ``fold_in(fold_in(rng, row), t)``, so its tokens do not depend on which slot it ran in or when.
+  """
+  b, p = prompts.shape
+  g, t_max = num_samples, max_new_tokens
+  n = b * g
+  s = min(slots, n)
+  hidden, store = prefill(params, config, prompts, prompt_mask, max_len=p + t_max,
+                          return_hidden=True)
+  row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
+  stops = jnp.asarray(stop_ids, jnp.int32) if stop_ids else jnp.zeros((0,), jnp.int32)
+  is_stop_token = lambda tok: jnp.any(tok[:, None] == stops[None, :], axis=-1)
+  head = lambda h: lm_head(params, config, h, vocab_major=True)  # [V, rows]
+
+  first = jnp.repeat(head(hidden[:, -1]), g, axis=1)
+  tok0, logp0, logpt0 = sample_vocab_major(first, row_keys, 0, sampling)
+  out = jnp.full((n, t_max), pad_id, jnp.int32).at[:, 0].set(tok0)
+  lp = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(logp0)
+  lpt = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(logpt0)
+  done0 = is_stop_token(tok0) | (t_max == 1)
+  queue = jnp.argsort(done0, stable=True).astype(jnp.int32)  # Rows to decode first, in order.
+  pending = jnp.sum(~done0).astype(jnp.int32)
+  idle = jnp.int32(n)  # The row id of an empty slot (out of range: its writes are dropped).
+  slot_ids = jnp.arange(s, dtype=jnp.int32)
+
+  def load(cache, rows, take):
+    """Copies the prompt cache of ``rows`` into the slots where ``take``; others keep theirs."""
+    dst = jnp.where(take, slot_ids, s)  # Out of range: dropped.
+    src = jnp.minimum(rows, n - 1) // g
+    put = lambda x, y: x.at[dst].set(y[src], mode="drop")
+    return {"layers": jax.tree.map(put, cache["layers"], store["layers"]),
+            "mask": put(cache["mask"], store["mask"]), "index": cache["index"]}
+
+  rows = jnp.where(slot_ids < pending, queue[jnp.minimum(slot_ids, n - 1)], idle)
+  empty = {"layers": jax.tree.map(lambda x: jnp.zeros((s,) + x.shape[1:], x.dtype),
+                                  store["layers"]),
+           "mask": jnp.zeros((s,) + store["mask"].shape[1:], bool),
+           "index": jnp.zeros((s,), jnp.int32)}
+  cache = load(empty, rows, rows < idle)
+  steps = jnp.ones((s,), jnp.int32)  # The step each slot draws next (token 0 is already drawn).
+  prev = tok0[jnp.minimum(rows, n - 1)]
+
+  def cond(state):
+    return jnp.any(state[0] < idle)
+
+  def body(state):
+    rows, steps, prev, taken, cache, out, lp, lpt = state
+    active = rows < idle
+    safe = jnp.minimum(rows, n - 1)
+    cache = dict(cache, index=p + steps - 1)  # Where each slot writes the token it feeds.
+    hidden, cache = decode_step(params, config, prev, cache, active, return_hidden=True)
+    tok, logp, logp_t = sample_vocab_major(head(hidden), row_keys[safe], steps, sampling)
+    at = (rows, jnp.minimum(steps, t_max - 1))
+    out = out.at[at].set(tok, mode="drop")
+    lp = lp.at[at].set(logp, mode="drop")
+    lpt = lpt.at[at].set(logp_t, mode="drop")
+    ended = active & (is_stop_token(tok) | (steps + 1 >= t_max))
+    # Ended slots take the next queued rows, in slot order.
+    nxt = taken + jnp.cumsum(ended.astype(jnp.int32)) - 1
+    refill = ended & (nxt < pending)
+    new_rows = jnp.where(ended, jnp.where(refill, queue[jnp.clip(nxt, 0, n - 1)], idle), rows)
+    cache = jax.lax.cond(jnp.any(refill), lambda c: load(c, new_rows, refill), lambda c: c, cache)
+    steps = jnp.where(refill, 1, steps + 1)
+    prev = jnp.where(refill, tok0[jnp.minimum(new_rows, n - 1)], tok)
+    taken = jnp.minimum(taken + jnp.sum(ended.astype(jnp.int32)), pending)
+    return new_rows, steps, prev, taken, cache, out, lp, lpt
+
+  init = (rows, steps, prev, jnp.minimum(jnp.int32(s), pending), cache, out, lp, lpt)
+  _, _, _, _, _, out, lp, lpt = jax.lax.while_loop(cond, body, init)
+  return _finish(out, lp, lpt, prompts, prompt_mask, stops, g, pad_id)
 
 
 def validate_request(config: ModelConfig, prompt_width: int, prompt_lengths, *,
@@ -329,12 +425,22 @@ class Sampler:
 
   ``sampler.compilations`` stays at one per (prompt bucket, generation bucket, group size,
   sampling options) over a run.
+
+  ``slots``: 0 decodes all ``B·G`` rows together until the longest one stops (the static batch);
+  ``k > 0`` decodes ``k`` rows at a time with in-flight refill (:func:`_generate_refill`): a slot
+  whose row stops takes the next pending row, so a long-tailed length distribution costs about
+  its total tokens rather than rows × the longest. Same rows either way: tokens bit-for-bit, and
+  log-probs bit-for-bit on XLA:CPU for ``k ≥ 2`` (one slot runs matrix-vector kernels that round
+  differently, ~1e-6).
   """
 
-  def __init__(self, config: ModelConfig, *, pad_id: int = 0, mesh=None):
+  def __init__(self, config: ModelConfig, *, pad_id: int = 0, mesh=None, slots: int = 0):
+    if slots < 0:
+      raise ValueError(f"Sampler slots must be >= 0 (0: static batch), got {slots}")
     self.config = config
     self.pad_id = pad_id
     self.mesh = mesh
+    self.slots = int(slots)
     self.compilations = 0
     self._fns = {}
 
@@ -343,9 +449,13 @@ class Sampler:
     if key not in self._fns:
       def traced(params, prompts, mask, rng):
         self.compilations += 1  # Runs once per trace, i.e. per compilation.
-        return _generate(params, prompts, mask, rng, config=self.config, sampling=sampling,
-                         max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                         num_samples=num_samples, pad_id=self.pad_id)
+        kw = dict(config=self.config, sampling=sampling, max_new_tokens=max_new_tokens,
+                  stop_ids=stop_ids, num_samples=num_samples, pad_id=self.pad_id)
+        n = prompts.shape[0] * num_samples
+        # Refill pays off only with fewer slots than rows and a stop token to end rows early.
+        if self.slots and self.slots < n and stop_ids and max_new_tokens > 1:
+          return _generate_refill(params, prompts, mask, rng, slots=self.slots, **kw)
+        return _generate(params, prompts, mask, rng, **kw)
 
       kw = {}
       # Prompts are split over data x fsdp when their count divides; otherwise (a few prompts,

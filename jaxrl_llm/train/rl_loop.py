@@ -421,7 +421,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                                 temperature=rc.temperature)
 
   logprobs = jax.jit(logprobs, out_shardings=rows)
-  sampler = Sampler(model_config, pad_id=tokenizer.pad_token_id, mesh=mesh)
+  sampler = Sampler(model_config, pad_id=tokenizer.pad_token_id, mesh=mesh, slots=rc.slots)
   sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p,
                             min_p=rc.min_p)
   decode = make_greedy_decode(model_config, max_new_tokens=rc.max_new_tokens,
