@@ -9,8 +9,9 @@ Workloads:
     distribution is close to uniform, so a row stops at each step with probability about
     stops / 32000: geometric lengths with a long tail against the mean (reported: mean, p50, p90,
     max) -- the static batch decodes until its longest row ends.
-  * ``fixed``: one stop id that the model never draws in these runs (checked: every row reaches
-    ``--new``), so refill has nothing to refill -- its overhead against the static batch.
+  * ``fixed``: one stop id, which the model draws about once in 32000 tokens (checked: the mean
+    length is within 1% of ``--fixed-new``), so refill has (almost) nothing to refill -- its
+    overhead against the static batch.
 
 Useful tokens/s = Σ response lengths / wall time (median over ``--repeats`` rounds, each round
 running every variant once, in turn). ``rows_identical_to_static``: the fraction of rows whose
@@ -99,8 +100,8 @@ def main():
           all_lens.append(lens)
         same[k].append(float(np.mean(np.all(tokens == ref, axis=1))))
     lens = np.concatenate(all_lens)
-    if name == "fixed" and not np.all(lens == new):
-      raise SystemExit("the fixed workload's stop id was drawn; pick another")
+    if name == "fixed" and lens.mean() < 0.99 * new:
+      raise SystemExit("the fixed workload's stop id ends rows early; pick another")
     useful = float(np.mean([l.sum() for l in all_lens]))
     stat = {"mean": round(float(lens.mean()), 1), "p50": float(np.percentile(lens, 50)),
             "p90": float(np.percentile(lens, 90)), "max": int(lens.max())}
