@@ -73,7 +73,7 @@ def main():
   prompts = rng.integers(0, 32000, (b, args.prompt)).astype(np.int32)
   lengths = np.full((b,), args.prompt, np.int32)
   sampling = SamplingConfig(temperature=1.0)
-  samplers = {0: Sampler(config)} | {k: Sampler(config, slots=k) for k in args.slots}
+  samplers = {0: Sampler(config)} | {k: Sampler(config, refill=True, slots=k) for k in args.slots}
   results = []
   workloads = {"tail": (args.new, rng.choice(32000, args.stops, replace=False).tolist()),
                "fixed": (args.fixed_new, [31999])}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # Fixed tags: never renumber, only append.
-PURPOSES = {"init": 0, "data": 1, "dropout": 2, "sampling": 3, "eval": 4}
+PURPOSES = {"init": 0, "data": 1, "dropout": 2, "sampling": 3, "eval": 4, "lora": 5}
 
 
 def root_key(seed: int) -> jax.Array:
@@ -25,7 +25,8 @@ def root_key(seed: int) -> jax.Array:
 
 
 def purpose_key(seed_or_key, purpose: str) -> jax.Array:
-  """``uint32[2]`` key of one named stream (``init``, ``data``, ``dropout``, ``sampling``, ``eval``)."""
+  """``uint32[2]`` key of one named stream (``init``, ``data``, ``dropout``, ``sampling``, ``eval``,
+  ``lora``)."""
   if purpose not in PURPOSES:
     raise KeyError(f"unknown PRNG purpose {purpose!r}; known: {sorted(PURPOSES)}")
   key = root_key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key

@@ -237,7 +237,7 @@ def test_refill_returns_the_static_rows_bit_for_bit(params, sampling):
   lengths = np.asarray(want.lengths)
   assert want.finished.any() and len(set(lengths.tolist())) >= 2  # Refill has work to do.
   for slots in (2, 3, 5):
-    s = Sampler(CONFIG, slots=slots)
+    s = Sampler(CONFIG, refill=True, slots=slots)
     got = jax.device_get(gen(s, params, sampling, **kw))
     for field in ("tokens", "prompt_mask", "response_mask", "lengths", "finished", "group_ids"):
       np.testing.assert_array_equal(getattr(got, field), getattr(want, field),
@@ -257,11 +257,11 @@ def test_refill_on_a_mesh_and_with_one_slot(params):
   sampling = SamplingConfig(temperature=1.0)
   kw = dict(t=8, g=2, stop=REFILL_STOPS, rng=2)
   want = gen(Sampler(CONFIG), params, sampling, **kw)
-  got = gen(Sampler(CONFIG, mesh=mesh, slots=4), sharded_params, sampling, **kw)
+  got = gen(Sampler(CONFIG, mesh=mesh, refill=True), sharded_params, sampling, **kw)
   np.testing.assert_array_equal(got.tokens, want.tokens)
   np.testing.assert_allclose(got.sampler_logprobs, want.sampler_logprobs, atol=1e-5)
-  # One slot decodes with matrix-vector kernels (other rounding); the rows are still the same.
-  one = gen(Sampler(CONFIG, slots=1), params, sampling, **kw)
+  # One slot (matrix-vector kernels, other rounding): the rows are still the same.
+  one = gen(Sampler(CONFIG, refill=True, slots=1), params, sampling, **kw)
   np.testing.assert_array_equal(one.tokens, want.tokens)
   np.testing.assert_allclose(one.sampler_logprobs, want.sampler_logprobs, atol=1e-5)
   with pytest.raises(ValueError, match="slots"):

@@ -43,11 +43,33 @@ def train_state_shardings(tx: optax.GradientTransformation, abstract_params, par
   param rules say, scalars (step, counts, PRNG key) replicated."""
   abstract = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)),
                             abstract_params)
-  return TrainState(
-      step=replicated(mesh), params=param_shardings,
-      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
-                                      transform_non_params=lambda _: replicated(mesh)),
-      rng=replicated(mesh), skipped_steps=replicated(mesh))
+  try:
+    opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
+                                transform_non_params=lambda _: replicated(mesh))
+  except ValueError:  # State over a part of the params (LoRA's multi_transform): match by path.
+    opt = _shardings_by_path(abstract.opt_state, abstract_params, param_shardings, mesh)
+  return TrainState(step=replicated(mesh), params=param_shardings, opt_state=opt,
+                    rng=replicated(mesh), skipped_steps=replicated(mesh))
+
+
+def _dict_keys(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _shardings_by_path(opt_state, abstract_params, param_shardings, mesh):
+  """Each optimizer-state leaf sharded like the param whose dict-key path ends its own (and whose
+  shape it has); anything else (counters, scalars) replicated."""
+  params = {_dict_keys(p): (x.shape, s) for (p, x), s in zip(
+      jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(param_shardings))}
+
+  def one(path, leaf):
+    keys = _dict_keys(path)
+    for i in range(len(keys)):
+      hit = params.get(keys[i:])
+      if hit is not None and hit[0] == leaf.shape:
+        return hit[1]
+    return replicated(mesh)
+  return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
 def _decay_mask(params):

@@ -9,6 +9,7 @@ from jaxrl_llm.config.schema import (
     DataConfig,
     InitConfig,
     LoggingConfig,
+    LoraConfig,
     MeshConfig,
     ModelConfig,
     OptimizerConfig,
@@ -19,6 +20,6 @@ from jaxrl_llm.config.schema import (
 
 __all__ = [
     "MESH_AXES", "AlgorithmConfig", "Config", "ConfigError", "DataConfig", "InitConfig", "LoggingConfig",
-    "MeshConfig", "ModelConfig", "OptimizerConfig", "RewardConfig", "RolloutConfig", "TrainConfig", "apply_overrides", "from_dict",
+    "LoraConfig", "MeshConfig", "ModelConfig", "OptimizerConfig", "RewardConfig", "RolloutConfig", "TrainConfig", "apply_overrides", "from_dict",
     "load_json", "parse_override", "save_json", "to_dict",
 ]

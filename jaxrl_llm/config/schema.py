@@ -39,6 +39,37 @@ _DTYPES = ("float32", "bfloat16", "float16")
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gpt2")
 
 
+LORA_WEIGHTS = ("q", "k", "v", "o", "up", "gate", "down")  # Per layer: layer_{i}/attn|mlp/NAME.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+  """Low-rank adapters (Hu et al. 2021, "LoRA", arXiv:2106.09685) on a frozen base.
+
+  ``rank = 0`` trains every parameter. With ``rank = r > 0`` each targeted weight ``W`` gets
+  ``A`` (input dims x r, random) and ``B`` (r x output dims, zero, so step 0 is the base exactly);
+  the layer computes ``x·W + (alpha / r)·(dropout(x)·A)·B`` (``rslora``: ``alpha / sqrt(r)``,
+  Kalajdzievski 2023, arXiv:2312.03732), adapters in float32 whatever ``param_dtype`` stores the
+  base in. Only the adapters are trained; the reference policy is the base with adapters off.
+  """
+
+  rank: int = 0
+  alpha: float = 16.0
+  dropout: float = 0.0
+  rslora: bool = False
+  # Which weights: fnmatch patterns over the weights' names inside the decoder,
+  # ``layer_{i}/attn/{q,k,v,o}`` and ``layer_{i}/mlp/{up,gate,down}``; a bare name ("q", "up")
+  # matches it in every layer, "layer_[0-3]/mlp/*" the MLPs of the first four layers.
+  targets: tuple[str, ...] = ("q", "k", "v", "o")
+
+  def __post_init__(self):
+    _positive("model.lora", self, "rank", "alpha", "dropout", allow_zero=True)
+    if not self.dropout < 1.0:
+      _fail("model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+    if self.rank and not self.targets:
+      _fail("model.lora.targets", "is empty: name at least one weight (e.g. 'q', 'v', 'up')")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   """One configurable decoder covering Llama 2/3, Qwen2/2.5, Qwen3, Mistral, Gemma 1/2 and GPT-2.
@@ -94,8 +125,17 @@ class ModelConfig:
                         "reference"] = "auto"
   logprob_block_n: int = 0
   logprob_block_v: int = 0
+  lora: LoraConfig = LoraConfig()  # Low-rank adapters on a frozen base (rank 0: off).
 
   def __post_init__(self):
+    if self.lora.rank:
+      for pattern in self.lora.targets:
+        if not self.lora_weights(pattern):
+          _fail("model.lora.targets", f"pattern {pattern!r} matches no weight of this model; "
+                f"weights are layer_{{i}}/attn/{{q,k,v,o}} and layer_{{i}}/mlp/"
+                f"{{{','.join(n for n in ('up', 'gate', 'down') if n != 'gate' or self.gated_mlp)}}}"
+                f" for i < {self.n_layers} (LoRA on embeddings and the LM head is not "
+                f"implemented yet)")
     if self.family not in FAMILIES:
       _fail("model.family", f"must be one of {FAMILIES}, got {self.family!r}")
     _positive("model", self, "vocab_size", allow_zero=True)
@@ -130,6 +170,19 @@ class ModelConfig:
         _fail("model.layer_types", f"entries must be 'full' or 'sliding', got {self.layer_types}")
       if "sliding" in self.layer_types and not self.sliding_window:
         _fail("model.sliding_window", "must be > 0 when a layer is 'sliding'")
+
+  def lora_weights(self, pattern: str | None = None) -> list[str]:
+    """The weight names LoRA can target (``layer_{i}/attn/q`` ...), or those one ``pattern``
+    (``model.lora.targets`` syntax) matches; all targeted ones when ``pattern`` is None."""
+    import fnmatch
+
+    names = [f"layer_{i}/{part}/{w}" for i in range(self.n_layers) for part, ws in
+             (("attn", LORA_WEIGHTS[:4]), ("mlp", LORA_WEIGHTS[4:])) for w in ws
+             if w != "gate" or self.gated_mlp]
+    patterns = self.lora.targets if pattern is None else (pattern,)
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) or
+                                    fnmatch.fnmatchcase(n.rsplit("/", 1)[1], p)
+                                    for p in patterns)]
 
   @property
   def resolved_head_dim(self) -> int:
@@ -620,10 +673,11 @@ class RolloutConfig:
   samples_per_prompt: int = 8  # G: responses per prompt.
   gen_prompts: int = 0  # Prompts per generation round (dynamic sampling); 0: prompts_per_step.
   max_new_tokens: int = 8  # Generation budget T (the cache size; constant over the run).
-  # In-flight refill: decode this many rows at a time, a finished row's slot taking the next
-  # pending row at once (rows of long-tailed lengths then cost their tokens, not rows x the
-  # longest); 0 decodes each round's rows as one static batch. Same rows either way.
-  slots: int = 64
+  # "refill": decode `slots` rows at a time, a finished row's slot taking the next pending row at
+  # once (rows of long-tailed lengths then cost their tokens, not rows x the longest); "static":
+  # all of a round's rows decode together until the longest stops. Same rows either way.
+  sampler: Literal["refill", "static"] = "refill"
+  slots: int = 0  # Refill slots; 0: half the rows of a generation round.
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
@@ -655,6 +709,8 @@ class RolloutConfig:
     if not 0.0 <= self.accuracy_band_low <= self.accuracy_band_high <= 1.0:
       _fail("rollout.accuracy_band_low", "need 0 <= accuracy_band_low <= accuracy_band_high <= 1")
     _positive("rollout", self, "gen_prompts", "top_k", "min_p", "slots", allow_zero=True)
+    if self.sampler not in ("refill", "static"):
+      _fail("rollout.sampler", f"must be 'refill' or 'static', got {self.sampler!r}")
     if not 0.0 < self.top_p <= 1.0:
       _fail("rollout.top_p", f"must be in (0, 1], got {self.top_p}")
     if not self.min_p < 1.0:

@@ -9,9 +9,10 @@ from jaxrl_llm.models.heads import (init_from_policy, init_head, last_token_rewa
                                     token_values)
 from jaxrl_llm.models.init import abstract_params, init_params, param_logical_axes
 from jaxrl_llm.models.presets import tiny
+from jaxrl_llm.models import lora  # noqa: E402  (needs init, imported above)
 
 __all__ = ["init_from_policy", "init_head", "last_token_rewards", "rewards_at", "tiny",
            "token_values", "Decoder", "abstract_params", "apply_rope", "decode_step", "init_cache",
            "init_params",
            "lm_head", "lm_head_weight", "logprob_kwargs", "param_logical_axes", "positions_from_mask", "prefill",
-           "rope_inv_freq"]
+           "rope_inv_freq", "lora"]

@@ -34,7 +34,44 @@ def _dtype(name: str):
 
 
 def _param(module: nn.Module, name: str, init, shape, names, dtype):
-  return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
+  value = module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
+  # With LoRA the base is frozen: no gradient flows into it (nor is its weight gradient computed).
+  frozen = module.frozen if isinstance(module, Norm) else module.config.lora.rank > 0
+  return jax.lax.stop_gradient(value) if frozen else value
+
+
+def _weight_name(module: nn.Module, name: str) -> str:
+  """``layer_{i}/attn/q``: a weight's name inside the decoder (``model.lora.targets``)."""
+  path = list(module.scope.path)
+  layer = max((i for i, p in enumerate(path) if p.startswith("layer_")), default=len(path))
+  return "/".join(path[layer:] + [name])
+
+
+def _lora(module: nn.Module, name: str, x: jax.Array, in_shape: tuple, out_shape: tuple,
+          in_names: tuple, out_names: tuple, deterministic: bool):
+  """The LoRA term ``(alpha / r)·(dropout(x)·A)·B`` of weight ``name`` (``x``'s trailing dims are
+  ``in_shape``; the result ends in ``out_shape``), or ``None`` when ``model.lora`` does not target
+  it. ``A`` and ``B`` are float32 params ``{name}_lora_a`` / ``{name}_lora_b`` next to the
+  weight, with its logical axes (so they shard like it) and ``lora_rank`` (replicated)."""
+  c = module.config
+  lc = c.lora
+  if not lc.rank or _weight_name(module, name) not in c.lora_weights():
+    return None
+  fan_in = math.prod(in_shape)
+  a = module.param(f"{name}_lora_a", nn.with_logical_partitioning(
+      nn.initializers.normal(stddev=fan_in ** -0.5), in_names + ("lora_rank",)),
+      in_shape + (lc.rank,), jnp.float32)
+  b = module.param(f"{name}_lora_b", nn.with_logical_partitioning(
+      nn.initializers.zeros, ("lora_rank",) + out_names), (lc.rank,) + out_shape, jnp.float32)
+  cd = _dtype(c.dtype)
+  h = nn.Dropout(lc.dropout)(x, deterministic=deterministic) if lc.dropout else x
+  xa = jnp.tensordot(h, a.astype(cd), axes=len(in_shape))
+  scale = lc.alpha / (math.sqrt(lc.rank) if lc.rslora else lc.rank)
+  return jnp.tensordot(xa, b.astype(cd), axes=1) * jnp.asarray(scale, cd)
+
+
+def _plus(y: jax.Array, delta) -> jax.Array:
+  return y if delta is None else y + delta
 
 
 def positions_from_mask(attention_mask: jax.Array, segment_ids: jax.Array | None = None
@@ -103,6 +140,7 @@ class Norm(nn.Module):
   offset: bool = False
   param_dtype: jnp.dtype = jnp.float32
   axis_name: str = "norm"
+  frozen: bool = False  # LoRA: no gradient into the scale / bias.
 
   @nn.compact
   def __call__(self, x):
@@ -122,7 +160,8 @@ class Norm(nn.Module):
 
 
 def _norm(c: ModelConfig, name: str, axis_name: str = "norm") -> Norm:
-  return Norm(c.norm, c.norm_eps, c.norm_offset, _dtype(c.param_dtype), axis_name, name=name)
+  return Norm(c.norm, c.norm_eps, c.norm_offset, _dtype(c.param_dtype), axis_name,
+              c.lora.rank > 0, name=name)
 
 
 def _write(buf: jax.Array, update: jax.Array, index: jax.Array, axis: int) -> jax.Array:
@@ -148,9 +187,14 @@ class Attention(nn.Module):
     wv = _param(self, "v", init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd).astype(cd)
     wo = _param(self, "o", nn.initializers.normal(stddev=(n * h) ** -0.5), (n, h, d),
                 ("heads", "head_dim", "embed"), pd).astype(cd)
-    q = jnp.einsum("BTD,DNH->BTNH", x, wq)
-    kk = jnp.einsum("BSD,DKH->BSKH", x, wk)
-    v = jnp.einsum("BSD,DKH->BSKH", x, wv)
+    q = _plus(jnp.einsum("BTD,DNH->BTNH", x, wq),
+              _lora(self, "q", x, (d,), (n, h), ("embed",), ("heads", "head_dim"), deterministic))
+    kk = _plus(jnp.einsum("BSD,DKH->BSKH", x, wk),
+               _lora(self, "k", x, (d,), (k, h), ("embed",), ("kv_heads", "head_dim"),
+                     deterministic))
+    v = _plus(jnp.einsum("BSD,DKH->BSKH", x, wv),
+              _lora(self, "v", x, (d,), (k, h), ("embed",), ("kv_heads", "head_dim"),
+                    deterministic))
     if c.attention_bias:
       zeros = nn.initializers.zeros
       q = q + _param(self, "q_bias", zeros, (n, h), ("heads", "head_dim"), pd).astype(cd)
@@ -190,7 +234,9 @@ class Attention(nn.Module):
     # ~6x slower in decoding, where T = 1 and this transpose is free.
     out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v)
     out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h)
-    out = jnp.einsum("BTNH,NHD->BTD", out, wo)
+    out = _plus(jnp.einsum("BTNH,NHD->BTD", out, wo),
+                _lora(self, "o", out, (n, h), (d,), ("heads", "head_dim"), ("embed",),
+                      deterministic))
     if c.out_bias:
       out = out + _param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",), pd).astype(cd)
     return out, new_cache
@@ -200,27 +246,31 @@ class MLP(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     c = self.config
     pd, cd = _dtype(c.param_dtype), _dtype(c.dtype)
     act = _activation(c.activation)
+    lora = lambda name, x, n_in, n_out, names_in, names_out: _lora(
+        self, name, x, (n_in,), (n_out,), (names_in,), (names_out,), deterministic)
     init_in = nn.initializers.normal(stddev=c.d_model ** -0.5)
     init_out = nn.initializers.normal(stddev=c.d_ff ** -0.5)
     up = _param(self, "up", init_in, (c.d_model, c.d_ff), ("embed", "mlp"), pd).astype(cd)
     down = _param(self, "down", init_out, (c.d_ff, c.d_model), ("mlp", "embed"), pd).astype(cd)
-    u = jnp.einsum("BTD,DF->BTF", x, up)
+    u = _plus(jnp.einsum("BTD,DF->BTF", x, up), lora("up", x, c.d_model, c.d_ff, "embed", "mlp"))
     if c.mlp_bias:
       u = u + _param(self, "up_bias", nn.initializers.zeros, (c.d_ff,), ("mlp",), pd).astype(cd)
     if c.gated_mlp:
       gate = _param(self, "gate", init_in, (c.d_model, c.d_ff), ("embed", "mlp"), pd).astype(cd)
-      g = jnp.einsum("BTD,DF->BTF", x, gate)
+      g = _plus(jnp.einsum("BTD,DF->BTF", x, gate),
+                lora("gate", x, c.d_model, c.d_ff, "embed", "mlp"))
       if c.mlp_bias:
         g = g + _param(self, "gate_bias", nn.initializers.zeros, (c.d_ff,), ("mlp",),
                        pd).astype(cd)
       hidden = act(g) * u
     else:
       hidden = act(u)
-    out = jnp.einsum("BTF,FD->BTD", hidden, down)
+    out = _plus(jnp.einsum("BTF,FD->BTD", hidden, down),
+                lora("down", hidden, c.d_ff, c.d_model, "mlp", "embed"))
     if c.mlp_bias:
       out = out + _param(self, "down_bias", nn.initializers.zeros, (c.d_model,), ("embed",),
                          pd).astype(cd)
@@ -239,7 +289,7 @@ class Block(nn.Module):
     if c.post_norms:
       h = _norm(c, "post_attn_norm")(h)
     x = x + drop(h, deterministic=deterministic)
-    h = MLP(c, name="mlp")(_norm(c, "mlp_norm")(x))
+    h = MLP(c, name="mlp")(_norm(c, "mlp_norm")(x), deterministic)
     if c.post_norms:
       h = _norm(c, "post_mlp_norm")(h)
     return x + drop(h, deterministic=deterministic), new_cache

@@ -31,6 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("positions", ()),
     ("norm", ()),
     ("accum", ()),
+    ("lora_rank", ()),
 )
 
 

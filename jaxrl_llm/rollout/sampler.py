@@ -426,20 +426,24 @@ class Sampler:
   ``sampler.compilations`` stays at one per (prompt bucket, generation bucket, group size,
   sampling options) over a run.
 
-  ``slots``: 0 decodes all ``B·G`` rows together until the longest one stops (the static batch);
-  ``k > 0`` decodes ``k`` rows at a time with in-flight refill (:func:`_generate_refill`): a slot
-  whose row stops takes the next pending row, so a long-tailed length distribution costs about
-  its total tokens rather than rows × the longest. Same rows either way: tokens bit-for-bit, and
-  log-probs bit-for-bit on XLA:CPU for ``k ≥ 2`` (one slot runs matrix-vector kernels that round
-  differently, ~1e-6).
+  ``refill=False`` decodes all ``N = B·G`` rows together until the longest one stops (the static
+  batch). ``refill=True`` decodes ``slots`` rows at a time (0: ``ceil(N / 2)``) with in-flight
+  refill (:func:`_generate_refill`): a slot whose row stops takes the next pending row, so a
+  long-tailed length distribution costs about its total tokens rather than rows × the longest.
+  It is used when there are fewer slots than rows and a stop token to end rows early. Same rows
+  either way: the same tokens and log-probs up to float rounding; bit for bit where the backend
+  computes a row's matmuls the same at both batch sizes (XLA:CPU at ≥ 64 rows on the standard
+  benchmark model, benchmarks/RESULTS.md).
   """
 
-  def __init__(self, config: ModelConfig, *, pad_id: int = 0, mesh=None, slots: int = 0):
+  def __init__(self, config: ModelConfig, *, pad_id: int = 0, mesh=None, refill: bool = False,
+               slots: int = 0):
     if slots < 0:
-      raise ValueError(f"Sampler slots must be >= 0 (0: static batch), got {slots}")
+      raise ValueError(f"Sampler slots must be >= 0 (0: half the rows), got {slots}")
     self.config = config
     self.pad_id = pad_id
     self.mesh = mesh
+    self.refill = bool(refill)
     self.slots = int(slots)
     self.compilations = 0
     self._fns = {}
@@ -452,9 +456,10 @@ class Sampler:
         kw = dict(config=self.config, sampling=sampling, max_new_tokens=max_new_tokens,
                   stop_ids=stop_ids, num_samples=num_samples, pad_id=self.pad_id)
         n = prompts.shape[0] * num_samples
+        slots = self.slots or -(-n // 2)
         # Refill pays off only with fewer slots than rows and a stop token to end rows early.
-        if self.slots and self.slots < n and stop_ids and max_new_tokens > 1:
-          return _generate_refill(params, prompts, mask, rng, slots=self.slots, **kw)
+        if self.refill and slots < n and stop_ids and max_new_tokens > 1:
+          return _generate_refill(params, prompts, mask, rng, slots=slots, **kw)
         return _generate(params, prompts, mask, rng, **kw)
 
       kw = {}

@@ -42,8 +42,10 @@ class RunArtifacts:
   step: int
 
   def policy_params(self, dtype: str | None = None) -> dict:
-    """The decoder params of the run's policy (SFT, RL, DPO, PPO actor); every leaf cast to
-    ``dtype`` (e.g. the new run's ``model.param_dtype``) when given."""
+    """The decoder params of the run's policy (SFT, RL, DPO, PPO actor), for
+    :attr:`model_config`. With ``dtype`` (a new run starting from this policy, in its
+    ``model.param_dtype``): LoRA adapters merged into the base (the policy as a plain model, see
+    :func:`jaxrl_llm.models.lora.merge`) and every leaf cast to ``dtype``."""
     state = self.state
     if "actor" in state:  # PPO: actor TrainState (+ critic).
       state = state["actor"]
@@ -56,7 +58,10 @@ class RunArtifacts:
       import jax
       import jax.numpy as jnp
 
-      params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
+      from jaxrl_llm.models import lora
+
+      params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)),
+                            lora.merge(params, self.model_config))
     return params
 
   def head_params(self) -> dict:
@@ -81,10 +86,11 @@ def _model_config(config: Config, tokenizer):
 
 
 def stored_as(model_config, config: Config):
-  """A source run's model config with this run's ``model.param_dtype`` (storage) and
-  ``model.dtype`` (compute): the architecture comes from the source, the dtypes from the run."""
+  """A source run's model config with this run's ``model.param_dtype`` (storage),
+  ``model.dtype`` (compute) and ``model.lora`` (adapters): the architecture comes from the
+  source, the rest from the run (a LoRA source is merged: :meth:`RunArtifacts.policy_params`)."""
   return dataclasses.replace(model_config, param_dtype=config.model.param_dtype,
-                             dtype=config.model.dtype)
+                             dtype=config.model.dtype, lora=config.model.lora)
 
 
 def load_run(run_dir: str, *, restore: bool = True) -> RunArtifacts:

@@ -180,6 +180,7 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
       shuffle=dc.shuffle, num_responses=None if kind == "ratings" else num_responses)
   model = Decoder(model_config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps)
+  sft_loop.lora_not_supported(model_config, "DPO and reward models")
   tx = with_master_weights(tx, model_config.param_dtype)
   policy_abstract = abstract_params(model_config)
   policy_shardings = tree_shardings(policy_abstract, param_logical_axes(model_config), mesh)

@@ -214,6 +214,9 @@ def build(config: Config, run_dir: str, *, devices=None) -> StepRMSetup:
   batcher.num_steps = num_steps
   algo = algo_config(config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps)
+  from jaxrl_llm.train.sft_loop import lora_not_supported
+
+  lora_not_supported(model_config, "outcome / process reward models")
   tx = with_master_weights(tx, model_config.param_dtype)
   policy_abstract = abstract_params(model_config)
   abstract = jax.eval_shape(lambda p: rm_lib.init_params(p, model_config, jax.random.PRNGKey(0)),

@@ -145,6 +145,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None) -
   """Runs (or resumes) RFT in ``run_dir``; returns the final metrics."""
   config = shrink_for_tests(config)
   ac = config.algorithm
+  sft_loop.lora_not_supported(config.model, "RFT / ReST-EM rounds")
   if not config.reward.accuracy:
     raise ConfigError("config field 'reward.accuracy': RFT keeps the paths this verifier accepts")
   if not (config.init.sft_steps or config.init.policy_run or config.init.hf_checkpoint):

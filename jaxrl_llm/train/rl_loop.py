@@ -48,7 +48,7 @@ from jaxrl_llm.config.schema import OFF_POLICY_LOSSES
 from jaxrl_llm.data.pipeline import bucket_cap, has_split, resolve_buckets, write_data_report
 from jaxrl_llm.data import (build_char_tokenizer, encode_split, load_rows, load_tokenizer,
                             save_tokenizer)
-from jaxrl_llm.models import Decoder, init_params
+from jaxrl_llm.models import Decoder, init_params, lora
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
 from jaxrl_llm.ops import AdaptiveKLController, FixedKLController
 from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_shardings
@@ -122,6 +122,9 @@ class RLSetup:
   make_state: Any  # jitted params -> TrainState (in its shardings)
   init_state: Any  # () -> TrainState from a fresh seeded init
   reference: Any = None  # frozen reference params (None when algorithm.kl_coef == 0)
+  # LoRA with a reference: jitted (base params, tokens, attention, mask) -> LogProbs of the base
+  # model (adapters off); the reference is the policy's own frozen base.
+  base_logprobs: Any = None
   ppo_config: Any = None  # ppo.Config when algorithm.name == "ppo"
   rollout_values: Any = None  # PPO: jitted (state, tokens, attention, mask) -> (old_logp, V_old)
   # The rollout stage: ([(name, source)], [(name, filter)]) (jaxrl_llm.train.experience).
@@ -330,7 +333,13 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
     save_tokenizer(tokenizer, tok_dir)  # The run directory stays self-contained.
   if model_config is None:
     model_config = config.model.with_vocab(len(tokenizer))
+  else:  # A Hugging Face policy's shapes, with this run's adapters.
+    model_config = dataclasses.replace(model_config, lora=config.model.lora)
   dc, tc, rc, ac = config.data, config.train, config.rollout, config.algorithm
+  if ac.name == "ppo":
+    sft_loop.lora_not_supported(model_config, "PPO's actor-critic state")
+  if ac.name == "prime":
+    sft_loop.lora_not_supported(model_config, "PRIME's implicit PRM")
   max_len = bucket_cap(config, model_config.max_seq_len - rc.max_new_tokens)
   if model_config.positions == "learned" and max_len + rc.max_new_tokens > model_config.max_seq_len:
     raise ConfigError(f"config field 'rollout.max_new_tokens': largest prompt bucket {max_len} + "
@@ -365,7 +374,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   if tc.update_mask and ac.name == "ppo":
     raise ConfigError("config field 'train.update_mask': subnetwork-only training covers SFT and "
                       "the policy-gradient family, not PPO's actor-critic state")
-  tx = with_master_weights(sft_loop.subnetwork_only(tx, config), model_config.param_dtype)
+  tx = sft_loop.param_optimizer(tx, config, model_config)
   pg_config = pg.config_from(ac, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens)
   abstract = abstract_params(model_config)
   param_shardings = tree_shardings(abstract, param_logical_axes(model_config), mesh)
@@ -421,7 +430,8 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                                 temperature=rc.temperature)
 
   logprobs = jax.jit(logprobs, out_shardings=rows)
-  sampler = Sampler(model_config, pad_id=tokenizer.pad_token_id, mesh=mesh, slots=rc.slots)
+  sampler = Sampler(model_config, pad_id=tokenizer.pad_token_id, mesh=mesh,
+                    refill=rc.sampler == "refill", slots=rc.slots)
   sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p,
                             min_p=rc.min_p)
   decode = make_greedy_decode(model_config, max_new_tokens=rc.max_new_tokens,
@@ -641,6 +651,9 @@ def train_batch(setup: RLSetup, batch: dict, state, kl_coef: float, step: int = 
     old = setup.logprobs(state.params, tokens, attention, mask_d).logp
   if setup.reference is not None:
     ref = setup.logprobs(setup.reference, tokens, attention, mask_d).logp
+  elif setup.base_logprobs is not None:  # LoRA: the reference is the frozen base, adapters off.
+    ref = setup.base_logprobs(lora.base_of(setup.policy_params(state)), tokens, attention,
+                              mask_d).logp
   else:
     ref = put(np.zeros(mask.shape, np.float32))
   inputs = {"scores": put(scores), "mask": mask_d, "ref_logp": ref,
@@ -727,23 +740,24 @@ def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, fl
 def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
   """Policy params at RL step 0: the SFT warm start, a Hugging Face checkpoint, or a fresh init."""
   ic = config.init
+  mc = setup.model_config
+  if not (ic.sft_steps or ic.policy_run or ic.hf_checkpoint):
+    return setup.policy_params(setup.init_state())
   if ic.sft_steps:  # run_stages trained it; this restores the finished run.
-    return sft_loop.warm_start(config, run_dir, devices=devices)
-  if ic.policy_run:
+    params = sft_loop.warm_start(config, run_dir, devices=devices)
+  elif ic.policy_run:
     from jaxrl_llm.rundir.artifacts import load_run
 
     params = load_run(ic.policy_run).policy_params(config.model.param_dtype)
-    # The policy's layout (PPO's state nests it inside the actor, so not state_shardings.params).
-    shardings = tree_shardings(abstract_params(setup.model_config),
-                               param_logical_axes(setup.model_config), setup.mesh)
-    return jax.device_put(params, shardings)
-  if ic.hf_checkpoint:
+  else:
     from jaxrl_llm.models.hf import load_hf
 
     params, _ = load_hf(ic.hf_checkpoint, mesh=setup.mesh,
                         param_dtype=config.model.param_dtype, dtype=config.model.dtype)
-    return params
-  return setup.policy_params(setup.init_state())
+  params = sft_loop.with_adapters(params, mc, rng_lib.purpose_key(config.seed, "lora"))
+  # The policy's layout (PPO's state nests it inside the actor, so not state_shardings.params).
+  shardings = tree_shardings(abstract_params(mc), param_logical_axes(mc), setup.mesh)
+  return jax.device_put(params, shardings)
 
 
 def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
@@ -768,8 +782,18 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   tc, lc, ac = config.train, config.logging, config.algorithm
   init = _initial_params(config, run_dir, setup, devices=devices)
   make_state = setup.make_state
-  # The reference is the starting policy, frozen; it is not kept at all when β = 0.
-  setup.reference = jax.tree.map(jnp.copy, init) if ac.uses_reference else None
+  # The reference is the starting policy, frozen; it is not kept at all when β = 0. With LoRA it
+  # is the frozen base inside the policy's own params (train_batch), so nothing is copied.
+  setup.reference = (jax.tree.map(jnp.copy, init)
+                     if ac.uses_reference and not setup.model_config.lora.rank else None)
+  if ac.uses_reference and setup.model_config.lora.rank:
+    base_cfg = lora.base_config(setup.model_config)
+    base_model = Decoder(base_cfg)
+    setup.base_logprobs = jax.jit(
+        lambda params, tokens, attention, mask: pg.response_logprobs(
+            base_model.apply, params, base_cfg, tokens, attention, mask,
+            temperature=config.rollout.temperature),
+        out_shardings=NamedSharding(setup.mesh, P(("data", "fsdp"), None)))
   if setup.prime is not None:  # PRIME: the implicit PRM and its reference start as the policy.
     setup.prime.reference = (setup.reference if setup.reference is not None
                              else jax.tree.map(jnp.copy, init))

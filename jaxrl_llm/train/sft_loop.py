@@ -100,7 +100,8 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   else:
     tokenizer = source_tokenizer or build_char_tokenizer()
     save_tokenizer(tokenizer, tok_dir)
-  model_config = source_model or config.model.with_vocab(len(tokenizer))
+  model_config = (dataclasses.replace(source_model, lora=config.model.lora) if source_model
+                  else config.model.with_vocab(len(tokenizer)))
   dc, tc = config.data, config.train
   max_len = bucket_cap(config, model_config.max_seq_len)
 
@@ -130,7 +131,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
                        data_key=rng_lib.purpose_key(config.seed, "data"), shuffle=dc.shuffle)
   model = Decoder(model_config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps)
-  tx = with_master_weights(subnetwork_only(tx, config), model_config.param_dtype)
+  tx = param_optimizer(tx, config, model_config)
 
   init_key = rng_lib.purpose_key(config.seed, "init")
   dropout_key = rng_lib.purpose_key(config.seed, "dropout")
@@ -149,11 +150,11 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   def init_state():
     ic = config.init
     if ic.sft_steps:  # An SFT run with its own warm-start stage (RUN_DIR/sft), e.g. another task.
-      params = jax.device_put(warm_start(config, run_dir, devices=devices), param_shardings)
+      params = warm_start(config, run_dir, devices=devices)
     elif ic.policy_run:
       from jaxrl_llm.rundir.artifacts import load_run
 
-      params = jax.device_put(load_run(ic.policy_run).policy_params(config.model.param_dtype), param_shardings)
+      params = load_run(ic.policy_run).policy_params(config.model.param_dtype)
     elif ic.hf_checkpoint:
       from jaxrl_llm.models.hf import load_hf
 
@@ -161,6 +162,9 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
                           dtype=config.model.dtype)
     else:
       params, _ = init_params(model_config, init_key, mesh)
+    params = jax.device_put(with_adapters(params, model_config,
+                                          rng_lib.purpose_key(config.seed, "lora")),
+                            param_shardings)
     return jax.jit(make_state, out_shardings=state_shardings)(params)
 
   algo = sft.Config(loss_aggregation=config.algorithm.loss_aggregation,
@@ -291,6 +295,40 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
                      f"({result['test/examples']} examples)")
 
 
+def param_optimizer(tx, config: Config, model_config):
+  """The optimizer around ``tx`` that a loop's params get: with LoRA (``model.lora.rank > 0``)
+  only the adapters train (:func:`jaxrl_llm.models.lora.adapters_only`, float32 adapters, no state
+  for the base); otherwise every param, masked by ``train.update_mask`` and with a float32 master
+  copy when ``model.param_dtype`` is narrower."""
+  if model_config.lora.rank:
+    if config.train.update_mask:
+      raise ConfigError("config field 'train.update_mask': subnetwork-only training and LoRA "
+                        "(model.lora.rank) cannot be combined; set one of them")
+    from jaxrl_llm.models import lora
+    from jaxrl_llm.models.init import abstract_params
+
+    return lora.adapters_only(tx, abstract_params(model_config))
+  return with_master_weights(subnetwork_only(tx, config), model_config.param_dtype)
+
+
+def lora_not_supported(model_config, what: str) -> None:
+  """A ConfigError naming ``model.lora.rank`` for the loops LoRA does not cover yet."""
+  if model_config.lora.rank:
+    raise ConfigError(f"config field 'model.lora.rank': LoRA covers SFT and the policy-gradient "
+                      f"family (GRPO, Dr. GRPO, DAPO, RLOO, ...) so far, not {what}; set "
+                      f"model.lora.rank=0")
+
+
+def with_adapters(params, model_config, key):
+  """A base tree from any source (fresh, warm start, another run, a HF checkpoint) with adapters
+  added for ``model.lora`` (unchanged when it has them or LoRA is off)."""
+  if not model_config.lora.rank:
+    return params
+  from jaxrl_llm.models import lora
+
+  return lora.add_adapters(params, model_config, key)
+
+
 def subnetwork_only(tx, config: Config):
   """``tx`` followed by :func:`jaxrl_llm.analysis.sparsity.masked_updates` of the changed set of
   ``train.update_mask`` (a finished run), or ``tx`` itself when none is named."""
@@ -326,8 +364,10 @@ def warm_start_config(config: Config) -> Config:
           "data.jsonl_dir holds preference pairs; set init.sft_steps=0 and init.policy_run=RUN "
           "(a trained policy run) or init.hf_checkpoint=DIR")
     data = dataclasses.replace(data, source="tfds", jsonl_dir="")
+  # The warm start trains every parameter: with LoRA it makes the frozen base (and reference).
   warm = dataclasses.replace(
       config, experiment=f"{config.experiment}-sft",
+      model=dataclasses.replace(config.model, lora=dataclasses.replace(config.model.lora, rank=0)),
       algorithm=AlgorithmConfig(name="sft"),
       init=dataclasses.replace(ic, sft_steps=0, sft_overrides=()),
       data=data,
