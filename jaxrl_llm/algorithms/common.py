@@ -161,6 +161,29 @@ def with_master_weights(tx: optax.GradientTransformation,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def trainable(tree):
+  """The leaves of a params-shaped tree that train: the LoRA adapters when the tree has any
+  (:mod:`jaxrl_llm.models.lora`), else the whole tree. Gradient accumulators carry only these, so
+  a frozen base costs no gradient buffers."""
+  from jaxrl_llm.models import lora
+
+  adapters = lora.adapters_of(tree) if isinstance(tree, dict) else None
+  return adapters if adapters else tree
+
+
+def full_grads(grads, params):
+  """:func:`trainable` gradients back in the params' tree, zeros (broadcast constants, never
+  buffers) for the frozen leaves."""
+  if jax.tree.structure(grads) == jax.tree.structure(params):
+    return grads
+
+  def fill(g, p):
+    if not isinstance(p, dict):
+      return g if g is not None else jnp.zeros(p.shape, jnp.float32)
+    return {k: fill(None if g is None else g.get(k), v) for k, v in p.items()}
+  return fill(grads, params)
+
+
 def update_dtype(grads, params):
   """Gradients cast for the optimizer: each leaf in its param's dtype, but never narrower than
   float32 (a bf16-stored model keeps float32 gradients for its float32 master copy)."""
@@ -211,14 +234,14 @@ def accumulate_and_apply(state: TrainState, tx: optax.GradientTransformation, gr
     grads_acc, loss_acc, sums_acc = carry
     micro, w = xs
     (loss, sums), grads = grad_fn(state.params, micro, w)
-    return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss,
+    return (jax.tree.map(jnp.add, grads_acc, trainable(grads)), loss_acc + loss,
             jax.tree.map(jnp.add, sums_acc, sums)), None
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable(state.params))
   scalar = jnp.zeros((), jnp.float32)
   init = (zeros, scalar, {name: scalar for name in metric_names})
   (grads, loss, sums), _ = jax.lax.scan(micro_step, init, (batch, weights))
-  grads = update_dtype(grads, state.params)
+  grads = update_dtype(full_grads(grads, state.params), state.params)
   finite = jnp.isfinite(loss) & tree_all_finite(grads)
   new_state = guarded_apply(state, grads, tx, finite)
   step_metrics = {

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_llm import ops
-from jaxrl_llm.algorithms.common import guarded_apply, tree_all_finite, update_dtype
+from jaxrl_llm.algorithms.common import (full_grads, guarded_apply, trainable, tree_all_finite,
+                                         update_dtype)
 from jaxrl_llm.config.schema import AlgorithmConfig, ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
 from jaxrl_llm.models.decoder import lm_head_weight, logprob_kwargs
@@ -470,16 +471,16 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
       (loss, (diag, ent, dev, logp)), grads = grad_fn(state.params, mu, w, on_policy,
                                                       jax.random.fold_in(key, i))
       diag = {k: jnp.asarray(diag.get(k, 0.0), jnp.float32) for k in _AVERAGED}
-      return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss, ent_acc + ent,
+      return (jax.tree.map(jnp.add, grads_acc, trainable(grads)), loss_acc + loss, ent_acc + ent,
               jax.tree.map(lambda a, b: a + b / a_count, diag_acc, diag),
               jnp.maximum(dev_acc, dev)), (logp if config.old_from_update else None)
 
     zero = jnp.zeros((), jnp.float32)
-    init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params), zero, zero,
-            {k: zero for k in _AVERAGED}, zero)
+    init = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable(state.params)),
+            zero, zero, {k: zero for k in _AVERAGED}, zero)
     (grads, loss, ent, diag, dev), logp = jax.lax.scan(micro_step, init,
                                                        (micro, jnp.arange(a_count)))
-    grads = update_dtype(grads, state.params)
+    grads = update_dtype(full_grads(grads, state.params), state.params)
     finite = jnp.isfinite(loss) & tree_all_finite(grads)
     lr = jnp.asarray(schedule(state.step), jnp.float32)
     new_state = guarded_apply(state, grads, tx, finite)

@@ -26,7 +26,8 @@ import optax
 
 from jaxrl_llm import ops
 from jaxrl_llm import rng as rng_lib
-from jaxrl_llm.algorithms.common import TrainState, guarded_apply, tree_all_finite, update_dtype
+from jaxrl_llm.algorithms.common import (TrainState, full_grads, guarded_apply, trainable,
+                                         tree_all_finite, update_dtype)
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import fused_linear_logprobs
 from jaxrl_llm.models.decoder import lm_head_weight, logprob_kwargs
@@ -89,16 +90,16 @@ def make_update(apply_fn: Callable, model_config: ModelConfig, tx: optax.Gradien
       (loss, (correct, count)), grads = grad_fn(
           state.params, apply_fn, model_config, micro, w, jax.random.fold_in(step_key, i),
           use_dropout=config.use_dropout)
-      grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+      grads_acc = jax.tree.map(jnp.add, grads_acc, trainable(grads))
       return (grads_acc, loss_acc + loss, correct_acc + correct, count_acc + count), None
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable(state.params))
     accum = batch["tokens"].shape[0]
     init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
             jnp.zeros((), jnp.float32))
     (grads, loss, correct, count), _ = jax.lax.scan(
         micro_step, init, (batch, weights, jnp.arange(accum)))
-    grads = update_dtype(grads, state.params)
+    grads = update_dtype(full_grads(grads, state.params), state.params)
     finite = jnp.isfinite(loss) & tree_all_finite(grads)
     new_state = guarded_apply(state, grads, tx, finite)
     metrics = {
