@@ -126,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
                        "numbers, curves, the analyses present")
   rep.add_argument("run")
   rep.add_argument("--out", help="output HTML (default RUN/report.html)")
+  ex = sub.add_parser("export", help="a run's policy as a Hugging Face checkpoint (LoRA adapters "
+                      "merged), or with --adapters its LoRA adapters in the PEFT layout")
+  ex.add_argument("run")
+  ex.add_argument("out", help="output directory")
+  ex.add_argument("--adapters", action="store_true",
+                  help="write adapter_config.json + adapter_model.safetensors (PEFT) and the "
+                  "base model in OUT/base instead of a merged checkpoint")
   sub.add_parser("list", help="list the available experiments")
   return p
 
@@ -286,6 +293,15 @@ def main(argv=None) -> int:
         print(f"jaxrl-llm: {e}", file=sys.stderr)
         return 2
       print(json.dumps(result))
+      return 0
+    if args.command == "export":
+      from jaxrl_llm.rundir.export import export_run
+
+      try:
+        print(json.dumps(export_run(args.run, args.out, adapters=args.adapters)))
+      except (FileNotFoundError, ValueError) as e:
+        print(f"jaxrl-llm: {e}", file=sys.stderr)
+        return 2
       return 0
     if args.command == "label-steps":
       from jaxrl_llm.train.label_steps import label_steps

@@ -162,6 +162,7 @@ def test_sft_and_grpo_train_only_adapters_with_the_base_as_reference(tiny, data_
   # Optimizer state: Adam's two moments for the adapters only (plus scalar counters).
   opt = [x for x in jax.tree.leaves(art.state["opt_state"]) if np.ndim(x)]
   assert sum(x.size for x in opt) == 2 * lora.param_counts(params)["adapter"]
+  _check_exports(whole, tmp_path)
   # Killed after step 1 and resumed: the same run.
   cut = str(tmp_path / "cut")
   rl_loop.train(cfg, cut, reward_fns=fns, stop_after=1)
@@ -183,3 +184,68 @@ def test_loops_without_lora_support_refuse_it(tiny, data_dir, tmp_path):
                 algorithm=AlgorithmConfig(name="ppo"))
   with pytest.raises(ConfigError, match="model.lora.rank.*PPO"):
     rl_loop.build(cfg, str(tmp_path / "ppo"))
+
+
+def _check_exports(run, tmp_path):
+  """The merged checkpoint loads in ``transformers`` and the PEFT adapters in ``peft``, each with
+  the LoRA model's logits."""
+  import peft
+  import torch
+  import transformers
+
+  from jaxrl_llm.cli import main
+  from jaxrl_llm.rundir.artifacts import load_run
+
+  art = load_run(run)
+  cfg = art.model_config
+  tokens = np.array([[3, 5, 7, 9, 11, 4]], np.int32)
+  mask = np.ones_like(tokens, bool)
+  ours = np.asarray(Decoder(cfg).apply({"params": art.policy_params()}, jnp.asarray(tokens),
+                                       jnp.asarray(mask)))
+  assert main(["export", run, str(tmp_path / "merged")]) == 0
+  with torch.no_grad():
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    theirs = model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(theirs, ours, atol=2e-4, rtol=1e-4)
+  assert main(["export", run, str(tmp_path / "peft"), "--adapters"]) == 0
+  with torch.no_grad():
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "peft" / "base"))
+    plain = base(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+    tuned = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft"))
+    theirs = tuned(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+  assert np.abs(plain - ours).max() > 1e-4  # The adapters change the logits...
+  np.testing.assert_allclose(theirs, ours, atol=2e-4, rtol=1e-4)  # ...and PEFT applies them.
+  assert main(["export", load_run(run).config.init.policy_run, str(tmp_path / "x"),
+               "--adapters"]) == 2  # A run without LoRA has no adapters to export.
+
+
+def test_sampler_with_adapters_equals_merged_and_mesh_equals_one_device(one_device):
+  from jaxrl_llm.parallel.mesh import tree_shardings
+  from jaxrl_llm.models.init import abstract_params, param_logical_axes
+  from jaxrl_llm.rollout import Sampler, SamplingConfig, pad_prompts
+
+  base_cfg = tiny("qwen2")
+  cfg = _with_lora(base_cfg, rank=4, alpha=8.0, targets=ALL)
+  params, _ = init_params(cfg, jax.random.PRNGKey(0), one_device)  # Adapters from the init.
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(len(str(p))), x.shape)
+      if p[-1].key.endswith("_lora_b") else x, params)
+  prompts, lengths = pad_prompts([[1, 2, 3], [4, 5, 6, 9, 8], [11, 12]], (8,), 0)
+  kw = dict(sampling=SamplingConfig(temperature=1.0), max_new_tokens=6, stop_token_ids=[],
+            rng=jax.random.PRNGKey(3), num_samples=2)
+  a = Sampler(cfg).generate(params, prompts, lengths, **kw)
+  b = Sampler(base_cfg).generate(lora.merge(params, cfg), prompts, lengths, **kw)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.sampler_logprobs, b.sampler_logprobs, atol=1e-5)
+  # Adapters carry the logical axes of the weights they modify: on a (2, 2, 2) mesh they shard
+  # like them, and the model's outputs equal one device's.
+  mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+  shardings = tree_shardings(abstract_params(cfg), param_logical_axes(cfg), mesh)
+  q_a = shardings["layer_0"]["attn"]["q_lora_a"].spec
+  q = shardings["layer_0"]["attn"]["q"].spec
+  assert q_a[0] == q[0] and q_a[1] is None  # "embed" like q's input axis; the rank replicated.
+  sharded = jax.device_put(params, shardings)
+  tokens, mask = _batch(cfg, rows=2)
+  one = Decoder(cfg).apply({"params": params}, tokens, mask)
+  many = jax.jit(lambda p, t, m: Decoder(cfg).apply({"params": p}, t, m))(sharded, tokens, mask)
+  np.testing.assert_allclose(np.asarray(many), np.asarray(one), atol=1e-5)
