@@ -249,3 +249,35 @@ def test_sampler_with_adapters_equals_merged_and_mesh_equals_one_device(one_devi
   one = Decoder(cfg).apply({"params": params}, tokens, mask)
   many = jax.jit(lambda p, t, m: Decoder(cfg).apply({"params": p}, t, m))(sharded, tokens, mask)
   np.testing.assert_allclose(np.asarray(many), np.asarray(one), atol=1e-5)
+
+
+def test_dpo_with_adapters_against_the_base_as_reference(tmp_path):
+  from conftest import replace, tiny_config
+
+  from jaxrl_llm.config import AlgorithmConfig, DataConfig, InitConfig, ModelConfig
+  from jaxrl_llm.rundir.artifacts import load_run
+  from jaxrl_llm.train import preference_loop, read_metrics
+
+  data_dir = str(tmp_path / "tfds")
+  cfg = tiny_config(data_dir, steps=3, checkpoint_every=3, eval_every=0, test_examples=8,
+                    eval_batch_size=8, batch_size=8, grad_accum_steps=1,
+                    async_checkpointing=False)
+  cfg = replace(cfg, experiment="tiny-dpo-lora",
+                model=ModelConfig(d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64,
+                                  max_seq_len=32, lora=LoraConfig(rank=4, targets=("q", "v"))),
+                data=DataConfig(task="sorted_digits", train_size=16, validation_size=0,
+                                test_size=8, length_buckets=(16,), data_dir=data_dir,
+                                preference_kind="pairs"),
+                optimizer=dataclasses.replace(cfg.optimizer, learning_rate=1e-2),
+                algorithm=AlgorithmConfig(name="dpo", beta=0.1), init=InitConfig())
+  run_dir = str(tmp_path / "dpo")
+  preference_loop.train(cfg, run_dir)
+  rows = read_metrics(run_dir)
+  # Step 1: the policy is its reference (B = 0), so the DPO loss is exactly log 2.
+  assert rows[0]["train/loss"] == pytest.approx(np.log(2.0), abs=1e-6)
+  assert rows[-1]["train/loss"] < rows[0]["train/loss"]
+  params = load_run(run_dir).policy_params()
+  assert lora.param_counts(params)["adapter"] > 0
+  with pytest.raises(ConfigError, match="model.lora.rank.*reward models"):
+    preference_loop.build(replace(cfg, algorithm=AlgorithmConfig(name="reward_model")),
+                          str(tmp_path / "rm"))

@@ -144,13 +144,17 @@ def _policy_start(config: Config, run_dir: str, setup: PreferenceSetup, devices)
   """Initial policy params: SFT warm start, another run's policy, or a fresh init."""
   ic = config.init
   if ic.sft_steps:
-    return sft_loop.warm_start(config, run_dir, devices=devices)
-  if ic.policy_run:
+    params = sft_loop.warm_start(config, run_dir, devices=devices)
+  elif ic.policy_run:
     from jaxrl_llm.rundir.artifacts import load_run
 
-    return jax.device_put(load_run(ic.policy_run).policy_params(config.model.param_dtype), setup.policy_shardings)
-  return init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
-                     setup.mesh)[0]
+    params = load_run(ic.policy_run).policy_params(config.model.param_dtype)
+  else:
+    params = init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
+                         setup.mesh)[0]
+  params = sft_loop.with_adapters(params, setup.model_config,
+                                  rng_lib.purpose_key(config.seed, "lora"))
+  return jax.device_put(params, setup.policy_shardings)
 
 
 def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
@@ -180,8 +184,11 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
       shuffle=dc.shuffle, num_responses=None if kind == "ratings" else num_responses)
   model = Decoder(model_config)
   tx, schedule = make_optimizer(config.optimizer, tc.steps)
-  sft_loop.lora_not_supported(model_config, "DPO and reward models")
-  tx = with_master_weights(tx, model_config.param_dtype)
+  if a.name == "dpo":
+    tx = sft_loop.param_optimizer(tx, config, model_config)
+  else:
+    sft_loop.lora_not_supported(model_config, "reward models")
+    tx = with_master_weights(tx, model_config.param_dtype)
   policy_abstract = abstract_params(model_config)
   policy_shardings = tree_shardings(policy_abstract, param_logical_axes(model_config), mesh)
   dropout_key = rng_lib.purpose_key(config.seed, "dropout")
@@ -193,8 +200,17 @@ def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:
     update_fn = dpo_lib.make_update(model.apply, model_config, tx, schedule, algo)
     eval_fn = lambda params, batch: dpo_lib.evaluate_pairs(model.apply, params, model_config,
                                                            batch, algo)
-    ref_fn = jax.jit(lambda ref, batch: dpo_lib.reference_logprobs(model.apply, ref,
-                                                                   model_config, batch))
+    if model_config.lora.rank:
+      # The reference is the policy's own frozen base with the adapters off: ref_fn gets the
+      # policy params and drops the adapters (nothing is copied).
+      from jaxrl_llm.models import lora
+
+      base_cfg = lora.base_config(model_config)
+      ref_fn = jax.jit(lambda params, batch: dpo_lib.reference_logprobs(
+          Decoder(base_cfg).apply, lora.base_of(params), base_cfg, batch))
+    else:
+      ref_fn = jax.jit(lambda ref, batch: dpo_lib.reference_logprobs(model.apply, ref,
+                                                                     model_config, batch))
     score = None
   else:
     algo = rm_lib.Config(objective=a.rm_objective, margin=a.rm_margin,
@@ -337,7 +353,9 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   is_dpo = a.name == "dpo"
   synthetic = config.data.task == "sorted_digits" and config.data.source != "jsonl"
   policy = _policy_start(config, run_dir, setup, devices)
-  reference = jax.tree.map(jnp.copy, policy) if is_dpo else None
+  lora_ref = setup.model_config.lora.rank > 0  # The reference lives in the policy's params.
+  reference = jax.tree.map(jnp.copy, policy) if is_dpo and not lora_ref else None
+  ref_of = lambda state: state.params if lora_ref else reference
   if is_dpo:
     start_params = policy
   else:
@@ -375,7 +393,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   t_last = time.perf_counter()
   for step in range(start, min(last, tc.steps)):
     host, position = setup.batcher.batch(position)
-    batch = _device_batch(setup, host, reference, tc.grad_accum_steps)
+    batch = _device_batch(setup, host, ref_of(state), tc.grad_accum_steps)
     state, metrics = setup.update(state, batch)
     line = {k: float(v) for k, v in jax.device_get(metrics).items()}
     now = time.perf_counter()
@@ -384,13 +402,13 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     done = step + 1
     final = done == tc.steps
     if tc.eval_every and (done % tc.eval_every == 0 or final) and "validation" in setup.splits:
-      ev = evaluate(setup, state.params, reference, "validation", tc.eval_examples)
+      ev = evaluate(setup, state.params, ref_of(state), "validation", tc.eval_examples)
       line.update({f"eval/{k}": v for k, v in ev.items()})
       key = "rm/accuracy" if not is_dpo else "dpo/reward_accuracy"
       if key in ev:
         progress.message(f"step {done}: validation {key} {ev[key]:.3f}")
     if final and "test" in setup.splits:
-      ev = evaluate(setup, state.params, reference, "test", tc.test_examples)
+      ev = evaluate(setup, state.params, ref_of(state), "test", tc.test_examples)
       line.update({f"test/{k}": v for k, v in ev.items()})
     if final and is_dpo and synthetic:
       after = hidden_property_rate(setup, state.params, seed=config.seed)

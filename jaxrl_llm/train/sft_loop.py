@@ -314,9 +314,9 @@ def param_optimizer(tx, config: Config, model_config):
 def lora_not_supported(model_config, what: str) -> None:
   """A ConfigError naming ``model.lora.rank`` for the loops LoRA does not cover yet."""
   if model_config.lora.rank:
-    raise ConfigError(f"config field 'model.lora.rank': LoRA covers SFT and the policy-gradient "
-                      f"family (GRPO, Dr. GRPO, DAPO, RLOO, ...) so far, not {what}; set "
-                      f"model.lora.rank=0")
+    raise ConfigError(f"config field 'model.lora.rank': LoRA covers SFT, DPO and the "
+                      f"policy-gradient family (GRPO, Dr. GRPO, DAPO, RLOO, ...) so far, not "
+                      f"{what}; set model.lora.rank=0")
 
 
 def with_adapters(params, model_config, key):
