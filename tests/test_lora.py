@@ -163,6 +163,17 @@ def test_sft_and_grpo_train_only_adapters_with_the_base_as_reference(tiny, data_
   opt = [x for x in jax.tree.leaves(art.state["opt_state"]) if np.ndim(x)]
   assert sum(x.size for x in opt) == 2 * lora.param_counts(params)["adapter"]
   _check_exports(whole, tmp_path)
+  # The sparsity analysis reads a LoRA run as a plain model: only the targeted weights moved, and
+  # each one's update has rank <= r (full fine-tuning's updates are full rank).
+  from jaxrl_llm.analysis.sparsity import analyze
+
+  report = analyze(whole, out_dir=str(tmp_path / "sparsity"))
+  for name, t in report["tensors"].items():
+    targeted = any(f"['attn']['{w}']" in name for w in "qkvo")
+    assert (t["changed_fraction"] > 0) == targeted, name
+    if targeted:
+      d = min(t["shape"][0], int(np.prod(t["shape"][1:])))
+      assert 0 < t["update_rank"] <= 4 / d + 1e-9, (name, t["update_rank"])
   # Killed after step 1 and resumed: the same run.
   cut = str(tmp_path / "cut")
   rl_loop.train(cfg, cut, reward_fns=fns, stop_after=1)

@@ -73,14 +73,19 @@ def matrix_view(name: str, array: np.ndarray) -> np.ndarray | None:
   return array.reshape(array.shape[0], -1)
 
 
-def update_rank(delta: np.ndarray) -> float:
+def update_rank(delta: np.ndarray, scale: float = 0.0) -> float:
   """``rank(Δ) / min(rows, cols)`` of a 2-D update (0 for Δ = 0), singular values above
-  ``σ_max · max(rows, cols) · ε_float32``."""
+  ``σ_max · max(rows, cols) · ε_float32`` and above the round-off floor
+  ``ε_float32 · scale · sqrt(rows · cols)``, ``scale`` the largest magnitude of the weight
+  before the update: ``(W + δ) − W`` in float32 carries an error matrix of entries up to
+  ``ε·|W|``, which is full rank, and a low-rank update (LoRA's ``s·A·B`` merged into ``W``)
+  would otherwise read as full rank."""
   d = np.asarray(delta, np.float64)
   if not np.any(d):
     return 0.0
   s = np.linalg.svd(d, compute_uv=False)
-  tol = s.max() * max(d.shape) * np.finfo(np.float32).eps
+  eps = np.finfo(np.float32).eps
+  tol = max(s.max() * max(d.shape) * eps, eps * scale * np.sqrt(d.size))
   return float(np.sum(s > tol)) / min(d.shape)
 
 
@@ -95,7 +100,7 @@ def compare_tensor(name: str, before, after, *, tol: float = TOLERANCE, dtype: s
   frac = None
   if rank:
     m = matrix_view(name, delta)
-    frac = update_rank(m) if m is not None else None
+    frac = update_rank(m, float(np.max(np.abs(b))) if b.size else 0.0) if m is not None else None
   return TensorStats(name, tuple(b.shape), int(b.size), int(changed.sum()),
                      int(np.sum(delta == 0)), frac), changed
 
@@ -178,6 +183,14 @@ def flatten(tree) -> Iterator[tuple[str, np.ndarray]]:
     yield jax.tree_util.keystr(path), leaf
 
 
+def _plain(art):
+  """A run's policy as a plain model: LoRA adapters folded into their weights (so a LoRA run's
+  update is the low-rank ``s·A·B`` of each weight, comparable with any other run's)."""
+  from jaxrl_llm.models import lora
+
+  return lora.merge(art.policy_params(), art.model_config)
+
+
 def iter_source(source: str, *, step: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
   """Tensors of a run directory (its policy params, newest checkpoint or ``step``; an RL or SFT
   run's ``sft/`` warm start is a run too) or of a Hugging Face checkpoint directory
@@ -187,7 +200,7 @@ def iter_source(source: str, *, step: int | None = None) -> Iterator[tuple[str, 
     from jaxrl_llm.rundir.artifacts import load_run
 
     if step is None:
-      yield from flatten(load_run(source).policy_params())
+      yield from flatten(_plain(load_run(source)))
       return
     from jaxrl_llm.rundir.artifacts import RunArtifacts
     from jaxrl_llm.rundir.checkpoint import Checkpointer
@@ -199,7 +212,7 @@ def iter_source(source: str, *, step: int | None = None) -> Iterator[tuple[str, 
     finally:
       ckpt.close()
     art = RunArtifacts(source, art.config, art.model_config, art.tokenizer, state, extra, step)
-    yield from flatten(art.policy_params())
+    yield from flatten(_plain(art))
     return
   files = sorted(f for f in os.listdir(source) if f.endswith(".safetensors"))
   if not files:
@@ -315,8 +328,8 @@ def update_mask(run_dir: str, *, before: str | None = None, tol: float = TOLERAN
   from jaxrl_llm.rundir.artifacts import load_run
 
   start = before or _start_of(run_dir)
-  p0 = load_run(start).policy_params()
-  p1 = load_run(run_dir).policy_params()
+  p0 = _plain(load_run(start))
+  p1 = _plain(load_run(run_dir))
   if jax.tree.structure(p0) != jax.tree.structure(p1):
     raise ValueError(f"{run_dir!r} and its start {start!r} hold different parameter trees")
   return jax.tree.map(lambda a, b: compare_tensor("", a, b, tol=tol, dtype=dtype,
