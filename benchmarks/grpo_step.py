@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 
 
@@ -38,23 +37,16 @@ def main():
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import torch
-  import transformers
 
   from jaxrl_llm.algorithms import policy_gradient as pg
   from jaxrl_llm.algorithms.common import TrainState, make_optimizer
   from jaxrl_llm.config import AlgorithmConfig, OptimizerConfig
   from jaxrl_llm.models import Decoder
-  from jaxrl_llm.models.hf import load_hf
   from jaxrl_llm.rollout import Sampler, SamplingConfig
 
-  torch.manual_seed(0)
-  cfg = transformers.Qwen2Config(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=32000,
-                                 tie_word_embeddings=True, max_position_embeddings=1024)
-  with tempfile.TemporaryDirectory() as d:
-    transformers.Qwen2ForCausalLM(cfg).save_pretrained(d)
-    params, config = load_hf(d)
+  from standard_model import load
+
+  params, config = load()
   print(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(),
                     "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
                     "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}))

@@ -29,7 +29,6 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 
 
@@ -48,19 +47,12 @@ def main():
 
   import jax
   import numpy as np
-  import torch
-  import transformers
 
-  from jaxrl_llm.models.hf import load_hf
   from jaxrl_llm.rollout import Sampler, SamplingConfig
 
-  torch.manual_seed(0)
-  cfg = transformers.Qwen2Config(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=32000,
-                                 tie_word_embeddings=True, max_position_embeddings=1024)
-  with tempfile.TemporaryDirectory() as d:
-    transformers.Qwen2ForCausalLM(cfg).save_pretrained(d)
-    params, config = load_hf(d)
+  from standard_model import load
+
+  params, config = load()
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
   header = {"machine": platform.machine(), "cpus": os.cpu_count(), "jax": jax.__version__,

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 
 
@@ -31,19 +30,14 @@ def main():
   import torch
   import transformers
 
-  from jaxrl_llm.models.hf import load_hf
   from jaxrl_llm.rollout import Sampler, SamplingConfig
 
   threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  cfg = transformers.Qwen2Config(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=32000,
-                                 tie_word_embeddings=True, max_position_embeddings=1024)
-  model = transformers.Qwen2ForCausalLM(cfg).eval()
-  with tempfile.TemporaryDirectory() as d:
-    model.save_pretrained(d)
-    params, config = load_hf(d)
+  from standard_model import load, torch_model
+
+  model = torch_model()
+  params, config = load()
   rng = np.random.default_rng(0)
   print(json.dumps({"machine": platform.machine(), "cpus": threads, "jax": jax.__version__,
                     "torch": torch.__version__, "transformers": transformers.__version__,
