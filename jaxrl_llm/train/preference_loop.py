@@ -44,7 +44,7 @@ from jaxrl_llm.config import Config, ConfigError, save_json
 from jaxrl_llm.data import preference as pref
 from jaxrl_llm.data.arithmetic import default_data_dir
 from jaxrl_llm.data.pipeline import bucket_cap, resolve_buckets
-from jaxrl_llm.models import Decoder, init_params
+from jaxrl_llm.models import Decoder
 from jaxrl_llm.models.init import abstract_params, param_logical_axes
 from jaxrl_llm.parallel import make_mesh, replicated, tree_shardings
 from jaxrl_llm.train import sft_loop
@@ -141,20 +141,9 @@ def preference_rows(config: Config, kind: str) -> dict[str, list]:
 
 
 def _policy_start(config: Config, run_dir: str, setup: PreferenceSetup, devices):
-  """Initial policy params: SFT warm start, another run's policy, or a fresh init."""
-  ic = config.init
-  if ic.sft_steps:
-    params = sft_loop.warm_start(config, run_dir, devices=devices)
-  elif ic.policy_run:
-    from jaxrl_llm.rundir.artifacts import load_run
-
-    params = load_run(ic.policy_run).policy_params(config.model.param_dtype)
-  else:
-    params = init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
-                         setup.mesh)[0]
-  params = sft_loop.with_adapters(params, setup.model_config,
-                                  rng_lib.purpose_key(config.seed, "lora"))
-  return jax.device_put(params, setup.policy_shardings)
+  """Initial policy params (:func:`jaxrl_llm.train.sft_loop.starting_policy`), on the mesh."""
+  return jax.device_put(sft_loop.starting_policy(config, run_dir, setup.model_config, setup.mesh,
+                                                 devices=devices), setup.policy_shardings)
 
 
 def build(config: Config, run_dir: str, *, devices=None) -> PreferenceSetup:

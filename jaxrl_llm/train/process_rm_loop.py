@@ -39,7 +39,6 @@ from jaxrl_llm.config import Config, ConfigError, save_json
 from jaxrl_llm.config.io import shrink_for_tests
 from jaxrl_llm.data import steps as steps_lib
 from jaxrl_llm.data.pipeline import EpochOrder, bucket_cap, pick_bucket, resolve_buckets
-from jaxrl_llm.models import init_params
 from jaxrl_llm.models.init import abstract_params
 from jaxrl_llm.parallel import make_mesh, replicated
 from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
@@ -270,18 +269,10 @@ def evaluate(setup: StepRMSetup, params, split: str, limit: int = 0) -> dict[str
 
 def _start_params(config: Config, run_dir: str, setup: StepRMSetup, devices):
   """The reward model's first params: the starting policy's trunk and a fresh head."""
-  ic = config.init
-  if ic.sft_steps:
-    from jaxrl_llm.train import sft_loop
+  from jaxrl_llm.train import sft_loop
 
-    policy = sft_loop.warm_start(config, run_dir, devices=devices)
-  elif ic.policy_run:
-    from jaxrl_llm.rundir.artifacts import load_run
-
-    policy = load_run(ic.policy_run).policy_params(config.model.param_dtype)
-  else:
-    policy = init_params(setup.model_config, rng_lib.purpose_key(config.seed, "init"),
-                         setup.mesh)[0]
+  policy = sft_loop.starting_policy(config, run_dir, setup.model_config, setup.mesh,
+                                    devices=devices)
   return rm_lib.init_params(policy, setup.model_config, rng_lib.purpose_key(config.seed, "init"))
 
 

@@ -743,18 +743,7 @@ def _initial_params(config: Config, run_dir: str, setup: RLSetup, *, devices):
   mc = setup.model_config
   if not (ic.sft_steps or ic.policy_run or ic.hf_checkpoint):
     return setup.policy_params(setup.init_state())
-  if ic.sft_steps:  # run_stages trained it; this restores the finished run.
-    params = sft_loop.warm_start(config, run_dir, devices=devices)
-  elif ic.policy_run:
-    from jaxrl_llm.rundir.artifacts import load_run
-
-    params = load_run(ic.policy_run).policy_params(config.model.param_dtype)
-  else:
-    from jaxrl_llm.models.hf import load_hf
-
-    params, _ = load_hf(ic.hf_checkpoint, mesh=setup.mesh,
-                        param_dtype=config.model.param_dtype, dtype=config.model.dtype)
-  params = sft_loop.with_adapters(params, mc, rng_lib.purpose_key(config.seed, "lora"))
+  params = sft_loop.starting_policy(config, run_dir, mc, setup.mesh, devices=devices)
   # The policy's layout (PPO's state nests it inside the actor, so not state_shardings.params).
   shardings = tree_shardings(abstract_params(mc), param_logical_axes(mc), setup.mesh)
   return jax.device_put(params, shardings)

@@ -148,22 +148,7 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
     return jax.jit(make_state, out_shardings=state_shardings)(params)
 
   def init_state():
-    ic = config.init
-    if ic.sft_steps:  # An SFT run with its own warm-start stage (RUN_DIR/sft), e.g. another task.
-      params = warm_start(config, run_dir, devices=devices)
-    elif ic.policy_run:
-      from jaxrl_llm.rundir.artifacts import load_run
-
-      params = load_run(ic.policy_run).policy_params(config.model.param_dtype)
-    elif ic.hf_checkpoint:
-      from jaxrl_llm.models.hf import load_hf
-
-      params, _ = load_hf(ic.hf_checkpoint, mesh=mesh, param_dtype=config.model.param_dtype,
-                          dtype=config.model.dtype)
-    else:
-      params, _ = init_params(model_config, init_key, mesh)
-    params = jax.device_put(with_adapters(params, model_config,
-                                          rng_lib.purpose_key(config.seed, "lora")),
+    params = jax.device_put(starting_policy(config, run_dir, model_config, mesh, devices=devices),
                             param_shardings)
     return jax.jit(make_state, out_shardings=state_shardings)(params)
 
@@ -317,6 +302,28 @@ def lora_not_supported(model_config, what: str) -> None:
     raise ConfigError(f"config field 'model.lora.rank': LoRA covers SFT, DPO and the "
                       f"policy-gradient family (GRPO, Dr. GRPO, DAPO, RLOO, ...) so far, not "
                       f"{what}; set model.lora.rank=0")
+
+
+def starting_policy(config: Config, run_dir: str, model_config, mesh, *, devices=None):
+  """The policy params a run starts from: its SFT warm start (``init.sft_steps``, trained or
+  restored in ``RUN_DIR/sft``), another run's policy (``init.policy_run``, LoRA merged), a Hugging
+  Face checkpoint (``init.hf_checkpoint``) or a fresh seeded init; with ``model.lora`` adapters
+  added (:func:`with_adapters`). Not yet placed on the mesh (callers put it in their layout)."""
+  ic = config.init
+  if ic.sft_steps:
+    params = warm_start(config, run_dir, devices=devices)
+  elif ic.policy_run:
+    from jaxrl_llm.rundir.artifacts import load_run
+
+    params = load_run(ic.policy_run).policy_params(config.model.param_dtype)
+  elif ic.hf_checkpoint:
+    from jaxrl_llm.models.hf import load_hf
+
+    params, _ = load_hf(ic.hf_checkpoint, mesh=mesh, param_dtype=config.model.param_dtype,
+                        dtype=config.model.dtype)
+  else:
+    params, _ = init_params(model_config, rng_lib.purpose_key(config.seed, "init"), mesh)
+  return with_adapters(params, model_config, rng_lib.purpose_key(config.seed, "lora"))
 
 
 def with_adapters(params, model_config, key):
