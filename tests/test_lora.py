@@ -106,8 +106,8 @@ def test_bad_targets_are_clear_errors():
   with pytest.raises(ConfigError, match="model.lora.rank"):
     LoraConfig(rank=-1)
   cfg = _with_lora(tiny("llama"), rank=4, targets=("layer_0/mlp/*", "v"))
-  assert cfg.lora_weights() == ["layer_0/attn/v", "layer_0/mlp/up", "layer_0/mlp/gate",
-                                "layer_0/mlp/down", "layer_1/attn/v"]
+  assert list(cfg.lora_weights()) == ["layer_0/attn/v", "layer_0/mlp/up", "layer_0/mlp/gate",
+                                       "layer_0/mlp/down", "layer_1/attn/v"]
 
 
 def _assert_same(a, b):

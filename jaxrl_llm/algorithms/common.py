@@ -43,11 +43,9 @@ def train_state_shardings(tx: optax.GradientTransformation, abstract_params, par
   param rules say, scalars (step, counts, PRNG key) replicated."""
   abstract = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)),
                             abstract_params)
-  try:
-    opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
-                                transform_non_params=lambda _: replicated(mesh))
-  except ValueError:  # State over a part of the params (LoRA's multi_transform): match by path.
-    opt = _shardings_by_path(abstract.opt_state, abstract_params, param_shardings, mesh)
+  # Matched by path rather than with optax.tree_map_params: that cannot map a state over a part
+  # of the params (LoRA's multi_transform), and one rule for every optimizer is simpler.
+  opt = _shardings_by_path(abstract.opt_state, abstract_params, param_shardings, mesh)
   return TrainState(step=replicated(mesh), params=param_shardings, opt_state=opt,
                     rng=replicated(mesh), skipped_steps=replicated(mesh))
 

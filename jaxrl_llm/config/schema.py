@@ -12,6 +12,8 @@ the RL sections ``rollout``, ``reward`` and ``init``, and the root ``seed``.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import functools
 import math
 from typing import Literal
 
@@ -68,6 +70,15 @@ class LoraConfig:
       _fail("model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
     if self.rank and not self.targets:
       _fail("model.lora.targets", "is empty: name at least one weight (e.g. 'q', 'v', 'up')")
+
+
+@functools.lru_cache(maxsize=256)
+def _lora_weights(n_layers: int, gated_mlp: bool, patterns: tuple[str, ...]) -> tuple[str, ...]:
+  names = [f"layer_{i}/{part}/{w}" for i in range(n_layers) for part, ws in
+           (("attn", LORA_WEIGHTS[:4]), ("mlp", LORA_WEIGHTS[4:])) for w in ws
+           if w != "gate" or gated_mlp]
+  return tuple(n for n in names if any(
+      fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(n.rsplit("/", 1)[1], p) for p in patterns))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -171,18 +182,12 @@ class ModelConfig:
       if "sliding" in self.layer_types and not self.sliding_window:
         _fail("model.sliding_window", "must be > 0 when a layer is 'sliding'")
 
-  def lora_weights(self, pattern: str | None = None) -> list[str]:
-    """The weight names LoRA can target (``layer_{i}/attn/q`` ...), or those one ``pattern``
-    (``model.lora.targets`` syntax) matches; all targeted ones when ``pattern`` is None."""
-    import fnmatch
-
-    names = [f"layer_{i}/{part}/{w}" for i in range(self.n_layers) for part, ws in
-             (("attn", LORA_WEIGHTS[:4]), ("mlp", LORA_WEIGHTS[4:])) for w in ws
-             if w != "gate" or self.gated_mlp]
+  def lora_weights(self, pattern: str | None = None) -> tuple[str, ...]:
+    """The weight names LoRA can target (``layer_{i}/attn/q`` ...) that one ``pattern``
+    (``model.lora.targets`` syntax) matches, or all targeted ones when ``pattern`` is None.
+    Memoised: the decoder asks once per weight at every trace."""
     patterns = self.lora.targets if pattern is None else (pattern,)
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) or
-                                    fnmatch.fnmatchcase(n.rsplit("/", 1)[1], p)
-                                    for p in patterns)]
+    return _lora_weights(self.n_layers, self.gated_mlp, tuple(patterns))
 
   @property
   def resolved_head_dim(self) -> int:

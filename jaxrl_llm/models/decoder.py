@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import BlockSizes
+from jaxrl_llm.models import lora as lora_lib
 
 _NEG = -1e30  # Finite "minus infinity": fully masked rows give a uniform softmax, never NaN.
 
@@ -59,7 +60,7 @@ def _lora(module: nn.Module, name: str, x: jax.Array, in_shape: tuple, out_shape
     return None
   fan_in = math.prod(in_shape)
   a = module.param(f"{name}_lora_a", nn.with_logical_partitioning(
-      nn.initializers.normal(stddev=fan_in ** -0.5), in_names + ("lora_rank",)),
+      lora_lib.a_initializer(fan_in), in_names + ("lora_rank",)),
       in_shape + (lc.rank,), jnp.float32)
   b = module.param(f"{name}_lora_b", nn.with_logical_partitioning(
       nn.initializers.zeros, ("lora_rank",) + out_names), (lc.rank,) + out_shape, jnp.float32)

@@ -14,6 +14,7 @@ import dataclasses
 import math
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -76,6 +77,13 @@ def adapters_only(tx: optax.GradientTransformation, params) -> optax.GradientTra
   return optax.multi_transform({"adapter": tx, "frozen": optax.set_to_zero()}, labels(params))
 
 
+def a_initializer(fan_in: int):
+  """The initializer of every ``A`` matrix: normal with standard deviation ``fan_in^-1/2`` (LoRA,
+  Hu et al. 2021, §4: ``A`` random Gaussian, ``B`` zero). The decoder and :func:`add_adapters`
+  both draw through it, so an adapter added later equals one initialised with the model."""
+  return nn.initializers.normal(stddev=fan_in ** -0.5)
+
+
 def add_adapters(base: dict, config: ModelConfig, key: jax.Array) -> dict:
   """``base`` with freshly initialised adapters for ``config.lora`` (``A`` random with standard
   deviation ``fan_in^-1/2``, ``B`` zero: the model equals the base exactly until the first
@@ -107,8 +115,7 @@ def add_adapters(base: dict, config: ModelConfig, key: jax.Array) -> dict:
       node[k] = jnp.zeros(leaf.shape, jnp.float32)
     else:
       fan_in = math.prod(leaf.shape[:-1])
-      node[k] = jax.random.normal(jax.random.fold_in(key, i), leaf.shape, jnp.float32) * (
-          fan_in ** -0.5)
+      node[k] = a_initializer(fan_in)(jax.random.fold_in(key, i), leaf.shape, jnp.float32)
   return out
 
 

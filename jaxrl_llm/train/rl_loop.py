@@ -430,6 +430,16 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                                 temperature=rc.temperature)
 
   logprobs = jax.jit(logprobs, out_shardings=rows)
+  base_logprobs = None
+  if ac.uses_reference and model_config.lora.rank:
+    # LoRA: the KL reference is the policy's own frozen base with the adapters off (no copy).
+    base_cfg = lora.base_config(model_config)
+    base_model = Decoder(base_cfg)
+    base_logprobs = jax.jit(
+        lambda params, tokens, attention, mask: pg.response_logprobs(
+            base_model.apply, params, base_cfg, tokens, attention, mask,
+            temperature=rc.temperature),
+        out_shardings=rows)
   sampler = Sampler(model_config, pad_id=tokenizer.pad_token_id, mesh=mesh,
                     refill=rc.sampler == "refill", slots=rc.slots)
   sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p,
@@ -452,7 +462,7 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
                  prepare=prepare, logprobs=logprobs, decode=decode, kl_controller=kl_controller,
                  make_state=make_state, init_state=init_state, ppo_config=ppo_config,
                  rollout_values=rollout_values, experience=stage, prime=prime_model,
-                 process_scorer=process_scorer)
+                 process_scorer=process_scorer, base_logprobs=base_logprobs)
 
 
 def _build_prime(ac, model, model_config, abstract, param_shardings, mesh, rows, key
@@ -775,14 +785,6 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   # is the frozen base inside the policy's own params (train_batch), so nothing is copied.
   setup.reference = (jax.tree.map(jnp.copy, init)
                      if ac.uses_reference and not setup.model_config.lora.rank else None)
-  if ac.uses_reference and setup.model_config.lora.rank:
-    base_cfg = lora.base_config(setup.model_config)
-    base_model = Decoder(base_cfg)
-    setup.base_logprobs = jax.jit(
-        lambda params, tokens, attention, mask: pg.response_logprobs(
-            base_model.apply, params, base_cfg, tokens, attention, mask,
-            temperature=config.rollout.temperature),
-        out_shardings=NamedSharding(setup.mesh, P(("data", "fsdp"), None)))
   if setup.prime is not None:  # PRIME: the implicit PRM and its reference start as the policy.
     setup.prime.reference = (setup.reference if setup.reference is not None
                              else jax.tree.map(jnp.copy, init))
