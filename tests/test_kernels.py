@@ -201,7 +201,7 @@ def test_chunked_never_materialises_n_by_v():
 
 
 def test_dispatcher_and_block_validation():
-  assert default_impl("cpu") == "chunked"
+  assert default_impl("cpu") == "chunked" and default_impl("tpu") == "pallas_tpu"
   with pytest.raises(ValueError, match="block_n"):
     BlockSizes(block_n=12)
   with pytest.raises(ValueError, match="block_v"):

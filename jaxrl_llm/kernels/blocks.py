@@ -37,7 +37,10 @@ _DEFAULTS = {
     "cpu": BlockSizes(block_n=128, block_v=512),
     # GPU (Triton): power-of-two tiles; D is contracted in chunks of at most 128, so any D fits.
     "gpu": BlockSizes(block_n=64, block_v=512),
-    # TPU (Mosaic): lane-aligned tiles (multiples of 128); block_v is halved at compile time when
-    # a grid step would not fit the chip's VMEM (kernels/pallas_tpu.py).
-    "tpu": BlockSizes(block_n=256, block_v=2048),
+    # TPU (Mosaic): lane-aligned tiles (multiples of 128). 256 rows per block: each W tile
+    # streamed from HBM then feeds 2·256 FLOP per byte, above v5e's 240 FLOP/B ridge. 512 columns:
+    # W traffic does not depend on it, and Mosaic's compile time grows with the tile's area (a
+    # 256×2048 f32 tile took 14 s for the forward kernel alone, 256×512 about 2 s). block_v is
+    # halved at compile time where a grid step would not fit the chip's VMEM (pallas_tpu.py).
+    "tpu": BlockSizes(block_n=256, block_v=512),
 }

@@ -26,9 +26,13 @@ the whole vocabulary) and ``block_n`` a multiple of 128 (or all rows). ``block_v
 one grid step would not fit 3/4 of the chip's VMEM (:func:`vmem_estimate`, :func:`vmem_capacity`),
 and that budget is what the compiler is allowed.
 
-Status: numerically verified in interpret mode on CPU and lowered for TPU through ``jax.export``
-(``tests/test_kernels.py``); not yet compiled or timed on a TPU, so the dispatcher does not pick it
-by default (see ``core.DEFAULT_IMPL``).
+Status: numerically verified in interpret mode on CPU (``tests/test_kernels.py``) and compiled,
+forward and backward, by libtpu's TPU compiler for v5e, v5p and v6e at the Qwen2.5 and Llama-3 head
+shapes (``tests/test_tpu.py``; :func:`jaxrl_llm.parallel.aot.compile_logprob_kernel`), so every
+tile the VMEM fit chooses is known to fit. The TPU default (``core.DEFAULT_IMPL``). Not yet run or
+timed on a TPU: its speed there is unmeasured (``model.logprob_impl=chunked`` is the fallback).
+The chip is the local TPU, or the target of :func:`jaxrl_llm.parallel.tpu.compiling_for` when
+compiling ahead of time elsewhere.
 """
 
 from __future__ import annotations
@@ -48,22 +52,23 @@ _MIB = 1 << 20
 
 
 def vmem_estimate(*, block_n: int, block_v: int, d: int, itemsize: int, with_ref: bool) -> int:
-  """Rough VMEM bytes of one grid step: double-buffered input blocks plus float32 temporaries."""
+  """Rough VMEM bytes of one grid step: double-buffered input blocks, float32 temporaries of one
+  tile, the double-buffered float32 output block, and the float32 copy of the larger input block
+  that the gradient kernels contract in."""
   inputs = block_n * d * itemsize + d * block_v * itemsize
   inputs *= 2 if with_ref else 1
   temps = 8 * block_n * block_v * 4  # z, zq, exp, masks, dz, ... of one tile.
   out = max(block_n * d, d * block_v) * 4
-  return 2 * inputs + temps + 2 * out
+  return 2 * inputs + temps + 3 * out
 
 
 def vmem_capacity() -> int:
-  """VMEM bytes per TensorCore of the local TPU; 64 MiB (v5p / v7) when lowering from elsewhere."""
-  if jax.default_backend() == "tpu":
-    try:
-      return int(pltpu.get_tpu_info().vmem_capacity_bytes)
-    except Exception:  # noqa: BLE001 -- an unknown chip falls back to the conservative figure.
-      pass
-  return 64 * _MIB
+  """VMEM bytes per TensorCore of the chip the kernels are built for: the target of
+  :func:`jaxrl_llm.parallel.tpu.compiling_for` (ahead-of-time compilation for a slice), else the
+  local TPU, else 64 MiB (the smallest of v5e / v5p / v6e) when lowering from elsewhere."""
+  from jaxrl_llm.parallel import tpu
+
+  return tpu.target_vmem_bytes() or 64 * _MIB
 
 
 def _params(semantics, interpret):
@@ -99,9 +104,12 @@ def _tile_cols(j, bv, vocab):
   return cols, cols < vocab
 
 
-def _masked_w(w_ref, fresh):
+def _masked_w(w_ref, j, bv, vocab):
+  # The mask is built at the tile's own 2-D shape: Mosaic cannot relayout a broadcast boolean
+  # vector of this size (found by compiling for v5e; interpret mode accepts either form).
   w = w_ref[...]
-  return jnp.where(fresh[None, :], w, jnp.zeros_like(w))
+  cols = j * bv + jax.lax.broadcasted_iota(jnp.int32, w.shape, 1)
+  return jnp.where(cols < vocab, w, jnp.zeros_like(w))
 
 
 def _read_stats(ref) -> tiles.Stats:
@@ -175,13 +183,14 @@ def linear_forward(h, w, targets, h_ref, w_ref, *, temperature, softcap, block_n
   return tiles.unpack_t(packed[:, :n])
 
 
-def _tile_draw(h, w, y, b_ref, hq_ref, wq_ref, fresh, cols, *, with_ref, temperature, softcap):
+def _tile_draw(h, w, y, b_ref, hq_ref, wq_ref, fresh, cols, j, *, bv, vocab, with_ref,
+               temperature, softcap):
   """(draw float32 ``[bn, bv]``) of one (row block, vocabulary tile) pair."""
   tz = functools.partial(tiles.tile_z, temperature=temperature, softcap=softcap)
   raw = jnp.dot(h, w, preferred_element_type=jnp.float32)
   zq = None
   if with_ref:
-    zq = tz(jnp.dot(hq_ref[...], _masked_w(wq_ref, fresh), preferred_element_type=jnp.float32))
+    zq = tz(jnp.dot(hq_ref[...], _masked_w(wq_ref, j, bv, vocab), preferred_element_type=jnp.float32))
   fin, cot = tiles.read_backward_rows(b_ref)
   dz = tiles.tile_dz(tz(raw), zq, fresh, cols, y, fin, cot)
   return tiles.dz_to_draw(dz, raw, temperature=temperature, softcap=softcap)
@@ -201,11 +210,12 @@ def _linear_grad_kernel(*refs, wrt, with_ref, vocab, bv, temperature, softcap):
   def _():
     out_ref[...] = jnp.zeros(out_ref.shape, out_ref.dtype)
 
-  cols, fresh = _tile_cols(pl.program_id(1 if wrt == "h" else 0), bv, vocab)
+  j = pl.program_id(1 if wrt == "h" else 0)
+  cols, fresh = _tile_cols(j, bv, vocab)
   h = h_ref[...]
-  w = _masked_w(w_ref, fresh)
-  draw = _tile_draw(h, w, y_ref[0, :], b_ref, hq_ref, wq_ref, fresh, cols, with_ref=with_ref,
-                    temperature=temperature, softcap=softcap)
+  w = _masked_w(w_ref, j, bv, vocab)
+  draw = _tile_draw(h, w, y_ref[0, :], b_ref, hq_ref, wq_ref, fresh, cols, j, bv=bv,
+                    vocab=vocab, with_ref=with_ref, temperature=temperature, softcap=softcap)
   if wrt == "h":
     out_ref[...] += jax.lax.dot_general(draw, w.astype(jnp.float32), (((1,), (1,)), ((), ())))
   else:

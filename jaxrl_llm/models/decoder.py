@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jaxrl_llm.config.schema import ModelConfig
 from jaxrl_llm.kernels import BlockSizes
 from jaxrl_llm.models import lora as lora_lib
+from jaxrl_llm.parallel.tpu import compile_backend
 
 _NEG = -1e30  # Finite "minus infinity": fully masked rows give a uniform softmax, never NaN.
 
@@ -385,7 +386,7 @@ def logprob_kwargs(config: ModelConfig) -> dict:
   (``model.logprob_impl`` / ``logprob_block_n`` / ``logprob_block_v``)."""
   blocks = None
   if config.logprob_block_n or config.logprob_block_v:
-    default = BlockSizes.default(jax.default_backend())
+    default = BlockSizes.default(compile_backend())
     blocks = BlockSizes(block_n=config.logprob_block_n or default.block_n,
                         block_v=config.logprob_block_v or default.block_v)
   return dict(softcap=config.final_softcap or None, block_sizes=blocks,
