@@ -61,3 +61,30 @@ def test_hidden_states_times_head_weight_equal_logits(params, apply):
   hidden = Decoder(CFG).apply({"params": params}, tokens, mask, return_hidden=True)
   logits = apply(params, tokens, mask)
   np.testing.assert_allclose(hidden @ lm_head_weight(params, CFG), logits, atol=1e-5)
+
+
+def test_remat_same_outputs_and_gradients():
+  """model.remat recomputes blocks in the backward: same parameter tree, same loss, gradients
+  equal to float tolerance."""
+  import dataclasses
+
+  from jaxrl_llm.models import Decoder, init_params, tiny
+
+  cfg = tiny("qwen2")
+  rc = dataclasses.replace(cfg, remat=True)
+  params = init_params(cfg, jax.random.PRNGKey(0), _mesh1())[0]
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, cfg.vocab_size)
+  mask = jnp.ones_like(tokens, bool)
+
+  def loss(p, c):
+    return jnp.mean(Decoder(c).apply({"params": p}, tokens, mask) ** 2)
+
+  assert jax.tree.structure(init_params(rc, jax.random.PRNGKey(0), _mesh1())[0]) == jax.tree.structure(
+      params)
+  (l0, g0), (l1, g1) = (jax.value_and_grad(loss)(params, c) for c in (cfg, rc))
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g0, g1)
+
+
+def _mesh1():
+  return make_mesh(MeshConfig(data=1), jax.devices()[:1])

@@ -137,6 +137,9 @@ class ModelConfig:
   logprob_block_n: int = 0
   logprob_block_v: int = 0
   lora: LoraConfig = LoraConfig()  # Low-rank adapters on a frozen base (rank 0: off).
+  # Recompute each block's activations in the backward pass (gradient checkpointing): activation
+  # memory of one block instead of all, for about one more forward pass of compute.
+  remat: bool = False
 
   def __post_init__(self):
     if self.lora.rank:

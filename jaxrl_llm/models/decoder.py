@@ -350,11 +350,14 @@ class Decoder(nn.Module):
                      (c.max_seq_len, c.d_model), ("positions", "embed"), pd)
       x = x + jnp.take(table, jnp.minimum(positions, c.max_seq_len - 1), axis=0).astype(cd)
     new_layers = []
+    # model.remat: each block's activations are recomputed in the backward instead of kept
+    # (argument 4, `deterministic`, is a Python bool). Parameter names are unchanged.
+    block = nn.remat(Block, static_argnums=(4,)) if c.remat and cache is None else Block
     for i in range(c.n_layers):
       layer_mask = mask & window if c.layer_is_sliding(i) else mask
       layer_cache = None if cache is None else cache["layers"][i]
-      x, new = Block(c, name=f"layer_{i}")(x, positions, layer_mask, deterministic,
-                                                    layer_cache, index)
+      x, new = block(c, name=f"layer_{i}")(x, positions, layer_mask, deterministic,
+                                           layer_cache, index)
       new_layers.append(new)
     x = _norm(c, "final_norm")(x)
     if not c.tie_embeddings:
