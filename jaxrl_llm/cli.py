@@ -133,6 +133,18 @@ def _parser() -> argparse.ArgumentParser:
   ex.add_argument("--adapters", action="store_true",
                   help="write adapter_config.json + adapter_model.safetensors (PEFT) and the "
                   "base model in OUT/base instead of a merged checkpoint")
+  pln = sub.add_parser("plan", help="compile an RL experiment's step for a TPU slice here (no "
+                       "TPU needed) and report per-device memory and FLOPs; exit 1 if it does "
+                       "not fit")
+  pln.add_argument("experiment", help="experiment name (see `jaxrl-llm list`)")
+  pln.add_argument("--topology", required=True, metavar="SLICE",
+                   help="TPU slice, e.g. v5e-8, v5p-16, v6e-8")
+  pln.add_argument("--model", help="a released architecture instead of the experiment's model: "
+                   "Qwen2.5-0.5B, Qwen2.5-1.5B, Qwen2.5-7B, Llama-3-8B, Gemma-2-2B")
+  pln.add_argument("--prompt-len", type=int, help="prompt tokens per row (default: the largest "
+                   "data.length_buckets)")
+  pln.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
   sub.add_parser("list", help="list the available experiments")
   return p
 
@@ -212,13 +224,36 @@ def enable_compilation_cache(env=None) -> str | None:
   return path
 
 
+def _plan(args) -> int:
+  from experiments import get_experiment
+  from jaxrl_llm.config import ConfigError, apply_overrides
+  from jaxrl_llm.parallel.plan import plan
+
+  try:
+    config = get_experiment(args.experiment)
+  except KeyError as e:
+    raise ConfigError(str(e.args[0])) from None
+  config = apply_overrides(config, args.overrides) if args.overrides else config
+  try:
+    result = plan(config, args.topology, model=args.model, prompt_len=args.prompt_len)
+  except (ValueError, RuntimeError) as e:
+    print(f"jaxrl-llm: {e}", file=sys.stderr)
+    return 2
+  print(result.table())
+  return 0 if result.fits else 1
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   from jaxrl_llm.config import ConfigError
 
   if args.command in ("run", "resume", "eval", "label", "label-steps"):
     enable_compilation_cache()
+  if args.command == "plan":  # Compiles for TPU from here: never takes a local accelerator.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
   try:
+    if args.command == "plan":
+      return _plan(args)
     if args.command == "list":
       import importlib
 

@@ -175,6 +175,16 @@ def _fused_linear_bwd(st, res, g):
 _fused_linear.defvjp(_fused_linear_fwd, _fused_linear_bwd)
 
 
+def context_mesh():
+  """The mesh of an enclosing ``jax.set_mesh`` (abstract; axes ``data``, ``fsdp``, ``tensor``),
+  or None. The Pallas paths run under ``shard_map`` over it when no ``mesh=`` is given: XLA
+  cannot partition a Mosaic / Triton kernel across devices itself."""
+  m = jax.sharding.get_abstract_mesh()
+  if m is None or m.empty or not {*ROW_AXES, VOCAB_AXIS} <= set(m.axis_names):
+    return None
+  return m
+
+
 def _resolve(impl, block_sizes, interpret, temperature, lead):
   """Validates the shared options; returns (rows, impl, blocks, interpret)."""
   if temperature <= 0:
@@ -182,7 +192,12 @@ def _resolve(impl, block_sizes, interpret, temperature, lead):
   from jaxrl_llm.parallel.tpu import compile_backend
 
   backend = compile_backend()
-  impl = impl or default_impl(backend)
+  if impl is None:
+    impl = default_impl(backend)
+    if impl == "pallas_tpu" and context_mesh() is None and jax.device_count() > 1:
+      # A Mosaic kernel cannot be partitioned by XLA: over several devices it runs under
+      # shard_map, which needs the mesh (jax.set_mesh). Without one, the jnp path.
+      impl = "chunked"
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
   if impl == "pallas":
@@ -232,6 +247,8 @@ def fused_linear_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
     if w_ref.shape[1] != w.shape[1]:
       raise ValueError(f"w_ref vocabulary {w_ref.shape[1]} != w vocabulary {w.shape[1]}")
   n, impl, blocks, interpret = _resolve(impl, block_sizes, interpret, temperature, lead)
+  if mesh is None and impl in ("pallas_tpu", "pallas_gpu") and not interpret:
+    mesh = context_mesh()
   hf = h.reshape(n, h.shape[-1])
   yf = targets.reshape(n).astype(jnp.int32)
   vf = jnp.ones((n,), bool) if valid is None else valid.reshape(n).astype(bool)

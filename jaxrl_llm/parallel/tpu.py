@@ -85,6 +85,8 @@ def _quiet_libtpu():
   # libtpu looks for a TPU VM's metadata at start-up and logs errors when there is none.
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  # Compiling only: several processes may load libtpu at once (it locks the chips otherwise).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def topology(name: str) -> list:
