@@ -2,7 +2,6 @@
 
 import concurrent.futures
 
-import jax.numpy as jnp
 import pytest
 
 from jaxrl_llm.parallel import aot, tpu
