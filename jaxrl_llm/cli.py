@@ -224,6 +224,14 @@ def enable_compilation_cache(env=None) -> str | None:
   return path
 
 
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: a scheduler sees a terminated job, a shell `&&` stops.
+
+
+def _preempted(e, run_dir: str) -> int:
+  print(f"jaxrl-llm: {e}; continue with: jaxrl-llm resume {run_dir}", file=sys.stderr)
+  return PREEMPTED_EXIT
+
+
 def _plan(args) -> int:
   from experiments import get_experiment
   from jaxrl_llm.config import ConfigError, apply_overrides
@@ -271,19 +279,26 @@ def main(argv=None) -> int:
       return 0
     if args.command == "run":
       config = resolve_config(args)  # Every config error is raised here, before any compile.
+      from jaxrl_llm.rundir.checkpoint import Preempted
       from jaxrl_llm.train import new_run_dir, run
 
       run_dir = new_run_dir(config, args.run_dir)
       try:
         run(config, run_dir)
+      except Preempted as e:
+        return _preempted(e, run_dir)
       except BaseException:
         remove_if_untrained(run_dir)
         raise
       return 0
     if args.command == "resume":
+      from jaxrl_llm.rundir.checkpoint import Preempted
       from jaxrl_llm.train import resume_run
 
-      resume_run(args.run_dir)
+      try:
+        resume_run(args.run_dir)
+      except Preempted as e:
+        return _preempted(e, args.run_dir)
       return 0
     if args.command == "eval":
       return _eval(args)

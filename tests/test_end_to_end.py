@@ -135,3 +135,35 @@ def test_cli_reproduces_from_config_json_and_evaluates(reference_run, tmp_path, 
   assert os.path.getsize(tmp_path / "p.png") > 1000
   # Running again into a directory that holds a run is refused.
   assert main(["run", "--config", os.path.join(ref_dir, "config.json"), "--run-dir", run_dir]) == 2
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_equals_uninterrupted(
+    long_config, reference_run, tmp_path, monkeypatch):
+  """Preemption: SIGTERM during step 7 (no checkpoint is due there: every 4) makes the loop save
+  step 7 and stop with Preempted; resume continues to the same metrics and parameters as the
+  uninterrupted run. The signal goes through the real handler (raise_signal in this process)."""
+  from jaxrl_llm.rundir import checkpoint as ckpt_lib
+
+  due = ckpt_lib.CheckpointCadence.due
+
+  def due_with_sigterm(self, done, final):
+    if done == 7:
+      signal.raise_signal(signal.SIGTERM)
+    return due(self, done, final)
+
+  monkeypatch.setattr(ckpt_lib.CheckpointCadence, "due", due_with_sigterm)
+  ref_dir, ref_params = reference_run
+  run_dir = new_run_dir(long_config, str(tmp_path / "preempted"))
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(ckpt_lib.Preempted, match="after step 7"):
+    train(long_config, run_dir)
+  assert signal.getsignal(signal.SIGTERM) is before  # The handler is restored.
+  assert Checkpointer(os.path.join(run_dir, "checkpoints"), keep=2,
+                      async_save=False).latest_step() == 7
+  assert read_metrics(run_dir)[-1]["step"] == 7
+  monkeypatch.setattr(ckpt_lib.CheckpointCadence, "due", due)
+  out = resume(run_dir)
+  assert _metrics_text(run_dir) == _metrics_text(ref_dir)
+  for a, b in zip(jax.tree.leaves(jax.device_get(out["state"].params)),
+                  jax.tree.leaves(ref_params)):
+    np.testing.assert_array_equal(a, b)

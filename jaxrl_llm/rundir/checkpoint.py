@@ -9,6 +9,8 @@ host before :meth:`Checkpointer.save` returns, and the files are written in the 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -59,21 +61,57 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
                       shardings)
 
 
+class Preempted(Exception):
+  """A loop stopped on SIGTERM after checkpointing step ``step``; ``resume`` continues exactly."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted (SIGTERM): stopped after step {step}, checkpoint saved")
+    self.step = step
+
+
 class CheckpointCadence:
   """When to checkpoint: every ``every_steps`` steps, when ``every_minutes`` of wall clock have
-  passed since the last checkpoint (0: never by time), and at the end of the run. What a
-  checkpoint holds does not depend on when it was taken, so results stay identical."""
+  passed since the last checkpoint (0: never by time), at the end of the run, and after the step
+  in which the process received SIGTERM (preemptible TPU VMs, cluster schedulers): the loop then
+  saves that step and stops (:meth:`stop_if_preempted`). What a checkpoint holds does not depend
+  on when it was taken, so results stay identical.
+
+  The SIGTERM handler is installed while the cadence is open (main thread only) and the previous
+  one restored by :meth:`close`."""
 
   def __init__(self, every_steps: int, every_minutes: float):
     self.every_steps = int(every_steps)
     self.every_s = float(every_minutes) * 60.0
     self._last = time.monotonic()
+    self.preempted = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    self.preempted = True
+
+  def close(self) -> None:
+    """Restores the SIGTERM handler that was there before."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
   def due(self, done: int, final: bool) -> bool:
     """Whether to save after step ``done``; resets the clock when it says yes."""
     now = time.monotonic()
-    yes = (final or done % self.every_steps == 0 or
+    yes = (final or self.preempted or done % self.every_steps == 0 or
            (self.every_s > 0 and now - self._last >= self.every_s))
     if yes:
       self._last = now
     return yes
+
+  def stop_if_preempted(self, done: int, final: bool, *closers) -> None:
+    """After step ``done`` was saved: on SIGTERM (and not at the last step), closes ``closers``
+    (the checkpointer first: it waits for the save to be complete) and raises
+    :class:`Preempted`."""
+    if self.preempted and not final:
+      for c in closers:
+        c.close()
+      self.close()
+      raise Preempted(done)

@@ -405,13 +405,16 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     writer.write(done, line, extra_tb={"perf/rows_per_s": rows_per_s})
     progress.update(done, line["train/loss"], rows_per_s)
     if cadence.due(done, final):
-      ckpt.save(done, state, {"step": done, "data_position": position}, force=final)
+      ckpt.save(done, state, {"step": done, "data_position": position},
+                force=final or cadence.preempted)
+    cadence.stop_if_preempted(done, final, ckpt, writer, progress)
     if final:
       if not is_dpo:
         stats = score_stats(setup, state.params)
         with open(os.path.join(run_dir, STATS_FILE), "w") as f:
           json.dump(stats, f, indent=2)
       _finish(run_dir, line, progress)
+  cadence.close()
   ckpt.close()
   writer.close()
   progress.close()

@@ -385,7 +385,9 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     writer.write(done, line, extra_tb={"perf/rows_per_s": rows_per_s})
     progress.update(done, line["train/loss"], rows_per_s)
     if cadence.due(done, final):
-      ckpt.save(done, state, {"step": done, "data_position": position}, force=final)
+      ckpt.save(done, state, {"step": done, "data_position": position},
+                force=final or cadence.preempted)
+    cadence.stop_if_preempted(done, final, ckpt, writer, progress)
     if final:
       result = {k: v for k, v in line.items() if k.startswith("test/")}
       from jaxrl_llm.train.plotting import write_results
@@ -393,6 +395,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
       write_results(run_dir, result, progress)
       shown = {k: round(v, 4) for k, v in result.items()}
       progress.message(f"held-out results: {shown}")
+  cadence.close()
   ckpt.close()
   writer.close()
   progress.close()

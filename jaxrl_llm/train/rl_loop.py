@@ -843,6 +843,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
       if step not in ckpt.all_steps() and step > 0:
         ckpt.save(step, _checkpoint_tree(state, prm_state),
                   extra_state(step, position, kl_state, counts), force=True)
+      cadence.close()
       ckpt.close()
       writer.close()
       setup.rewards.close()
@@ -901,10 +902,12 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
                     ({"acc": line["reward/accuracy"]} if "reward/accuracy" in line else {}))
     if cadence.due(done, final):
       ckpt.save(done, _checkpoint_tree(state, prm_state),
-                extra_state(done, position, kl_state, counts), force=final)
+                extra_state(done, position, kl_state, counts), force=final or cadence.preempted)
+    cadence.stop_if_preempted(done, final, ckpt, writer, progress, setup.rewards)
     metrics_host = line
     if final:
       _finish(run_dir, line, progress)
+  cadence.close()
   ckpt.close()
   writer.close()
   progress.close()

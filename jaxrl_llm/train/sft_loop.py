@@ -261,9 +261,12 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     writer.write(done, line, extra_tb={"perf/tokens_per_s": tokens_per_s})
     progress.update(done, metrics_host["train/loss"], tokens_per_s)
     if cadence.due(done, final):
-      ckpt.save(done, state, {"step": done, "data_position": position}, force=final)
+      ckpt.save(done, state, {"step": done, "data_position": position},
+                force=final or cadence.preempted)
+    cadence.stop_if_preempted(done, final, ckpt, writer, progress)
     if final:
       _finish(run_dir, line, progress)
+  cadence.close()
   ckpt.close()
   writer.close()
   progress.close()
