@@ -145,6 +145,15 @@ def _parser() -> argparse.ArgumentParser:
                    "data.length_buckets)")
   pln.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable)")
+  ln = sub.add_parser("launch", help="run a command as N processes of one multi-process JAX run "
+                      "on this machine: jaxrl-llm launch --processes 2 -- run EXPERIMENT ...")
+  ln.add_argument("--processes", type=int, required=True)
+  ln.add_argument("--devices-per-process", type=int, help="fake CPU devices per process "
+                  "(e.g. 4: two processes make one 8-device mesh)")
+  ln.add_argument("--port", type=int, help="coordinator port (default: a free one)")
+  ln.add_argument("--grace-s", type=float, default=30.0, help="after a process fails, seconds "
+                  "the others get before they are stopped")
+  ln.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
   sub.add_parser("list", help="list the available experiments")
   return p
 
@@ -255,6 +264,24 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   from jaxrl_llm.config import ConfigError
 
+  if args.command == "launch":
+    from jaxrl_llm.parallel.launch import launch
+
+    rest = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+    try:
+      return launch(rest, processes=args.processes, devices_per_process=args.devices_per_process,
+                    port=args.port, grace_s=args.grace_s)
+    except ValueError as e:
+      print(f"jaxrl-llm: {e}", file=sys.stderr)
+      return 2
+  if args.command in ("run", "resume", "eval"):
+    from jaxrl_llm.parallel import distributed
+
+    try:  # A multi-process run when JAXRL_LLM_* (or a multi-host TPU VM) says so.
+      distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      print(f"jaxrl-llm: {e}", file=sys.stderr)
+      return 2
   if args.command in ("run", "resume", "eval", "label", "label-steps"):
     enable_compilation_cache()
   if args.command == "plan":  # Compiles for TPU from here: never takes a local accelerator.
@@ -288,7 +315,10 @@ def main(argv=None) -> int:
       except Preempted as e:
         return _preempted(e, run_dir)
       except BaseException:
-        remove_if_untrained(run_dir)
+        from jaxrl_llm.parallel.distributed import is_primary
+
+        if is_primary():
+          remove_if_untrained(run_dir)
         raise
       return 0
     if args.command == "resume":

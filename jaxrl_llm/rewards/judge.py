@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_llm.data.pipeline import pick_bucket
+from jaxrl_llm.parallel.distributed import device_get
 
 DEFAULT_TEMPLATE = ("Prompt: {prompt}\nResponse 1: {first}\nResponse 2: {second}\n"
                     "The better response is Response ")
@@ -75,7 +76,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def params_digest(params: Any) -> str:
   """16 hex digits of SHA-256 over a params tree's paths, shapes, dtypes and bytes (versioning)."""
   h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(device_get(params))[0]:
     arr = np.asarray(leaf)
     h.update(f"{jax.tree_util.keystr(path)}:{arr.shape}:{arr.dtype}\0".encode())
     h.update(np.ascontiguousarray(arr).tobytes())

@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxrl_llm.data.pipeline import pick_bucket
 from jaxrl_llm.models import heads
+from jaxrl_llm.parallel.distributed import device_get
 
 STATS_FILE = "reward_model.json"
 
@@ -167,7 +168,7 @@ class StepRewardModelFunction:
         length = pick_bucket(max(enc.length(i) for i in idx), self.buckets)
         batch = step_batch(enc, idx, length, num_steps, self.tokenizer.pad_token_id)
         batch["valid"] = np.arange(self.batch_size) < n
-        got = jax.device_get(self._score(self.params, {k: jnp.asarray(v)
+        got = device_get(self._score(self.params, {k: jnp.asarray(v)
                                                        for k, v in batch.items()}))
         for r in range(n):
           i = where[idx[r]]

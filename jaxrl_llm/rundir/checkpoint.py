@@ -25,7 +25,10 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "extra": ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state: Any, extra: dict[str, Any], *, force: bool = False) -> bool:
     """Saves ``state`` (any pytree of arrays) and ``extra`` (JSON-able host state) at ``step``."""
@@ -41,7 +44,14 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores ``(state, extra)``. ``abstract_state`` holds ``ShapeDtypeStruct`` leaves with shardings,
-    so arrays land directly in their target sharding."""
+    so arrays land directly in their target sharding. ``None``: every array on this process's
+    first device, whatever layout (devices, processes) wrote the checkpoint."""
+    if abstract_state is None:
+      meta = self._manager.item_metadata(step)["state"].tree
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract_state = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta,
+          is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
     return out["state"], dict(out["extra"])
@@ -100,8 +110,16 @@ class CheckpointCadence:
   def due(self, done: int, final: bool) -> bool:
     """Whether to save after step ``done``; resets the clock when it says yes."""
     now = time.monotonic()
-    yes = (final or self.preempted or done % self.every_steps == 0 or
-           (self.every_s > 0 and now - self._last >= self.every_s))
+    timed = self.every_s > 0 and now - self._last >= self.every_s
+    if jax.process_count() > 1:
+      # Every process must save (and stop) at the same step: a SIGTERM may reach them on either
+      # side of a step boundary, and wall clocks differ. One tiny all-gather per step.
+      from jax.experimental import multihost_utils
+      import numpy as np
+
+      flags = multihost_utils.process_allgather(np.asarray([self.preempted, timed]))
+      self.preempted, timed = (bool(x) for x in np.asarray(flags).reshape(-1, 2).any(axis=0))
+    yes = final or self.preempted or done % self.every_steps == 0 or timed
     if yes:
       self._last = now
     return yes

@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxrl_llm.data.pipeline import EncodedSplit, prompt_batches
 from jaxrl_llm.rollout import Sampler, SamplingConfig
+from jaxrl_llm.parallel.distributed import device_get
 
 
 def make_greedy_decode(model_config, *, max_new_tokens: int, eos_id: int, pad_id: int,
@@ -58,7 +59,7 @@ def exact_match(decode_fn: Callable, params, split: EncodedSplit, tokenizer, *, 
   for batch in prompt_batches(split, batch_size=batch_size, buckets=buckets,
                               pad_id=tokenizer.pad_token_id, limit=limit):
     # Host arrays: the sampler places them on the mesh itself (batch over data x fsdp).
-    generated = jax.device_get(decode_fn(params, batch["tokens"], batch["attention_mask"]))
+    generated = device_get(decode_fn(params, batch["tokens"], batch["attention_mask"]))
     texts = decode_texts(tokenizer, generated, tokenizer.eos_token_id)
     for text, answer, valid in zip(texts, batch["answers"], batch["valid"]):
       if valid:

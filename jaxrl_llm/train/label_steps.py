@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from jaxrl_llm.data.steps import StepSolution, chain_step_labels
+from jaxrl_llm.parallel.distributed import device_get
 
 SPLITS = ("train", "validation", "test")
 
@@ -150,7 +151,7 @@ def label_steps(policy_run: str, out_dir: str, *, method: str = "mc", samples: i
   def generate(ids_list, k, key, budget):
     width = -(-max(len(x) for x in ids_list) // 16) * 16
     tokens, lengths = pad_prompts(ids_list, (width,), tok.pad_token_id)
-    ro = jax.device_get(setup.sampler.generate(
+    ro = device_get(setup.sampler.generate(
         params, tokens, lengths, sampling=setup.sampling, max_new_tokens=budget,
         stop_token_ids=[eos], rng=key, num_samples=k))
     return decode_texts(tok, np.asarray(ro.tokens)[:, width:], eos)

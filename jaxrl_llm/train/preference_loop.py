@@ -50,6 +50,7 @@ from jaxrl_llm.parallel import make_mesh, replicated, tree_shardings
 from jaxrl_llm.train import sft_loop
 from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
+from jaxrl_llm.parallel.distributed import device_get
 
 STATS_FILE = "reward_model.json"
 
@@ -264,7 +265,7 @@ def evaluate(setup: PreferenceSetup, params, reference, split: str, limit: int =
     batch = setup.put(host, batch_axis=0)
     if setup.reference_logprobs is not None:
       batch.update(setup.reference_logprobs(reference, batch))
-    metrics = jax.device_get(setup.evaluate_batch(params, batch))
+    metrics = device_get(setup.evaluate_batch(params, batch))
     n = int(valid.sum())
     for k, v in metrics.items():
       totals[k] = totals.get(k, 0.0) + float(v) * n
@@ -310,7 +311,7 @@ def score_stats(setup: PreferenceSetup, params, limit: int = 1024) -> dict[str, 
     flat = setup.put({"tokens": host["tokens"].reshape(-1, length),
                       "attention_mask": host["attention_mask"].reshape(-1, length),
                       "last_index": host["last_index"].reshape(-1)}, batch_axis=0)
-    s = np.asarray(jax.device_get(setup.score(params, flat["tokens"], flat["attention_mask"],
+    s = np.asarray(device_get(setup.score(params, flat["tokens"], flat["attention_mask"],
                                               flat["last_index"]))).reshape(
                                                   host["last_index"].shape)
     # Padded response slots of short rankings have an all-False response mask.
@@ -384,7 +385,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     host, position = setup.batcher.batch(position)
     batch = _device_batch(setup, host, ref_of(state), tc.grad_accum_steps)
     state, metrics = setup.update(state, batch)
-    line = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    line = {k: float(v) for k, v in device_get(metrics).items()}
     now = time.perf_counter()
     rows_per_s = tc.batch_size / max(now - t_last, 1e-9)
     t_last = now

@@ -43,6 +43,7 @@ from jaxrl_llm.models.init import abstract_params
 from jaxrl_llm.parallel import make_mesh, replicated
 from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
+from jaxrl_llm.parallel.distributed import device_get
 
 
 def auc(scores, labels) -> float:
@@ -241,7 +242,7 @@ def evaluate(setup: StepRMSetup, params, split: str, limit: int = 0) -> dict[str
   step_p, step_y, sol, outcome, prompts = [], [], [], [], []
   for host in eval_batches(data, tc.eval_batch_size, setup.config.data.length_buckets,
                            setup.tokenizer.pad_token_id, setup.num_steps, limit):
-    out = jax.device_get(setup.score(params, setup.put(host)))
+    out = device_get(setup.score(params, setup.put(host)))
     keep = host["valid"]
     labels = host["labels"][keep]
     ok = np.asarray(out["step_valid"])[keep] & np.isfinite(labels)
@@ -367,7 +368,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   for step in range(start, min(last, tc.steps)):
     host, position = setup.batcher.batch(position)
     state, metrics = setup.update(state, setup.put(host))
-    line = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    line = {k: float(v) for k, v in device_get(metrics).items()}
     now = time.perf_counter()
     rows_per_s = tc.batch_size / max(now - t_last, 1e-9)
     t_last = now

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jaxrl_llm.parallel.distributed import device_get
 
 
 def answer_key(text: str, accuracy: str) -> str:
@@ -84,9 +85,9 @@ def best_of_n(setup, params, scorer: Callable | dict[str, Callable], split: str,
                                   tok.pad_token_id)
     prompts = tok.batch_decode(tokens.tolist(), skip_special_tokens=True)
     attention = np.arange(tokens.shape[1])[None, :] >= tokens.shape[1] - lengths[:, None]
-    greedy = decode_texts(tok, jax.device_get(setup.decode(params, tokens, attention)), eos)
+    greedy = decode_texts(tok, device_get(setup.decode(params, tokens, attention)), eos)
     hits["greedy"] += verdict(prompts[:real], greedy[:real], idx[:real]).tolist()
-    ro = jax.device_get(setup.sampler.generate(
+    ro = device_get(setup.sampler.generate(
         params, tokens, lengths, sampling=setup.sampling, max_new_tokens=rc.max_new_tokens,
         stop_token_ids=[eos], rng=jax.random.fold_in(jax.random.key(seed), start),
         num_samples=n))

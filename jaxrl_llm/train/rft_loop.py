@@ -39,6 +39,7 @@ from jaxrl_llm.rundir.artifacts import load_run
 from jaxrl_llm.train import rl_loop, sft_loop
 from jaxrl_llm.train.evaluate import decode_texts
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
+from jaxrl_llm.parallel.distributed import device_get
 
 
 def path_key(text: str, mode: str) -> Any:
@@ -117,7 +118,7 @@ def sample_round(setup, params, config: Config, round_index: int) -> tuple[list[
     idx = np.concatenate([real, np.repeat(real[-1:], batch - len(real))])  # static shapes
     prompts, lengths = pad_prompts([split.prompts[i] for i in idx],
                                    setup.config.data.length_buckets, tok.pad_token_id)
-    ro = jax.device_get(setup.sampler.generate(
+    ro = device_get(setup.sampler.generate(
         params, prompts, lengths, sampling=setup.sampling, max_new_tokens=rc.max_new_tokens,
         stop_token_ids=[tok.eos_token_id], rng=jax.random.fold_in(key, start), num_samples=k))
     texts = decode_texts(tok, ro.tokens[:, prompts.shape[1]:], tok.eos_token_id)

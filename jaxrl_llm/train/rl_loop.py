@@ -62,6 +62,7 @@ from jaxrl_llm.rundir.artifacts import policy_source
 from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import decode_texts, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
+from jaxrl_llm.parallel.distributed import device_get, is_primary, primary_first
 
 
 class PromptIterator:
@@ -323,14 +324,15 @@ def build(config: Config, run_dir: str, *, devices=None, reward_fns: Sequence[Re
   mesh = make_mesh(config.mesh, devices)
   _validate(config, mesh)
   tok_dir = os.path.join(run_dir, "tokenizer")
-  if tokenizer is None:
-    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-      tokenizer = load_tokenizer(tok_dir)
-    else:
-      tokenizer = build_char_tokenizer()
-      save_tokenizer(tokenizer, tok_dir)
-  elif not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-    save_tokenizer(tokenizer, tok_dir)  # The run directory stays self-contained.
+  with primary_first("tokenizer"):
+    if tokenizer is None:
+      if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+        tokenizer = load_tokenizer(tok_dir)
+      else:
+        tokenizer = build_char_tokenizer()
+        save_tokenizer(tokenizer, tok_dir)
+    elif not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+      save_tokenizer(tokenizer, tok_dir)  # The run directory stays self-contained.
   if model_config is None:
     model_config = config.model.with_vocab(len(tokenizer))
   else:  # A Hugging Face policy's shapes, with this run's adapters.
@@ -579,7 +581,7 @@ def prime_step(setup: RLSetup, prm_state, batch: dict):
   if pm.config.update == "before":
     logp = pm.logprobs(prm_state.params, tokens, attention, mask)
   process = pm.token_rewards(logp, ref, mask)
-  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  metrics = {k: float(v) for k, v in device_get(metrics).items()}
   return prm_state, process, metrics
 
 
@@ -727,7 +729,7 @@ def evaluate(setup: RLSetup, params, split: str, limit: int = 0) -> dict[str, fl
   for batch in prompt_batches(setup.splits[split], batch_size=tc.eval_batch_size,
                               buckets=cfg.data.length_buckets, pad_id=tok.pad_token_id,
                               limit=limit):
-    generated = jax.device_get(setup.decode(params, batch["tokens"], batch["attention_mask"]))
+    generated = device_get(setup.decode(params, batch["tokens"], batch["attention_mask"]))
     texts = decode_texts(tok, generated, tok.eos_token_id)
     n = int(batch["valid"].sum())
     texts, answers = texts[:n], batch["answers"][:n]
@@ -774,7 +776,8 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   _validate(config, make_mesh(config.mesh, devices))  # Before any stage runs.
   os.makedirs(run_dir, exist_ok=True)
   if not resume:
-    save_json(config, os.path.join(run_dir, "config.json"))
+    if is_primary():
+      save_json(config, os.path.join(run_dir, "config.json"))
   config = run_stages(config, run_dir, devices=devices)
   setup = build(config, run_dir, devices=devices, reward_fns=reward_fns,
                 model_config=hf_model_config, tokenizer=hf_tokenizer)
@@ -819,7 +822,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   before_path = os.path.join(run_dir, "eval_before.json")
   if "test" in setup.splits and not os.path.exists(before_path):
     ev = evaluate(setup, setup.policy_params(state), "test", tc.test_examples)
-    with open(before_path, "w") as f:
+    with open(before_path if is_primary() else os.devnull, "w") as f:
       json.dump({"test/accuracy": ev["accuracy"], "test/examples": ev["examples"]}, f)
     progress.message(f"held-out test accuracy before RL: {ev['accuracy']:.4f} "
                      f"({ev['examples']} examples)")
@@ -860,9 +863,9 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     t_lp = time.perf_counter() - t0
     t0 = time.perf_counter()
     state, metrics = setup.update(state, device_batch)
-    metrics = jax.device_get(metrics)
+    metrics = device_get(metrics)
     t_up = time.perf_counter() - t0
-    diag = jax.device_get(diag)
+    diag = device_get(diag)
     if ac.kl_controller == "adaptive":
       kl_state = setup.kl_controller.update(kl_state, diag["kl_ref_seq"],
                                             float(batch["trainable"].sum()))
@@ -894,8 +897,9 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
             "perf/tokens_per_s": tokens / max(elapsed, 1e-9),
             "rollout/compilations": setup.sampler.compilations}
     perf.update(setup.rewards.timing())  # per-function p50 / p99 wall time per call.
-    with open(perf_path, "a") as f:
-      f.write(json.dumps(perf) + "\n")
+    if is_primary():
+      with open(perf_path, "a") as f:
+        f.write(json.dumps(perf) + "\n")
     writer.add_scalars(done, {k: v for k, v in perf.items() if k != "step"})
     progress.update(done, line["train/loss"], perf["perf/tokens_per_s"],
                     {"reward": line["reward/mean"]} |
@@ -936,7 +940,8 @@ def _finish(run_dir: str, line: dict, progress: Progress) -> None:
     result["test/improvement"] = result["test/accuracy"] - before["test/accuracy"]
   from jaxrl_llm.train.plotting import write_results
 
-  write_results(run_dir, result, progress)
+  if is_primary():
+    write_results(run_dir, result, progress)
   if "test/accuracy" in result:
     msg = f"held-out test accuracy after RL: {result['test/accuracy']:.4f}"
     if "test/accuracy_before" in result:

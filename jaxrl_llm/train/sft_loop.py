@@ -38,6 +38,7 @@ from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_
 from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import exact_match, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
+from jaxrl_llm.parallel.distributed import device_get
 
 
 @dataclasses.dataclass
@@ -239,7 +240,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   for step in range(start_step, min(last, tc.steps)):
     host_batch, position = setup.batcher.batch(position)
     state, metrics = setup.update(state, setup.put_train_batch(host_batch))
-    metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics_host = {k: float(v) for k, v in device_get(metrics).items()}
     now = time.perf_counter()
     tokens = int(host_batch["attention_mask"].sum())
     tokens_per_s = tokens / max(now - t_last, 1e-9)

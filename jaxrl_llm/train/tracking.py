@@ -59,10 +59,16 @@ class MetricsWriter:
 
   On resume from checkpoint step ``s``, lines for steps after ``s`` are dropped first: those steps
   are about to be recomputed, and the file ends up identical to an uninterrupted run's.
+  In a multi-process run only process 0 writes (every process holds the same numbers).
   """
 
   def __init__(self, run_dir: str, *, tensorboard: bool, resume_step: int | None = None):
+    from jaxrl_llm.parallel.distributed import is_primary
+
     self.path = os.path.join(run_dir, METRICS_FILE)
+    self._file = self._tb = None
+    if not is_primary():
+      return
     if resume_step is not None and os.path.exists(self.path):
       kept = [line for line in open(self.path) if line.strip()
               and _complete_line(line) and json.loads(line)["step"] <= resume_step]
@@ -80,6 +86,8 @@ class MetricsWriter:
                                purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, metrics: Mapping[str, Any], extra_tb: Mapping[str, float] = ()):
+    if self._file is None:
+      return
     line = {"step": int(step)}
     line.update({k: _scalar(v) for k, v in sorted(metrics.items())})
     self._file.write(json.dumps(line, sort_keys=True) + "\n")
@@ -96,7 +104,8 @@ class MetricsWriter:
         self._tb.add_scalar(k, float(v), step)
 
   def close(self):
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -113,8 +122,12 @@ class Progress:
   """A tqdm bar on a terminal; plain log lines every ``log_every`` steps otherwise."""
 
   def __init__(self, total: int, initial: int, *, mode: str, log_every: int, stream=None):
+    from jaxrl_llm.parallel.distributed import is_primary
+
     self.total, self.log_every = total, log_every
     self.stream = stream or sys.stdout
+    if not is_primary():  # Multi-process: process 0 shows the progress.
+      mode = "off"
     if mode == "auto":
       mode = "bar" if self.stream.isatty() else "plain"
     self.mode = mode

@@ -29,6 +29,7 @@ from jaxrl_llm.config import ConfigError
 from jaxrl_llm.rollout import SamplingConfig
 from jaxrl_llm.rollout.sampler import pad_prompts
 from jaxrl_llm.train.evaluate import decode_texts
+from jaxrl_llm.parallel.distributed import device_get
 
 
 def _rollout_rows(ro, group_ids, prompt_index) -> dict:
@@ -53,7 +54,7 @@ def policy_samples(setup, params, rnd) -> dict:
   ro = setup.sampler.generate(params, rnd.prompts, rnd.lengths, sampling=setup.sampling,
                               max_new_tokens=rc.max_new_tokens,
                               stop_token_ids=[tok.eos_token_id], rng=rnd.key, num_samples=g)
-  ro = jax.device_get(ro)
+  ro = device_get(ro)
   return _rollout_rows(ro, ro.group_ids, np.repeat(rnd.indices, g))
 
 
@@ -113,7 +114,7 @@ def demonstrations(setup, params, rnd) -> dict:
                                 np.asarray(traces[r][:cut[r]], np.int32)]) for r in range(n)]
     buckets = tuple(cfg.data.length_buckets) + (max(cfg.data.length_buckets) + t,)
     ctx_tokens, ctx_lengths = pad_prompts(contexts, buckets, tok.pad_token_id)
-    ro = jax.device_get(setup.sampler.generate(
+    ro = device_get(setup.sampler.generate(
         params, ctx_tokens, ctx_lengths, sampling=setup.sampling, max_new_tokens=t,
         stop_token_ids=[tok.eos_token_id], rng=jax.random.fold_in(rnd.key, 7907), num_samples=1))
     cw = ctx_tokens.shape[1]
@@ -152,7 +153,7 @@ def greedy_baseline(setup, params, rnd, info) -> tuple[np.ndarray, float, float]
   cfg = setup.config
   rc, ac, tok = cfg.rollout, cfg.algorithm, setup.tokenizer
   t0 = time.perf_counter()
-  greedy = jax.device_get(setup.sampler.generate(
+  greedy = device_get(setup.sampler.generate(
       params, rnd.prompts, rnd.lengths, sampling=SamplingConfig(greedy=True),
       max_new_tokens=rc.max_new_tokens, stop_token_ids=[tok.eos_token_id], rng=rnd.key,
       num_samples=1))

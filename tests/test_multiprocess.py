@@ -1,0 +1,114 @@
+"""Multi-process runs on CPU: 2 processes × 4 fake devices form the same 8-device mesh as this
+test process, and a run launched that way equals the single-process run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrl_llm.config import save_json
+from jaxrl_llm.parallel.launch import launch
+from jaxrl_llm.rundir.artifacts import load_run
+from jaxrl_llm.train import new_run_dir, read_metrics, run
+from test_rl import tiny_rl_config
+from conftest import replace
+
+pytestmark = pytest.mark.slow
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, env=None, **kw):
+  return subprocess.Popen([sys.executable, "-m", "jaxrl_llm.cli", *args], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO, **(env or {})),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+def _close(a, b, where):
+  """Same metrics: every key and integer-valued count exactly, floats to float tolerance (the
+  two runs reduce across devices in different orders)."""
+  assert a.keys() == b.keys(), where
+  for k in a:
+    if isinstance(a[k], float) and a[k] != round(a[k]):
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=f"{where} {k}")
+    else:
+      assert a[k] == b[k], f"{where} {k}: {a[k]} != {b[k]}"
+
+
+@pytest.fixture(scope="module")
+def rl_config(data_dir):
+  cfg = tiny_rl_config(data_dir)
+  return replace(cfg, train=dict(steps=4, checkpoint_every=2, eval_every=0),
+                 logging=dict(progress="plain", tensorboard=False))
+
+
+def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(rl_config, tmp_path):
+  one = new_run_dir(rl_config, str(tmp_path / "one"))
+  run(rl_config, one)
+  cfg_path = str(tmp_path / "cfg.json")
+  save_json(rl_config, cfg_path)
+  two = str(tmp_path / "two")
+  proc = _cli("launch", "--processes", "2", "--devices-per-process", "4", "--grace-s", "20",
+              "--", "run", "--config", cfg_path, "--run-dir", two)
+  out = proc.communicate(timeout=600)[0].decode(errors="replace")
+  assert proc.returncode == 0, out[-3000:]
+  assert out.count("held-out test accuracy after RL") == 1  # Only process 0 reports.
+  rows_one, rows_two = read_metrics(one), read_metrics(two)
+  assert [r["step"] for r in rows_two] == [1, 2, 3, 4]
+  for a, b in zip(rows_one, rows_two):
+    _close(a, b, f"step {a['step']}")
+  # The 2-process checkpoint restores in this single process, to the same parameters.
+  a, b = load_run(one), load_run(two)
+  assert a.step == b.step == 4
+  # Adam divides by the gradient's running RMS: where a gradient is ~0, reduction-order noise
+  # moves a weight by a fraction of one step (lr 1e-3); 1e-5 is 1% of a step.
+  for x, y in zip(jax.tree.leaves(a.state["params"]), jax.tree.leaves(b.state["params"])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_a_dead_peer_is_named_not_waited_for_forever(tmp_path):
+  """Process 1 dies at once; process 0 would wait for it in a collective. The launcher stops it
+  after the grace period and names process 1 and its status."""
+  script = ("import os, sys, time\n"
+            "if os.environ['JAXRL_LLM_PROCESS_ID'] == '1': sys.exit(3)\n"
+            "time.sleep(120)\n")
+  log = tmp_path / "log.txt"
+  start = time.monotonic()
+  with open(log, "w") as f:
+    rc = launch([], processes=2, grace_s=1.0, log=f, program=[sys.executable, "-c", script])
+  assert rc == 3 and time.monotonic() - start < 60
+  assert "process 1 of 2 exited with status 3; stopped processes [0]" in log.read_text()
+  # A process killed by a signal is named with it (a runtime abort says what it means).
+  with open(log, "w") as f:
+    rc = launch([], processes=2, grace_s=1.0, log=f, program=[
+        sys.executable, "-c", "import os, signal\nos.kill(os.getpid(), signal.SIGABRT)"])
+  assert rc == 1 and "exited with signal SIGABRT (the JAX runtime aborted" in log.read_text()
+
+
+def test_a_process_that_never_joins_is_a_clear_error():
+  env = {"JAXRL_LLM_COORDINATOR": "127.0.0.1:%d" % _free_port(), "JAXRL_LLM_NUM_PROCESSES": "2",
+         "JAXRL_LLM_PROCESS_ID": "0", "JAXRL_LLM_INIT_TIMEOUT_S": "1"}
+  proc = subprocess.run([sys.executable, "-c", "from jaxrl_llm.parallel import distributed; "
+                         "distributed.initialize()"], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=REPO, **env), timeout=120)
+  # JAX's runtime aborts the process; our line before it names the process and the deadline.
+  assert proc.returncode != 0
+  assert "process 0 of 2 joining the run at 127.0.0.1:" in proc.stderr
+  assert "every process must join within 1 s" in proc.stderr
+  bad = dict(env, JAXRL_LLM_PROCESS_ID="2")
+  proc = subprocess.run([sys.executable, "-c", "from jaxrl_llm.parallel import distributed; "
+                         "distributed.initialize()"], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=REPO, **bad), timeout=120)
+  assert "JAXRL_LLM_PROCESS_ID=2 must be in [0, JAXRL_LLM_NUM_PROCESSES=2)" in proc.stderr
+
+
+def _free_port():
+  from jaxrl_llm.parallel.launch import free_port
+
+  return free_port()
