@@ -1,7 +1,6 @@
 """Multi-process runs on CPU: 2 processes × 4 fake devices form the same 8-device mesh as this
 test process, and a run launched that way equals the single-process run."""
 
-import json
 import os
 import signal
 import subprocess
@@ -48,9 +47,17 @@ def rl_config(data_dir):
                  logging=dict(progress="plain", tensorboard=False))
 
 
-def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(rl_config, tmp_path):
-  one = new_run_dir(rl_config, str(tmp_path / "one"))
+@pytest.fixture(scope="module")
+def single_run(rl_config, tmp_path_factory):
+  """The uninterrupted single-process run (8 devices) that the 2-process runs must equal."""
+  one = new_run_dir(rl_config, str(tmp_path_factory.mktemp("one")))
   run(rl_config, one)
+  return one
+
+
+def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(rl_config, single_run,
+                                                                       tmp_path):
+  one = single_run
   cfg_path = str(tmp_path / "cfg.json")
   save_json(rl_config, cfg_path)
   two = str(tmp_path / "two")
@@ -112,3 +119,50 @@ def _free_port():
   from jaxrl_llm.parallel.launch import free_port
 
   return free_port()
+
+
+def _wait_for(predicate, proc, timeout=300):
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if predicate():
+      return True
+    time.sleep(0.05)
+  return False
+
+
+def test_sigkill_of_one_process_and_sigterm_then_resume_equal_the_uninterrupted_run(
+    rl_config, single_run, tmp_path):
+  """2 processes: SIGKILL one mid-run (the launcher stops the other and names the dead one),
+  resume both; SIGTERM the launcher (forwarded: both processes agree on a step, checkpoint it
+  and exit 143), resume again; the metrics equal the single-process uninterrupted run's."""
+  one = single_run
+  cfg_path = str(tmp_path / "cfg.json")
+  save_json(rl_config, cfg_path)
+  run_dir = str(tmp_path / "two")
+  ckpts = os.path.join(run_dir, "checkpoints")
+  launch_args = ["launch", "--processes", "2", "--devices-per-process", "4", "--grace-s", "5",
+                 "--"]
+  proc = _cli(*launch_args, "run", "--config", cfg_path, "--run-dir", run_dir)
+  assert _wait_for(lambda: os.path.isdir(ckpts) and "2" in os.listdir(ckpts), proc), \
+      proc.communicate()[0].decode()[-3000:]
+  child = int(subprocess.check_output(["pgrep", "-P", str(proc.pid)]).split()[-1])
+  os.kill(child, signal.SIGKILL)
+  out = proc.communicate(timeout=300)[0].decode(errors="replace")
+  assert proc.returncode != 0 and "exited with signal SIGKILL" in out, out[-3000:]
+  assert read_metrics(run_dir)[-1]["step"] < 4
+  # Resume on both processes, preempted by SIGTERM once step 3 is logged.
+  proc = _cli(*launch_args, "resume", run_dir)
+  _wait_for(lambda: any(r["step"] >= 3 for r in read_metrics(run_dir)), proc)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0].decode(errors="replace")
+  # Either both stopped after step 3 (143) or the signal came during the last step (0).
+  assert proc.returncode in (0, 143), out[-3000:]
+  if proc.returncode == 143:
+    assert "preempted (SIGTERM): stopped after step 3" in out
+    proc = _cli(*launch_args, "resume", run_dir)
+    out = proc.communicate(timeout=300)[0].decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+  rows_one, rows_two = read_metrics(one), read_metrics(run_dir)
+  assert [r["step"] for r in rows_two] == [1, 2, 3, 4]
+  for a, b in zip(rows_one, rows_two):
+    _close(a, b, f"step {a['step']}")

@@ -164,7 +164,12 @@ def _coerce(value: Any, tp, raw: str) -> Any:
 
 
 def save_json(config: Config, path: str | os.PathLike) -> None:
-  """Writes the config as indented JSON (atomically: temp file + rename)."""
+  """Writes the config as indented JSON (atomically: temp file + rename). In a multi-process run
+  only process 0 writes."""
+  from jaxrl_llm.parallel.distributed import is_primary
+
+  if not is_primary():
+    return
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
     json.dump(to_dict(config), f, indent=2, sort_keys=True)

@@ -88,8 +88,11 @@ def write_data_report(run_dir: str, splits: dict[str, "EncodedSplit"],
   summary for the console."""
   report = {name: length_report(split, buckets) for name, split in splits.items()}
   report["length_buckets"] = list(buckets)
-  with open(os.path.join(run_dir, "data_report.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  from jaxrl_llm.parallel.distributed import is_primary
+
+  if is_primary():
+    with open(os.path.join(run_dir, "data_report.json"), "w") as f:
+      json.dump(report, f, indent=1)
   parts = []
   for name, split in splits.items():
     r = report[name]

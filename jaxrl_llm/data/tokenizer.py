@@ -28,8 +28,12 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathLike) -> None:
-  """Writes ``tokenizer.json`` and its configs to ``directory``."""
-  tokenizer.save_pretrained(str(directory))
+  """Writes ``tokenizer.json`` and its configs to ``directory`` (process 0 only in a
+  multi-process run)."""
+  from jaxrl_llm.parallel.distributed import is_primary
+
+  if is_primary():
+    tokenizer.save_pretrained(str(directory))
 
 
 def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerFast:

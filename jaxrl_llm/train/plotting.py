@@ -75,8 +75,13 @@ def plot_run(run_dir: str, out: str | None = None, *, dpi: int = 100) -> str:
 def write_results(run_dir: str, result: dict, progress) -> None:
   """The end of every loop: ``RUN_DIR/eval.json`` (the held-out ``result``), then the training
   curves (:func:`plot_run`); a plotting failure is reported, never raised (it must not cost a
-  finished run)."""
+  finished run). Process 0 only in a multi-process run."""
   import json
+
+  from jaxrl_llm.parallel.distributed import is_primary
+
+  if not is_primary():
+    return
 
   with open(os.path.join(run_dir, "eval.json"), "w") as f:
     json.dump(result, f, indent=2, sort_keys=True)

@@ -50,7 +50,7 @@ from jaxrl_llm.parallel import make_mesh, replicated, tree_shardings
 from jaxrl_llm.train import sft_loop
 from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
-from jaxrl_llm.parallel.distributed import device_get
+from jaxrl_llm.parallel.distributed import device_get, is_primary
 
 STATS_FILE = "reward_model.json"
 
@@ -372,7 +372,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
   before_path = os.path.join(run_dir, "eval_before.json")
   if is_dpo and synthetic and not os.path.exists(before_path):
     before = hidden_property_rate(setup, state.params, seed=config.seed)
-    with open(before_path, "w") as f:
+    with open(before_path if is_primary() else os.devnull, "w") as f:
       json.dump({f"test/{k}": v for k, v in before.items()}, f)
     progress.message(f"policy before DPO: hidden-property rate {before['property_rate_sampled']:.3f}"
                      f" sampled, {before['property_rate_greedy']:.3f} greedy")
@@ -412,7 +412,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,
     if final:
       if not is_dpo:
         stats = score_stats(setup, state.params)
-        with open(os.path.join(run_dir, STATS_FILE), "w") as f:
+        with open(os.path.join(run_dir, STATS_FILE) if is_primary() else os.devnull, "w") as f:
           json.dump(stats, f, indent=2)
       _finish(run_dir, line, progress)
   cadence.close()

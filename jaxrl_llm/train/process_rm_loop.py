@@ -43,7 +43,7 @@ from jaxrl_llm.models.init import abstract_params
 from jaxrl_llm.parallel import make_mesh, replicated
 from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
-from jaxrl_llm.parallel.distributed import device_get
+from jaxrl_llm.parallel.distributed import device_get, is_primary
 
 
 def auc(scores, labels) -> float:
@@ -322,8 +322,9 @@ def _write_data_report(run_dir: str, setup: StepRMSetup) -> None:
                     "tokens_needed": {"p50": int(np.percentile(needed, 50)),
                                       "p99": int(np.percentile(needed, 99)),
                                       "max": int(needed.max())}}
-  with open(os.path.join(run_dir, "data_report.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  if is_primary():
+    with open(os.path.join(run_dir, "data_report.json"), "w") as f:
+      json.dump(report, f, indent=1)
 
 
 def train(config: Config, run_dir: str, *, resume: bool = False, devices=None,

@@ -39,7 +39,7 @@ from jaxrl_llm.rundir.artifacts import load_run
 from jaxrl_llm.train import rl_loop, sft_loop
 from jaxrl_llm.train.evaluate import decode_texts
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
-from jaxrl_llm.parallel.distributed import device_get
+from jaxrl_llm.parallel.distributed import barrier, device_get, is_primary
 
 
 def path_key(text: str, mode: str) -> Any:
@@ -97,9 +97,10 @@ def plain_rows(rows) -> list[dict]:
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
+  with open(path if is_primary() else os.devnull, "w", encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  barrier(f"wrote {path}")  # Every process reads it next.
 
 
 def sample_round(setup, params, config: Config, round_index: int) -> tuple[list[dict], dict]:
@@ -176,7 +177,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None) -
       before = json.load(f)["test/accuracy"]
   else:
     before = rl_loop.evaluate(setup, base, "test", tc.test_examples)["accuracy"]
-    with open(before_path, "w") as f:
+    with open(before_path if is_primary() else os.devnull, "w") as f:
       json.dump({"test/accuracy": before}, f)
   progress.message(f"held-out test accuracy before RFT: {before:.4f}")
   original: list[dict] = []
@@ -200,7 +201,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None) -
       # Small held-out files so that the SFT run holds nothing out of the training paths.
       for split in ("validation", "test"):
         _write_jsonl(os.path.join(round_dir, "data", f"{split}.jsonl"), data[:8])
-      with open(stats_path, "w") as f:
+      with open(stats_path if is_primary() else os.devnull, "w") as f:
         json.dump(stats, f)
     start = base_run if ac.rft_restart else prev_run
     sft_dir = os.path.join(round_dir, "sft")
@@ -223,7 +224,7 @@ def train(config: Config, run_dir: str, *, resume: bool = False, devices=None) -
   writer.close()
   result = {"test/accuracy": line.get("test/accuracy", before), "test/accuracy_before": before,
             "test/improvement": line.get("test/accuracy", before) - before}
-  with open(os.path.join(run_dir, "eval.json"), "w") as f:
+  with open(os.path.join(run_dir, "eval.json") if is_primary() else os.devnull, "w") as f:
     json.dump(result, f, indent=1)
   progress.message(f"held-out test accuracy after RFT: {result['test/accuracy']:.4f} "
                    f"(before: {before:.4f})")

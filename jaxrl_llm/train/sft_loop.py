@@ -38,7 +38,7 @@ from jaxrl_llm.parallel import batch_size_multiple, make_mesh, replicated, tree_
 from jaxrl_llm.rundir.checkpoint import CheckpointCadence, Checkpointer, abstract_with_shardings
 from jaxrl_llm.train.evaluate import exact_match, make_greedy_decode
 from jaxrl_llm.train.tracking import MetricsWriter, Progress
-from jaxrl_llm.parallel.distributed import device_get
+from jaxrl_llm.parallel.distributed import device_get, primary_first
 
 
 @dataclasses.dataclass
@@ -96,11 +96,12 @@ def build(config: Config, run_dir: str, *, devices=None, quiet: bool = False) ->
   from jaxrl_llm.rundir.artifacts import policy_source
 
   source_model, source_tokenizer = policy_source(config)
-  if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-    tokenizer = load_tokenizer(tok_dir)
-  else:
-    tokenizer = source_tokenizer or build_char_tokenizer()
-    save_tokenizer(tokenizer, tok_dir)
+  with primary_first("tokenizer"):
+    if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+      tokenizer = load_tokenizer(tok_dir)
+    else:
+      tokenizer = source_tokenizer or build_char_tokenizer()
+      save_tokenizer(tokenizer, tok_dir)
   model_config = (dataclasses.replace(source_model, lora=config.model.lora) if source_model
                   else config.model.with_vocab(len(tokenizer)))
   dc, tc = config.data, config.train
