@@ -90,3 +90,36 @@ def test_plan_errors_and_verdicts():
   assert what == "update temporaries (activations)" and size == 25 * gib
   assert "micro_batches" in fix and "remat" not in fix
   assert "DOES NOT FIT: the largest buffer is update temporaries" in p.table()
+
+
+def test_pod_script_dry_run_prints_the_gcloud_commands():
+  import os
+  import subprocess
+  import sys
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def dry(*args):
+    proc = subprocess.run([sys.executable, os.path.join(repo, "tpu", "pod.py"), "--dry-run",
+                           *args], capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stdout.strip().splitlines(), proc.stderr
+
+  where = ("--name", "rl", "--zone", "us-west4-a")
+  rc, out, _ = dry("create", *where, "--accelerator", "v5litepod-8", "--spot")
+  assert rc == 0 and out == ["gcloud compute tpus tpu-vm create rl --zone=us-west4-a "
+                             "--accelerator-type=v5litepod-8 --version=v2-alpha-tpuv5-lite --spot"]
+  rc, out, _ = dry("setup", *where)
+  assert rc == 0 and len(out) == 3 and out[0].endswith(f"pip wheel --no-deps -w dist {repo}")
+  assert out[1].startswith("gcloud compute tpus tpu-vm scp 'dist/jaxrl_llm-*.whl' 'rl:~/' ")
+  assert "--worker=all" in out[2] and "pip install" in out[2] and "[tpu]" in out[2]
+  rc, out, _ = dry("run", *where, "--", "run", "gsm8k-hf", "--set", "train.steps=200")
+  assert rc == 0 and out == ["gcloud compute tpus tpu-vm ssh rl --zone=us-west4-a --worker=all "
+                             "'--command=JAXRL_LLM_DISTRIBUTED=auto nohup jaxrl-llm run gsm8k-hf "
+                             "--set train.steps=200 > ~/jaxrl-llm.log 2>&1 < /dev/null &'"]
+  rc, out, _ = dry("logs", *where)
+  assert out == ["gcloud compute tpus tpu-vm ssh rl --zone=us-west4-a --worker=0 "
+                 "'--command=tail -n 200 ~/jaxrl-llm.log'"]
+  rc, out, _ = dry("delete", *where, "--project", "p")
+  assert out == ["gcloud compute tpus tpu-vm delete rl --zone=us-west4-a --project=p --quiet"]
+  rc, _, err = dry("create", *where, "--accelerator", "v9-8")
+  assert rc != 0 and "unknown --accelerator 'v9-8'" in err

@@ -114,6 +114,11 @@ def prepare_arithmetic(data_dir: str, builder_config: ArithmeticConfig):
   from absl import logging as absl_logging
 
   absl_logging.set_verbosity(absl_logging.ERROR)  # "Using custom data configuration" notices.
-  builder = Arithmetic(config=builder_config, data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
+  from jaxrl_llm.parallel.distributed import primary_first
+
+  # Multi-process: process 0 builds, the others then open it (a builder made before the data
+  # exists does not see its splits afterwards, so it is made inside).
+  with primary_first(f"tfds:{builder_config.name}"):
+    builder = Arithmetic(config=builder_config, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
   return builder.as_data_source()

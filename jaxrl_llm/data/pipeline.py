@@ -472,12 +472,8 @@ def prompt_batches(split: EncodedSplit, *, batch_size: int, buckets: Sequence[in
 def load_rows(config: DataConfig, split: str) -> Sequence[Any]:
   """Rows of ``split`` from the configured source -- TFDS array_record, user JSONL, or a data
   builder named by import path in ``data.task`` -- with ``data.prompt_template`` applied and an
-  SFT row's ``response`` field read as its ``answer``. In a multi-process run process 0 reads
-  (and, the first time, generates) the dataset before the others do."""
-  from jaxrl_llm.parallel.distributed import primary_first
-
-  with primary_first(f"data:{split}"):
-    rows = _source_rows(config, split)
+  SFT row's ``response`` field read as its ``answer``."""
+  rows = _source_rows(config, split)
   render = prompt_renderer(config.prompt_template)
   if render is None:  # validate_row / extra_columns read a "response" field as the answer.
     return rows

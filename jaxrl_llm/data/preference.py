@@ -364,8 +364,14 @@ def prepare_preference_with_stats(jsonl_dir: str | os.PathLike, kind: str,
   from absl import logging as absl_logging
 
   absl_logging.set_verbosity(absl_logging.ERROR)
-  builder = PreferenceJsonl(config=cfg, data_dir=os.fspath(data_dir), file_format="array_record")
-  builder.download_and_prepare()
+  from jaxrl_llm.parallel.distributed import primary_first
+
+  # Multi-process: process 0 builds, the others then open it (a builder made before the data
+  # exists does not see its splits afterwards, so it is made inside).
+  with primary_first(f"tfds:{cfg.name}"):
+    builder = PreferenceJsonl(config=cfg, data_dir=os.fspath(data_dir),
+                              file_format="array_record")
+    builder.download_and_prepare()
   return builder.as_data_source(), stats
 
 

@@ -163,9 +163,14 @@ def prepare_synthetic(data_dir: str, task: str, params: dict[str, Any]):
     probe = make_builder_config(task, params)
     params["_database_dir"] = text2sql_database_dir(data_dir, probe.name)
   cfg = make_builder_config(task, params)
-  builder = SyntheticTask(config=cfg, data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
-  if task == "text2sql":
-    # Idempotent: writes only databases that are missing (same seed, same bytes).
-    GENERATORS[task](_generator_params(cfg))
+  from jaxrl_llm.parallel.distributed import primary_first
+
+  # Multi-process: process 0 builds, the others then open it (a builder made before the data
+  # exists does not see its splits afterwards, so it is made inside).
+  with primary_first(f"tfds:{cfg.name}"):
+    builder = SyntheticTask(config=cfg, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    if task == "text2sql":
+      # Idempotent: writes only databases that are missing (same seed, same bytes).
+      GENERATORS[task](_generator_params(cfg))
   return builder.as_data_source(), cfg

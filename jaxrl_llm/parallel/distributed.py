@@ -6,8 +6,8 @@ runs and a cluster script sets on each host:
 
 * ``JAXRL_LLM_COORDINATOR`` (``host:port`` of process 0), ``JAXRL_LLM_NUM_PROCESSES``,
   ``JAXRL_LLM_PROCESS_ID`` -- explicit (CPU, GPU clusters, tests);
-* on a multi-host Cloud TPU slice nothing is needed: :func:`initialize` calls
-  ``jax.distributed.initialize()``, which reads the TPU VM's metadata.
+* on a Cloud TPU slice, ``JAXRL_LLM_DISTRIBUTED=auto`` (what ``tpu/pod.py run`` sets):
+  :func:`initialize` calls ``jax.distributed.initialize()``, which reads the TPU VM's metadata.
 
 What the loops rely on (this slice): every process runs the host-side pipeline (data, sampling
 bookkeeping, rewards) on the same global batch — deterministic, so all processes agree on every
@@ -76,7 +76,8 @@ def initialize(env=None) -> bool:
                          f"died): {e}") from e
     _STARTED = True
     return num > 1
-  if "," in env.get("TPU_WORKER_HOSTNAMES", ""):  # A multi-host Cloud TPU slice.
+  if env.get("JAXRL_LLM_DISTRIBUTED") == "auto" or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+    # A Cloud TPU slice (tpu/pod.py run sets the variable): JAX reads the VM's metadata.
     jax.distributed.initialize()
     _STARTED = True
     return jax.process_count() > 1
