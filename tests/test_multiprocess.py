@@ -55,30 +55,6 @@ def single_run(rl_config, tmp_path_factory):
   return one
 
 
-def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(rl_config, single_run,
-                                                                       tmp_path):
-  one = single_run
-  cfg_path = str(tmp_path / "cfg.json")
-  save_json(rl_config, cfg_path)
-  two = str(tmp_path / "two")
-  proc = _cli("launch", "--processes", "2", "--devices-per-process", "4", "--grace-s", "20",
-              "--", "run", "--config", cfg_path, "--run-dir", two)
-  out = proc.communicate(timeout=600)[0].decode(errors="replace")
-  assert proc.returncode == 0, out[-3000:]
-  assert out.count("held-out test accuracy after RL") == 1  # Only process 0 reports.
-  rows_one, rows_two = read_metrics(one), read_metrics(two)
-  assert [r["step"] for r in rows_two] == [1, 2, 3, 4]
-  for a, b in zip(rows_one, rows_two):
-    _close(a, b, f"step {a['step']}")
-  # The 2-process checkpoint restores in this single process, to the same parameters.
-  a, b = load_run(one), load_run(two)
-  assert a.step == b.step == 4
-  # Adam divides by the gradient's running RMS: where a gradient is ~0, reduction-order noise
-  # moves a weight by a fraction of one step (lr 1e-3); 1e-5 is 1% of a step.
-  for x, y in zip(jax.tree.leaves(a.state["params"]), jax.tree.leaves(b.state["params"])):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
-
-
 def test_a_dead_peer_is_named_not_waited_for_forever(tmp_path):
   """Process 1 dies at once; process 0 would wait for it in a collective. The launcher stops it
   after the grace period and names process 1 and its status."""
@@ -130,11 +106,12 @@ def _wait_for(predicate, proc, timeout=300):
   return False
 
 
-def test_sigkill_of_one_process_and_sigterm_then_resume_equal_the_uninterrupted_run(
-    rl_config, single_run, tmp_path):
-  """2 processes: SIGKILL one mid-run (the launcher stops the other and names the dead one),
-  resume both; SIGTERM the launcher (forwarded: both processes agree on a step, checkpoint it
-  and exit 143), resume again; the metrics equal the single-process uninterrupted run's."""
+def test_two_processes_killed_preempted_resumed_equal_one_process(rl_config, single_run,
+                                                                   tmp_path):
+  """An RL run as 2 processes × 4 devices: SIGKILL one process mid-run (the launcher stops the
+  other and names the dead one), resume both; SIGTERM the launcher (forwarded: both processes
+  agree on a step, checkpoint it and exit 143), resume again. Its metrics equal the
+  uninterrupted 1-process × 8-device run's, and its checkpoint restores in one process."""
   one = single_run
   cfg_path = str(tmp_path / "cfg.json")
   save_json(rl_config, cfg_path)
@@ -162,7 +139,15 @@ def test_sigkill_of_one_process_and_sigterm_then_resume_equal_the_uninterrupted_
     proc = _cli(*launch_args, "resume", run_dir)
     out = proc.communicate(timeout=300)[0].decode(errors="replace")
     assert proc.returncode == 0, out[-3000:]
+  assert out.count("held-out test accuracy after RL") == 1  # Only process 0 reports.
   rows_one, rows_two = read_metrics(one), read_metrics(run_dir)
   assert [r["step"] for r in rows_two] == [1, 2, 3, 4]
   for a, b in zip(rows_one, rows_two):
     _close(a, b, f"step {a['step']}")
+  # The 2-process checkpoint restores in this single process, to the same parameters. Adam
+  # divides by the gradient's running RMS: where a gradient is ~0, reduction-order noise moves a
+  # weight by a fraction of one step (lr 1e-3); 1e-5 is 1% of a step.
+  a, b = load_run(one), load_run(run_dir)
+  assert a.step == b.step == 4
+  for x, y in zip(jax.tree.leaves(a.state["params"]), jax.tree.leaves(b.state["params"])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
