@@ -108,15 +108,16 @@ def primary_first(name: str):
     barrier(f"{name}:primary-done")
 
 
-def _fetch(x):
-  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return jax.device_get(x)
+def _remote(x) -> bool:
+  return isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated
 
 
 def device_get(tree):
   """``jax.device_get`` that also reads arrays whose shards live on other processes (gathered:
-  every process gets the whole value)."""
-  return jax.tree.map(_fetch, tree)
+  every process gets the whole value). In a single-process run it is ``jax.device_get``."""
+  if not any(_remote(x) for x in jax.tree.leaves(tree)):
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                      if _remote(x) else jax.device_get(x), tree)
