@@ -37,9 +37,10 @@ def make_greedy_decode(model_config, *, max_new_tokens: int, eos_id: int, pad_id
 
 
 def decode_texts(tokenizer, generated: np.ndarray, eos_id: int) -> list[str]:
-  """Host-side: token rows up to (excluding) EOS, decoded to text."""
+  """Host-side: token rows up to (excluding) EOS, decoded to text (``generated`` may be a device
+  array, sharded over processes too)."""
   out = []
-  for row in np.asarray(generated):
+  for row in np.asarray(device_get(generated)):
     stop = np.nonzero(row == eos_id)[0]
     ids = row[: stop[0]] if len(stop) else row
     out.append(tokenizer.decode(ids.tolist(), skip_special_tokens=True))

@@ -154,7 +154,7 @@ def label_steps(policy_run: str, out_dir: str, *, method: str = "mc", samples: i
     ro = device_get(setup.sampler.generate(
         params, tokens, lengths, sampling=setup.sampling, max_new_tokens=budget,
         stop_token_ids=[eos], rng=key, num_samples=k))
-    return decode_texts(tok, np.asarray(ro.tokens)[:, width:], eos)
+    return decode_texts(tok, device_get(ro.tokens)[:, width:], eos)
 
   def verdicts(prompt_texts, texts, columns) -> np.ndarray:
     out = runner(prompt_texts, texts, columns).per_function[name]

@@ -293,7 +293,7 @@ def hidden_property_rate(setup: PreferenceSetup, params, *, prompts: int = 256, 
     ro = sampler.generate(params, tokens, lengths, sampling=sampling,
                           max_new_tokens=max_new_tokens, stop_token_ids=[tok.eos_token_id],
                           rng=jax.random.PRNGKey(seed))
-    answers = decode_texts(tok, np.asarray(ro.tokens)[:, tokens.shape[1]:], tok.eos_token_id)
+    answers = decode_texts(tok, device_get(ro.tokens)[:, tokens.shape[1]:], tok.eos_token_id)
     out[f"property_rate_{name}"] = float(np.mean(sorted_digits_property(texts, answers)))
   return out
 
