@@ -151,3 +151,55 @@ def test_two_processes_killed_preempted_resumed_equal_one_process(rl_config, sin
   assert a.step == b.step == 4
   for x, y in zip(jax.tree.leaves(a.state["params"]), jax.tree.leaves(b.state["params"])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+_SHARED_REWARDS = """
+import sys
+import numpy as np
+from jaxrl_llm.parallel import distributed
+distributed.initialize()
+import jax
+from jaxrl_llm.rewards.base import RewardError, RewardRunner, RewardSpec
+
+seen = []
+def length(prompts, completions, **_):
+  seen.extend(completions)
+  return [float(len(c)) if c != "boom" else float("nan") for c in completions]
+def picky(prompts, completions, **_):
+  if "boom" in completions:
+    raise ValueError("boom")
+  return [1.0] * len(completions)
+
+comps = [f"c{'x' * i}" for i in range(7)]
+runner = RewardRunner([RewardSpec("length", length, 1.0)], on_error="exclude")
+res = runner(["p"] * 8, comps + ["boom"], {"answer": list(range(8))})
+assert np.array_equal(res.total[:7], [1, 2, 3, 4, 5, 6, 7]) and np.isnan(res.total[7]), res.total
+assert res.counts["length"]["nonfinite"] == 1, res.counts
+assert len(seen) == 4, seen  # This process scored only its own half of the rows.
+raising = RewardRunner([RewardSpec("picky", picky, 1.0)], on_error="raise", isolation="thread")
+try:
+  raising(["p"] * 8, comps + ["boom"])
+except RewardError as e:
+  print(f"process {jax.process_index()}: {e}", flush=True)
+  sys.exit(0)
+sys.exit(5)
+"""
+
+
+def test_rewards_are_scored_once_per_row_across_processes(tmp_path):
+  """Each of 2 processes scores its own half of the rows and both get all the rewards; a reward
+  that raises on one process's row stops both (one with the row, one pointing at the other)."""
+  script = tmp_path / "rewards.py"
+  script.write_text(_SHARED_REWARDS)
+  proc = subprocess.run([sys.executable, "-m", "jaxrl_llm.cli", "launch", "--processes", "2",
+                         "--"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 2 and "nothing to launch" in proc.stderr
+  proc = subprocess.run(
+      [sys.executable, "-c", "import sys; from jaxrl_llm.parallel.launch import launch; "
+       f"sys.exit(launch([], processes=2, devices_per_process=1, program=[sys.executable, "
+       f"{str(script)!r}]))"], cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "process 1: reward function 'picky' raised on row 7: ValueError('boom')" in proc.stdout
+  assert "process 0: a reward function failed on another process" in proc.stdout

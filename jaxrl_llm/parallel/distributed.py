@@ -121,3 +121,25 @@ def device_get(tree):
 
   return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
                       if _remote(x) else jax.device_get(x), tree)
+
+
+def allgather_sum(x: np.ndarray) -> np.ndarray:
+  """The elementwise sum of host array ``x`` over all processes (``x`` itself in one process)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x))).sum(axis=0)
+
+
+def allgather_rows(mine: np.ndarray, bounds) -> np.ndarray:
+  """Every process's rows concatenated in process order: process ``i`` holds rows
+  ``bounds[i]:bounds[i + 1]`` of the result as ``mine`` (shares may differ in length by one)."""
+  from jax.experimental import multihost_utils
+
+  sizes = np.diff(np.asarray(bounds))
+  width = int(sizes.max())
+  padded = np.zeros((width,) + mine.shape[1:], mine.dtype)
+  padded[:len(mine)] = mine
+  every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, width, ...]
+  return np.concatenate([every[i, :sizes[i]] for i in range(len(sizes))])

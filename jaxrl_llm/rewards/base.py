@@ -139,6 +139,7 @@ class RewardRunner:
     self.on_error = on_error
     self.fallback = float(fallback_reward)
     self._times = {spec.name: collections.deque(maxlen=256) for spec in self.specs}
+    self._row_offset = 0  # Rows of this process's share start here (messages name global rows).
     self.isolation = isolation
     self._workers: dict[str, ProcessRewardFn] = {}
     for spec in self.specs:
@@ -205,7 +206,7 @@ class RewardRunner:
           timed_out = isinstance(r, TimeoutError)
           counts["timeouts" if timed_out else "errors"] += 1
           values[i] = self._failed_value(spec, f"{'timed out' if timed_out else 'raised'} on "
-                                         f"row {i}", r)
+                                         f"row {i + self._row_offset}", r)
         else:
           values[i] = r
     else:
@@ -215,8 +216,9 @@ class RewardRunner:
     if bad_rows.any():
       counts["nonfinite"] = int(bad_rows.sum())
       values = values.copy()
-      values[bad_rows] = self._failed_value(spec, f"returned non-finite values at rows "
-                                            f"{np.nonzero(bad_rows)[0][:8].tolist()}", "nan")
+      values[bad_rows] = self._failed_value(
+          spec, f"returned non-finite values at rows "
+          f"{(np.nonzero(bad_rows)[0][:8] + self._row_offset).tolist()}", "nan")
     return values, counts
 
   def _score_rows(self, spec: RewardSpec, prompts: list[str], completions: list[str],
@@ -245,7 +247,11 @@ class RewardRunner:
 
   def __call__(self, prompts: list[str], completions: list[str],
                columns: Mapping[str, Sequence[Any]] | None = None) -> RewardResult:
-    """Scores a batch. ``columns`` maps dataset field names to per-row values."""
+    """Scores a batch. ``columns`` maps dataset field names to per-row values.
+
+    In a multi-process run each process scores only its own contiguous share of the rows and the
+    results are gathered, so every process returns the whole batch's rewards (and no process
+    needs the others' completions scored twice); a failure on one process stops all of them."""
     columns = dict(columns or {})
     b = len(completions)
     if len(prompts) != b:
@@ -253,6 +259,47 @@ class RewardRunner:
     for key, values in columns.items():
       if len(values) != b:
         raise ValueError(f"column {key!r} has {len(values)} values for {b} completions")
+    import jax
+
+    if jax.process_count() > 1 and b >= jax.process_count():
+      return self._score_shared(prompts, completions, columns)
+    return self._score(prompts, completions, columns)
+
+  def _score_shared(self, prompts, completions, columns) -> RewardResult:
+    """This process's share of the rows, scored, then every process's shares gathered."""
+    import jax
+
+    from jaxrl_llm.parallel.distributed import allgather_rows, allgather_sum
+
+    n, pid = jax.process_count(), jax.process_index()
+    bounds = np.cumsum([0] + [len(x) for x in np.array_split(np.arange(len(completions)), n)])
+    lo, hi = int(bounds[pid]), int(bounds[pid + 1])
+    self._row_offset = lo
+    error = None
+    try:
+      mine = self._score(prompts[lo:hi], completions[lo:hi],
+                         {k: list(v)[lo:hi] for k, v in columns.items()})
+    except BaseException as e:  # noqa: BLE001 -- every process must learn of it first.
+      error, mine = e, None
+    finally:
+      self._row_offset = 0
+    failed = allgather_sum(np.asarray([error is not None], np.int64))
+    if failed[0]:
+      if error is not None:
+        raise error
+      raise RewardError("a reward function failed on another process of this run (see its "
+                        "log); every process stops")
+    names = [s.name for s in self.specs]
+    total = allgather_rows(mine.total, bounds)
+    per_function = {k: allgather_rows(mine.per_function[k], bounds) for k in names}
+    keys = ("errors", "nonfinite", "timeouts")
+    summed = allgather_sum(np.asarray([[mine.counts[k][c] for c in keys] for k in names],
+                                      np.int64))
+    counts = {k: {c: int(summed[i, j]) for j, c in enumerate(keys)} for i, k in enumerate(names)}
+    return RewardResult(total=total, per_function=per_function, counts=counts)
+
+  def _score(self, prompts, completions, columns) -> RewardResult:
+    b = len(completions)
     total = np.zeros((b,), np.float32)
     per_function, counts = {}, {}
     for spec in self.specs:
