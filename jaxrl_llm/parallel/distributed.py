@@ -143,3 +143,12 @@ def allgather_rows(mine: np.ndarray, bounds) -> np.ndarray:
   padded[:len(mine)] = mine
   every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, width, ...]
   return np.concatenate([every[i, :sizes[i]] for i in range(len(sizes))])
+
+
+def broadcast_int(value: int) -> int:
+  """Process 0's ``value`` on every process (``value`` itself in one process)."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+
+  return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int32)))

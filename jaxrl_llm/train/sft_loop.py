@@ -187,7 +187,11 @@ def new_run_dir(config: Config, run_dir: str | None = None) -> str:
   validation leaves no half-made run behind.
   """
   if run_dir is None:
-    name = config.logging.run_name or f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Every process of a multi-process run must name the same directory: process 0's clock.
+    from jaxrl_llm.parallel.distributed import broadcast_int
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(broadcast_int(int(time.time()))))
+    name = config.logging.run_name or f"{config.experiment}-{stamp}"
     run_dir = os.path.join(config.logging.runs_root, name)
   if os.path.exists(os.path.join(run_dir, "config.json")):
     raise FileExistsError(f"{run_dir} already holds a run; use `jaxrl-llm resume {run_dir}` "
