@@ -17,8 +17,9 @@ Paths (``impl=``)::
 
 Both Pallas families are numerically verified in interpret mode and lowered for their platform
 (CUDA/Triton, TPU/Mosaic) by the tests on a CPU-only machine. ``"pallas_tpu"`` is the TPU default:
-the tests compile its forward and backward with libtpu's real compiler for v5e, v5p and v6e at
-Qwen2.5 and Llama-3 head shapes (every tile fits VMEM); it has not been timed on a TPU. The GPU
+its forward and backward compile with libtpu's real compiler for v5e, v5p and v6e at the Qwen2.5
+and Llama-3 head shapes (the tests compile the widest, ``benchmarks/tpu_compile.py`` all; every
+tile fits VMEM); it has not been timed on a TPU. The GPU
 family has not been compiled on a GPU here, so ``"chunked"`` stays the GPU default.
 
 Sharding: pass ``mesh=`` (axes ``data``, ``fsdp``, ``tensor``) to run under ``shard_map`` with rows

@@ -28,8 +28,9 @@ and that budget is what the compiler is allowed.
 
 Status: numerically verified in interpret mode on CPU (``tests/test_kernels.py``) and compiled,
 forward and backward, by libtpu's TPU compiler for v5e, v5p and v6e at the Qwen2.5 and Llama-3 head
-shapes (``tests/test_tpu.py``; :func:`jaxrl_llm.parallel.aot.compile_logprob_kernel`), so every
-tile the VMEM fit chooses is known to fit. The TPU default (``core.DEFAULT_IMPL``). Not yet run or
+shapes (``benchmarks/tpu_compile.py``; the suite, ``tests/test_tpu.py``, compiles the widest one;
+:func:`jaxrl_llm.parallel.aot.compile_logprob_kernel`), so every tile the VMEM fit chooses is known
+to fit. The TPU default (``core.DEFAULT_IMPL``). Not yet run or
 timed on a TPU: its speed there is unmeasured (``model.logprob_impl=chunked`` is the fallback).
 The chip is the local TPU, or the target of :func:`jaxrl_llm.parallel.tpu.compiling_for` when
 compiling ahead of time elsewhere.
